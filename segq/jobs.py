@@ -1,0 +1,174 @@
+"""The job record: one Redis hash per job, written by the producer and the workers.
+
+States move ``queued -> running -> done | failed``. ``done`` and ``failed`` are final: a
+redelivered message for a finished job is acknowledged without running again, which makes
+every task idempotent from the record's point of view.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterable
+
+import redis
+
+from segq import keys
+from segq.errors import JobNotFound
+
+QUEUED = "queued"
+RUNNING = "running"
+DONE = "done"
+FAILED = "failed"
+STATES = (QUEUED, RUNNING, DONE, FAILED)
+FINAL_STATES = (DONE, FAILED)
+
+
+def new_job_id() -> str:
+    """16 hex characters (64 random bits)."""
+    return secrets.token_hex(8)
+
+
+@dataclass
+class JobRecord:
+    id: str
+    kind: str  # "image"
+    task: str
+    model: str
+    input: str  # s3://bucket/key
+    state: str = QUEUED
+    source: str = ""  # what the user submitted (display only; never used as a key)
+    checkpoint: str = ""  # the checkpoint behind the model name, as the worker loaded it
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    queue_wait_s: float | None = None  # created -> started (last attempt)
+    inference_s: float | None = None  # model forward + post-processing
+    total_s: float | None = None  # started -> finished on the worker (fetch, decode, infer, render, upload)
+    fps: float | None = None  # frames / inference seconds
+    frames: int | None = None
+    width: int | None = None
+    height: int | None = None
+    segments: int | None = None
+    worker: str = ""
+    device: str = ""
+    attempts: int = 0
+    error: str = ""
+    outputs: list[str] = field(default_factory=list)  # S3 keys in the segq bucket
+
+    _INTS = ("frames", "width", "height", "segments", "attempts")
+    _FLOATS = ("created_at", "started_at", "finished_at", "queue_wait_s", "inference_s", "total_s", "fps")
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def to_hash(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            out[f.name] = json.dumps(value) if f.name == "outputs" else str(value)
+        return out
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> "JobRecord":
+        known = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for name, raw in data.items():
+            if name not in known:
+                continue
+            if name == "outputs":
+                kwargs[name] = json.loads(raw) if raw else []
+            elif name in cls._INTS:
+                kwargs[name] = int(float(raw))
+            elif name in cls._FLOATS:
+                kwargs[name] = float(raw)
+            else:
+                kwargs[name] = raw
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# Atomically move a job to "running" unless it is already final. Returns 1 if started, 0 if
+# the job is final (the caller skips the work), -1 if the record does not exist.
+_START = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state == 'done' or state == 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1], 'worker', ARGV[2],
+           'device', ARGV[3], 'queue_wait_s', ARGV[4], 'error', '')
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+return 1
+"""
+
+
+class JobStore:
+    """Reads and writes job records. Used by the producer and by the workers."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int):
+        self.r = client
+        self.ttl = ttl_seconds
+        self._start = self.r.register_script(_START)
+
+    @classmethod
+    def from_url(cls, url: str, ttl_seconds: int) -> "JobStore":
+        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_seconds)
+
+    # -- producer side -------------------------------------------------------------------
+    def create(self, record: JobRecord) -> None:
+        if not record.created_at:
+            record.created_at = time.time()
+        key = keys.job(record.id)
+        pipe = self.r.pipeline()
+        pipe.hset(key, mapping=record.to_hash())
+        pipe.expire(key, self.ttl)
+        pipe.zadd(keys.JOBS_INDEX, {record.id: record.created_at})
+        pipe.zremrangebyscore(keys.JOBS_INDEX, "-inf", record.created_at - self.ttl)
+        pipe.execute()
+
+    def get(self, job_id: str) -> JobRecord:
+        data = self.r.hgetall(keys.job(job_id))
+        if not data:
+            raise JobNotFound(f"no job {job_id!r} (unknown id, or its record expired)")
+        return JobRecord.from_hash(data)
+
+    def get_many(self, job_ids: Iterable[str]) -> list[JobRecord | None]:
+        ids = list(job_ids)
+        pipe = self.r.pipeline()
+        for job_id in ids:
+            pipe.hgetall(keys.job(job_id))
+        return [JobRecord.from_hash(d) if d else None for d in pipe.execute()]
+
+    def recent(self, limit: int = 20) -> list[JobRecord]:
+        ids = self.r.zrevrange(keys.JOBS_INDEX, 0, max(limit, 1) - 1)
+        return [rec for rec in self.get_many(ids) if rec is not None]
+
+    # -- worker side ---------------------------------------------------------------------
+    def start(self, job_id: str, worker: str, device: str) -> bool | None:
+        """Mark running. False: the job is already final (skip it). None: no such record."""
+        now = time.time()
+        created = self.r.hget(keys.job(job_id), "created_at")
+        wait = max(0.0, now - float(created)) if created else 0.0
+        result = self._start(keys=[keys.job(job_id)], args=[now, worker, device, round(wait, 6)])
+        if result == -1:
+            return None
+        return bool(result)
+
+    def update(self, job_id: str, **values: Any) -> None:
+        mapping = {
+            k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in values.items() if v is not None
+        }
+        if mapping:
+            self.r.hset(keys.job(job_id), mapping=mapping)
+
+    def finish(self, job_id: str, **metrics: Any) -> None:
+        self.update(job_id, state=DONE, finished_at=time.time(), **metrics)
+
+    def fail(self, job_id: str, error: str) -> None:
+        self.update(job_id, state=FAILED, finished_at=time.time(), error=error)

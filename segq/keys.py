@@ -1,0 +1,20 @@
+"""Every Redis key segq uses, in one place.
+
+A job is one hash (``segq:job:<id>``); an index sorted by creation time lists jobs newest
+first; each worker keeps a small hash of its own state and counters.
+"""
+
+PREFIX = "segq"
+
+#: Sorted set of job ids, scored by creation time (``segq list``).
+JOBS_INDEX = f"{PREFIX}:jobs"
+
+
+def job(job_id: str) -> str:
+    """Hash holding one job record (fields: ``segq.jobs.JobRecord``)."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def worker(hostname: str) -> str:
+    """Hash of one worker's state: device, models loaded, load counts, jobs done."""
+    return f"{PREFIX}:worker:{hostname}"

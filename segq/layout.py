@@ -1,0 +1,52 @@
+"""The S3 key layout of segq, in one place.
+
+::
+
+    inputs/<job>/input<.ext>            the uploaded input (never named after the user's path)
+    outputs/<job>/overlay.jpg           colored segmentation blended over the image
+    outputs/<job>/labels.png            label map: class id (semantic) or segment id (instance,
+                                        panoptic) per pixel, 0 = no segment; 8-bit, or 16-bit
+                                        when ids can exceed 255
+    outputs/<job>/segments.json         one entry per segment: id, label id, label, score,
+                                        area, bbox
+    outputs/<job>/panoptic.png          panoptic only: COCO panoptic PNG (id = R + 256 G + 256^2 B)
+    outputs/<job>/panoptic.json         panoptic only: COCO panoptic annotation + categories
+"""
+
+from __future__ import annotations
+
+import re
+
+INPUTS = "inputs"
+OUTPUTS = "outputs"
+
+OVERLAY = "overlay.jpg"
+LABELS = "labels.png"
+SEGMENTS = "segments.json"
+PANOPTIC_PNG = "panoptic.png"
+PANOPTIC_JSON = "panoptic.json"
+
+_EXT = re.compile(r"^\.[a-z0-9]{1,8}$")
+
+
+def input_key(job_id: str, ext: str = "") -> str:
+    ext = ext.lower()
+    if ext and not _EXT.match(ext):
+        ext = ""
+    return f"{INPUTS}/{job_id}/input{ext}"
+
+
+def output_prefix(job_id: str) -> str:
+    return f"{OUTPUTS}/{job_id}/"
+
+
+def output_key(job_id: str, name: str) -> str:
+    return f"{output_prefix(job_id)}{name}"
+
+
+def output_names(task: str) -> list[str]:
+    """The files a finished image job of ``task`` has under ``outputs/<job>/``."""
+    names = [OVERLAY, LABELS, SEGMENTS]
+    if task == "panoptic":
+        names += [PANOPTIC_PNG, PANOPTIC_JSON]
+    return names

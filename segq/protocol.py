@@ -1,0 +1,83 @@
+"""The wire contract between producer and workers: task names, queues and JSON payloads.
+
+Messages carry only small JSON documents (ids, S3 keys, options); images, frames and masks
+travel through S3. Both sides build and parse payloads with the classes below, so a field is
+named in exactly one place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+#: The segmentation tasks a job can ask for.
+TASKS = ("semantic", "instance", "panoptic")
+
+#: Version of the payload schema; a worker refuses payloads of a version it does not know.
+PAYLOAD_VERSION = 1
+
+#: Celery task names.
+SEGMENT_IMAGE = "segq.segment_image"
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+class PayloadError(ValueError):
+    """A message does not follow the contract (wrong type, missing field, unknown task...)."""
+
+
+def model_queue(model: str) -> str:
+    """Each model has its own queue, so a worker only takes jobs for the models it holds."""
+    if not _MODEL_NAME.match(model):
+        raise PayloadError(
+            f"invalid model name {model!r}: letters, digits, '.', '_' and '-' only, up to 64 characters"
+        )
+    return f"segq.model.{model}"
+
+
+def valid_model_name(model: str) -> bool:
+    return bool(_MODEL_NAME.match(model))
+
+
+def valid_job_id(job_id: str) -> bool:
+    return bool(_JOB_ID.match(job_id))
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """Payload of ``segq.segment_image``: segment one image stored in S3."""
+
+    job_id: str
+    task: str
+    model: str
+    input_bucket: str
+    input_key: str
+    version: int = PAYLOAD_VERSION
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, data: Any) -> "ImageJob":
+        if not isinstance(data, dict):
+            raise PayloadError(f"payload must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        missing = sorted(n for n in names - {"version"} if n not in data)
+        if missing:
+            raise PayloadError(f"payload is missing {', '.join(missing)}")
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise PayloadError(f"payload has unknown fields {', '.join(unknown)}")
+        for name in names - {"version"}:
+            if not isinstance(data[name], str) or not data[name]:
+                raise PayloadError(f"payload field {name!r} must be a non-empty string")
+        version = data.get("version", PAYLOAD_VERSION)
+        if version != PAYLOAD_VERSION:
+            raise PayloadError(f"payload version {version!r} is not supported (this worker speaks {PAYLOAD_VERSION})")
+        if not valid_job_id(data["job_id"]):
+            raise PayloadError(f"invalid job id {data['job_id']!r}")
+        if data["task"] not in TASKS:
+            raise PayloadError(f"unknown task {data['task']!r}: choose one of {', '.join(TASKS)}")
+        return cls(**data)

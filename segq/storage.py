@@ -1,0 +1,146 @@
+"""S3-compatible storage (AWS S3, MinIO, SeaweedFS...) through boto3.
+
+Credentials come from boto3's normal chain; the endpoint, bucket and region from
+``segq.settings``. Errors users can act on become ``segq.errors`` exceptions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+from segq.errors import InputError, ObjectNotFound, ServiceUnavailable
+from segq.settings import Settings
+
+_AUTH_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "ExpiredToken",
+    "InvalidToken",
+    "403",
+}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+@dataclass(frozen=True)
+class S3Object:
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def parse_s3_uri(uri: str) -> S3Object:
+    """``s3://bucket/key`` -> S3Object. Raises InputError for anything else."""
+    if not uri.startswith("s3://"):
+        raise InputError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise InputError(f"expected s3://bucket/key, got {uri!r}")
+    return S3Object(bucket, key)
+
+
+class Storage:
+    """The operations segq needs on S3, with errors translated for users."""
+
+    def __init__(self, settings: Settings):
+        self.bucket = settings.s3_bucket
+        self.endpoint = settings.s3_endpoint_url
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url or None,
+            region_name=settings.s3_region,
+            config=Config(
+                signature_version="s3v4",
+                retries={"max_attempts": 4, "mode": "standard"},
+                s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+                connect_timeout=5,
+                read_timeout=60,
+            ),
+        )
+
+    def _explain(self, exc: Exception, what: str) -> Exception:
+        where = self.endpoint or "AWS S3"
+        if isinstance(exc, NoCredentialsError):
+            return ServiceUnavailable(
+                f"{what}: no S3 credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+            )
+        if isinstance(exc, EndpointConnectionError):
+            return ServiceUnavailable(f"{what}: cannot reach S3 at {where}")
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _MISSING_CODES:
+                return ObjectNotFound(f"not found: {what}")
+            if code == "NoSuchBucket":
+                return ServiceUnavailable(f"{what}: bucket does not exist at {where}")
+            if code in _AUTH_CODES:
+                return ServiceUnavailable(f"{what}: S3 at {where} refused the credentials ({code})")
+            return ServiceUnavailable(f"{what}: S3 error {code}: {exc}")
+        return ServiceUnavailable(f"{what}: S3 at {where} failed: {exc}")
+
+    # -- writes --------------------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> S3Object:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._explain(exc, f"upload to s3://{self.bucket}/{key}") from exc
+        return S3Object(self.bucket, key)
+
+    def put_file(
+        self, path: Path, key: str, content_type: str | None = None, progress: Callable[[int], None] | None = None
+    ) -> S3Object:
+        extra = {"ContentType": content_type} if content_type else None
+        try:
+            self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra, Callback=progress)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._explain(exc, f"upload of {path} to s3://{self.bucket}/{key}") from exc
+        except Exception as exc:  # boto3's S3UploadFailedError wraps ClientError
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, (BotoCoreError, ClientError)):
+                raise self._explain(cause, f"upload of {path} to s3://{self.bucket}/{key}") from exc
+            raise
+        return S3Object(self.bucket, key)
+
+    # -- reads ---------------------------------------------------------------------------
+    def size(self, obj: S3Object) -> int:
+        try:
+            return int(self.client.head_object(Bucket=obj.bucket, Key=obj.key)["ContentLength"])
+        except (BotoCoreError, ClientError) as exc:
+            raise self._explain(exc, obj.uri) from exc
+
+    def get_bytes(self, obj: S3Object) -> bytes:
+        try:
+            return self.client.get_object(Bucket=obj.bucket, Key=obj.key)["Body"].read()
+        except (BotoCoreError, ClientError) as exc:
+            raise self._explain(exc, obj.uri) from exc
+
+    def download(self, key: str, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            self.client.download_file(self.bucket, key, str(tmp))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._explain(exc, f"s3://{self.bucket}/{key}") from exc
+        os.replace(tmp, dest)
+        return dest
+
+    def presign(self, key: str, expires: int) -> str:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
+        )
+
+    def check(self) -> None:
+        """Raise ServiceUnavailable unless the bucket is reachable with our credentials."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._explain(exc, f"bucket {self.bucket!r}") from exc

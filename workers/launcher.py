@@ -1,0 +1,161 @@
+"""``segq worker``: one Celery worker process per GPU, each pinned with ``CUDA_VISIBLE_DEVICES``.
+
+This module runs in the parent process and never imports torch: it counts GPUs with
+``nvidia-smi`` (or ``CUDA_VISIBLE_DEVICES``), starts one ``celery worker`` child per GPU with its
+own environment, and forwards signals to them. CUDA is initialised only inside each child, by
+the process that then keeps its models loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from segq.errors import UsageError
+from segq.protocol import TASKS, model_queue
+from segq.settings import Settings
+
+
+@dataclass(frozen=True)
+class WorkerProcess:
+    hostname: str  # Celery node name, e.g. segq-gpu1@host
+    cuda_visible_devices: str  # "" for a CPU worker
+    queues: tuple[str, ...]
+    models: tuple[str, ...]
+
+
+def detect_gpus() -> list[str]:
+    """GPU indexes visible to this host, without initialising CUDA in this process."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=20, check=True,
+            ).stdout
+            return [line.strip() for line in out.splitlines() if line.strip()]
+        except (subprocess.SubprocessError, OSError):
+            return []
+    return []
+
+
+def resolve_models(settings: Settings, spec: str | None) -> list[str]:
+    """``semantic,coco-panoptic`` -> model names. Tasks stand for their default model."""
+    if not spec:
+        return sorted(set(settings.task_models.values()) & set(settings.models))
+    names = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        name = settings.task_models.get(item) if item in TASKS else item
+        if name not in settings.models:
+            raise UsageError(
+                f"unknown model {item!r}: configured models are {', '.join(sorted(settings.models))} "
+                f"(tasks {', '.join(TASKS)} stand for their default models)"
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def plan(
+    settings: Settings,
+    gpus: str = "auto",
+    models: str | None = None,
+    extra_queues: str | None = None,
+    name: str | None = None,
+) -> list[WorkerProcess]:
+    """The worker processes to start: one per GPU, or one CPU worker."""
+    model_names = resolve_models(settings, models)
+    queues = [model_queue(m) for m in model_names]
+    queues += [q.strip() for q in (extra_queues or "").split(",") if q.strip() and q.strip() not in queues]
+    base, _, host = (name or "segq").partition("@")
+    host = host or socket.gethostname()
+    if gpus == "auto":
+        devices = detect_gpus() or ["cpu"]
+    elif gpus == "all":
+        devices = detect_gpus()
+        if not devices:
+            raise UsageError("--gpus all: no GPU found (nvidia-smi lists none); use --gpus cpu")
+    elif gpus == "cpu":
+        devices = ["cpu"]
+    else:
+        devices = [g.strip() for g in gpus.split(",") if g.strip()]
+        if not devices or not all(d.isdigit() for d in devices):
+            raise UsageError(f"--gpus: expected auto, all, cpu or indexes like 0,1; got {gpus!r}")
+    procs = []
+    for dev in devices:
+        label = "cpu" if dev == "cpu" else f"gpu{dev}"
+        procs.append(WorkerProcess(f"{base}-{label}@{host}", "" if dev == "cpu" else dev, tuple(queues), tuple(model_names)))
+    return procs
+
+
+def command(proc: WorkerProcess, loglevel: str = "info") -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+        "--hostname", proc.hostname,
+        "--queues", ",".join(proc.queues),
+        "--pool", "threads", "--concurrency", "1",
+        "--prefetch-multiplier", "1",
+        "--task-events",
+        "--without-gossip", "--without-mingle",
+        "--loglevel", loglevel,
+    ]
+
+
+def environment(proc: WorkerProcess, threads: int | None = None, precision: str | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["CUDA_VISIBLE_DEVICES"] = proc.cuda_visible_devices
+    env["SEGQ_WORKER_MODELS"] = ",".join(proc.models)
+    if threads:
+        env["SEGQ_WORKER_THREADS"] = str(threads)
+        env["OMP_NUM_THREADS"] = str(threads)
+    if precision:
+        env["SEGQ_PRECISION"] = precision
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def run(procs: list[WorkerProcess], loglevel: str = "info", threads: int | None = None, precision: str | None = None) -> int:
+    """Start the worker processes and supervise them until a signal or a child exits."""
+    if threads is None and procs and not procs[0].cuda_visible_devices:
+        threads = max(1, (os.cpu_count() or 1) // len(procs))
+    children = [
+        subprocess.Popen(command(p, loglevel), env=environment(p, threads, precision)) for p in procs
+    ]
+    stopping = False
+
+    def stop(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    code = 0
+    try:
+        while True:
+            exited = [c for c in children if c.poll() is not None]
+            if exited and not stopping:
+                # One GPU process died: stop the rest and exit, so the supervisor
+                # (systemd, Kubernetes, Compose) restarts the whole unit.
+                code = exited[0].returncode or 1
+                stop(signal.SIGTERM, None)
+            if all(c.poll() is not None for c in children):
+                break
+            time.sleep(0.5)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    return code if code else max((c.returncode or 0 for c in children), default=0)

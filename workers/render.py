@@ -1,0 +1,161 @@
+"""Rendering and encoding of a prediction: overlay, label map, segments JSON, COCO panoptic.
+
+The overlay has the article's look: the dataset palette, blended as
+``cv2.addWeighted(image, 0.2, colors, 1.0, 0)``; pixels that no segment covers keep the photo.
+Colours come from a lookup table indexed by the label map, one vectorised pass per image
+(the article loops over every class).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import cv2
+import numpy as np
+
+from segq import defaults, layout
+from workers.inference import Prediction
+from workers.labels import LabelSet
+
+
+def color_table(pred: Prediction, labels: LabelSet) -> tuple[np.ndarray, bool]:
+    """RGB colour of every label-map value, and whether value 0 means "no segment"."""
+    if pred.task == "semantic":
+        k = max(len(labels), int(pred.label_map.max()) + 1)
+        lut = np.zeros((k, 3), dtype=np.uint8)
+        lut[: len(labels)] = labels.colors
+        return lut, False
+    k = max([s.id for s in pred.segments], default=0) + 1
+    lut = np.zeros((k, 3), dtype=np.uint8)
+    seen: dict[int, int] = {}
+    for s in pred.segments:
+        base = labels.colors[s.label_id % len(labels)].astype(np.int16)
+        n = seen.get(s.label_id, 0)
+        seen[s.label_id] = n + 1
+        if n:  # later instances of a class: a deterministic nearby shade, so instances stay apart
+            rng = np.random.default_rng(s.label_id * 1000 + n)
+            base = base + rng.integers(-50, 51, size=3)
+        lut[s.id] = np.clip(base, 0, 255).astype(np.uint8)
+    return lut, True
+
+
+def overlay(image: np.ndarray, pred: Prediction, labels: LabelSet) -> np.ndarray:
+    """RGB uint8 image (H, W, 3) with the segmentation blended over it."""
+    lut, zero_is_empty = color_table(pred, labels)
+    colors = lut[pred.label_map]
+    blended = cv2.addWeighted(
+        image, defaults.OVERLAY_IMAGE_WEIGHT, colors, defaults.OVERLAY_SEGMENT_WEIGHT, 0
+    )
+    if zero_is_empty:
+        empty = pred.label_map == 0
+        blended[empty] = image[empty]
+    return blended
+
+
+def label_map_dtype(max_value: int) -> np.dtype:
+    """8-bit PNG when every possible id fits, else 16-bit (the same for every job of a model)."""
+    return np.dtype(np.uint8) if max_value <= 255 else np.dtype(np.uint16)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = defaults.OVERLAY_JPEG_QUALITY) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def label_map_png(pred: Prediction, max_value: int) -> bytes:
+    return encode_png(pred.label_map.astype(label_map_dtype(max_value)))
+
+
+def segments_document(pred: Prediction, labels: LabelSet, *, job_id: str, model: str, checkpoint: str, max_value: int) -> dict:
+    h, w = pred.label_map.shape
+    encoding = (
+        "class id of each pixel"
+        if pred.task == "semantic"
+        else "segment id of each pixel; 0 = no segment; see segments[].id"
+    )
+    segments = []
+    for s in pred.segments:
+        entry = asdict(s)
+        entry["bbox"] = list(s.bbox)
+        entry["label"] = labels.name_of(s.label_id)
+        if pred.task == "semantic":
+            entry.pop("was_fused")
+        if labels.isthing is not None and s.label_id < len(labels):
+            entry["isthing"] = labels.isthing[s.label_id]
+        segments.append(entry)
+    return {
+        "job_id": job_id,
+        "task": pred.task,
+        "model": model,
+        "checkpoint": checkpoint,
+        "label_set": labels.name,
+        "width": w,
+        "height": h,
+        "label_map": {
+            "file": layout.LABELS,
+            "encoding": encoding,
+            "dtype": label_map_dtype(max_value).name,
+        },
+        "segments": segments,
+    }
+
+
+def coco_panoptic(pred: Prediction, labels: LabelSet, *, job_id: str) -> tuple[bytes, dict]:
+    """COCO panoptic format: RGB PNG with id = R + 256 G + 256^2 B, and its annotation JSON."""
+    ids = pred.label_map.astype(np.uint32)
+    rgb = np.stack([ids % 256, (ids // 256) % 256, (ids // 65536) % 256], axis=-1).astype(np.uint8)
+    h, w = ids.shape
+    segments_info = [
+        {
+            "id": s.id,
+            "category_id": labels.category_id(s.label_id),
+            "iscrowd": 0,
+            "bbox": list(s.bbox),
+            "area": s.area,
+            "score": s.score,
+        }
+        for s in pred.segments
+        if s.area > 0
+    ]
+    categories = [
+        {
+            "id": labels.category_id(i),
+            "name": name,
+            "isthing": int(labels.isthing[i]) if labels.isthing is not None else 1,
+            "color": labels.colors[i].tolist(),
+        }
+        for i, name in enumerate(labels.names)
+    ]
+    doc = {
+        "images": [{"id": job_id, "width": w, "height": h, "file_name": "input"}],
+        "annotations": [{"image_id": job_id, "file_name": layout.PANOPTIC_PNG, "segments_info": segments_info}],
+        "categories": categories,
+    }
+    return encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)), doc
+
+
+def image_outputs(
+    image: np.ndarray, pred: Prediction, labels: LabelSet, *, job_id: str, model: str, checkpoint: str, max_value: int
+) -> dict[str, tuple[bytes, str]]:
+    """Every output file of an image job: name -> (bytes, content type)."""
+    doc = segments_document(pred, labels, job_id=job_id, model=model, checkpoint=checkpoint, max_value=max_value)
+    files = {
+        layout.OVERLAY: (encode_jpeg(overlay(image, pred, labels)), "image/jpeg"),
+        layout.LABELS: (label_map_png(pred, max_value), "image/png"),
+        layout.SEGMENTS: (json.dumps(doc, indent=1).encode(), "application/json"),
+    }
+    if pred.task == "panoptic":
+        png, pan = coco_panoptic(pred, labels, job_id=job_id)
+        files[layout.PANOPTIC_PNG] = (png, "image/png")
+        files[layout.PANOPTIC_JSON] = (json.dumps(pan, indent=1).encode(), "application/json")
+    return files

@@ -1,0 +1,136 @@
+"""Per-process worker state: settings, storage, job store, device and the loaded models.
+
+``boot()`` runs once when the worker process starts (Celery's ``worker_init`` signal), in the
+process that then runs every task: it selects the device and loads every model this worker
+serves. Later jobs reuse them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from segq import keys
+from segq.errors import UnknownModel
+from segq.jobs import JobStore
+from segq.settings import Settings
+from segq.storage import Storage
+from workers import device as device_mod
+from workers import models as models_mod
+
+log = logging.getLogger(__name__)
+
+#: Seconds between worker heartbeats; the worker's Redis hash expires after three missed ones.
+HEARTBEAT_SECONDS = 10
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    hostname: str
+    storage: Storage
+    store: JobStore
+    spec: device_mod.DeviceSpec
+    models: dict[str, models_mod.LoadedModel] = field(default_factory=dict)
+    loads: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self.store.r
+
+    def model(self, name: str) -> models_mod.LoadedModel:
+        try:
+            return self.models[name]
+        except KeyError:
+            served = ", ".join(sorted(self.models)) or "none"
+            raise UnknownModel(f"model {name!r} is not served by worker {self.hostname} (it serves: {served})") from None
+
+    def load_models(self, names: list[str]) -> None:
+        for name in names:
+            if name in self.models:
+                continue
+            checkpoint = self.settings.models.get(name)
+            if checkpoint is None:
+                raise UnknownModel(f"unknown model {name!r}: configured models are {', '.join(self.settings.models)}")
+            loaded = models_mod.load(name, checkpoint, self.spec)
+            self.models[name] = loaded
+            self.loads[name] = self.loads.get(name, 0) + 1
+            self.publish(load_seconds={n: round(m.load_seconds, 3) for n, m in self.models.items()})
+
+    # -- the worker's own record in Redis (`segq workers`, readiness, tests) --------------
+    def publish(self, **extra) -> None:
+        mapping = {
+            "hostname": self.hostname,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "device": self.spec.label,
+            "models": json.dumps(sorted(self.models)),
+            "model_loads": json.dumps(self.loads),
+            "heartbeat": time.time(),
+        }
+        mapping.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in extra.items()})
+        key = keys.worker(self.hostname)
+        pipe = self.redis.pipeline()
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, HEARTBEAT_SECONDS * 3)
+        pipe.execute()
+
+    def count(self, field_name: str) -> None:
+        self.redis.hincrby(keys.worker(self.hostname), field_name, 1)
+
+    def start_heartbeat(self) -> None:
+        def beat() -> None:
+            while True:
+                time.sleep(HEARTBEAT_SECONDS)
+                try:
+                    self.publish()
+                except Exception as exc:  # Redis blip: the next beat retries
+                    log.warning("heartbeat failed: %s", exc)
+
+        threading.Thread(target=beat, name="segq-heartbeat", daemon=True).start()
+
+
+_runtime: Runtime | None = None
+
+
+def served_models(settings: Settings) -> list[str]:
+    """Model names this process serves: ``SEGQ_WORKER_MODELS`` (set by ``segq worker``)."""
+    raw = os.environ.get("SEGQ_WORKER_MODELS", "")
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    return names or sorted(set(settings.task_models.values()) & set(settings.models))
+
+
+def boot(hostname: str, settings: Settings | None = None) -> Runtime:
+    """Create this process's runtime and load its models (once)."""
+    global _runtime
+    if _runtime is not None:
+        return _runtime
+    settings = settings or Settings.from_env()
+    threads = int(os.environ.get("SEGQ_WORKER_THREADS", "0") or 0) or None
+    spec = device_mod.select(os.environ.get("SEGQ_PRECISION", "auto"), threads)
+    rt = Runtime(
+        settings=settings,
+        hostname=hostname,
+        storage=Storage(settings),
+        store=JobStore.from_url(settings.redis_url, settings.job_ttl_seconds),
+        spec=spec,
+    )
+    rt.publish(started_at=time.time())
+    rt.load_models(served_models(settings))
+    rt.start_heartbeat()
+    _runtime = rt
+    log.info("worker %s ready on %s with models %s", hostname, spec.label, ", ".join(rt.models))
+    return rt
+
+
+def get() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("worker runtime not booted (models load at worker start)")
+    return _runtime
