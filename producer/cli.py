@@ -20,8 +20,8 @@ from segq.protocol import TASKS
 
 from producer import display
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class SegqGroup(click.Group):

@@ -49,6 +49,17 @@ def parse_s3_uri(uri: str) -> S3Object:
     return S3Object(bucket, key)
 
 
+def _no_expect_on_empty_body(request, **_):
+    """Drop ``Expect: 100-continue`` from requests without a body.
+
+    There is nothing to continue with, and some S3 servers (SeaweedFS among them) answer such
+    a request in a way that leaves the kept-alive connection unusable: the next request on it
+    hangs until the read timeout. An empty input file must not stall the next upload.
+    """
+    if request.headers.get("Content-Length") in ("0", b"0") and "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
 class Storage:
     """The operations segq needs on S3, with errors translated for users."""
 
@@ -67,6 +78,7 @@ class Storage:
                 read_timeout=60,
             ),
         )
+        self.client.meta.events.register("before-send.s3", _no_expect_on_empty_body)
 
     def _explain(self, exc: Exception, what: str) -> Exception:
         where = self.endpoint or "AWS S3"

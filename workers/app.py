@@ -16,7 +16,8 @@ from segq.settings import Settings
 
 settings = Settings.from_env()
 app = make_celery(settings, name="segq-worker")
-app.conf.worker_pool = "threads"  # one task at a time per process (concurrency 1); control stays responsive
+# One task at a time, run in this very process, where the models were loaded.
+app.conf.worker_pool = "solo"
 
 
 @worker_init.connect

@@ -103,7 +103,7 @@ def command(proc: WorkerProcess, loglevel: str = "info") -> list[str]:
         sys.executable, "-m", "celery", "-A", "workers.app", "worker",
         "--hostname", proc.hostname,
         "--queues", ",".join(proc.queues),
-        "--pool", "threads", "--concurrency", "1",
+        "--pool", "solo", "--concurrency", "1",
         "--prefetch-multiplier", "1",
         "--task-events",
         "--without-gossip", "--without-mingle",

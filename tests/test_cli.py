@@ -1,0 +1,65 @@
+"""The CLI as scripts use it: ids on stdout, JSON on request, exit codes that mean something."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from segq import layout
+
+from media import photo
+from test_bad_input import segq
+
+pytestmark = pytest.mark.e2e
+
+
+def test_submit_prints_ids_then_wait_status_list_and_get(client, tmp_path):
+    srcs = [str(photo(tmp_path / f"c{i}.png", (100, 80), seed=i)) for i in range(2)]
+    result = segq("submit", *srcs, "--task", "instance")
+    assert result.returncode == 0, result.stderr
+    ids = result.stdout.split()
+    assert len(ids) == 2 and all(len(i) == 16 for i in ids)
+
+    result = segq("wait", *ids, "--json")
+    assert result.returncode == 0, result.stderr
+    assert [r["state"] for r in json.loads(result.stdout)] == ["done", "done"]
+
+    result = segq("status", ids[0], "--json")
+    assert result.returncode == 0
+    status = json.loads(result.stdout)
+    assert status["id"] == ids[0] and status["source"] == srcs[0] and status["worker"]
+    assert set(status["urls"]) == set(layout.output_names("instance"))
+    assert "X-Amz-Expires=3600" in status["urls"][layout.OVERLAY] or "Expires=" in status["urls"][layout.OVERLAY]
+
+    result = segq("status", ids[0])
+    assert "done" in result.stdout and "inference" in result.stdout
+
+    result = segq("list", "--json", "--limit", "50")
+    listed = [r["id"] for r in json.loads(result.stdout)]
+    assert listed.index(ids[1]) < listed.index(ids[0])  # newest first
+
+    result = segq("get", ids[0], "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    got = sorted(Path(p).name for p in result.stdout.split())
+    assert got == sorted(layout.output_names("instance"))
+    assert (tmp_path / "out" / ids[0] / layout.OVERLAY).stat().st_size > 0
+
+
+def test_submit_wait_exits_zero_and_prints_results(client, tmp_path):
+    result = segq("submit", str(photo(tmp_path / "w.png", (90, 60))), "--task", "semantic", "--wait")
+    assert result.returncode == 0, result.stderr
+    assert "done" in result.stdout and "segments" in result.stdout
+
+
+def test_every_command_has_help_with_examples():
+    for cmd in ("submit", "status", "wait", "get", "worker"):
+        result = segq(cmd, "--help")
+        assert result.returncode == 0 and "Example" in result.stdout, cmd
+    assert "Exit codes" in segq("--help").stdout
+
+
+def test_models_list_shows_the_configured_checkpoints(client, tiny_models):
+    rows = json.loads(segq("models", "list", "--json").stdout)
+    assert {r["model"]: r["checkpoint"] for r in rows} == tiny_models

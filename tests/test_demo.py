@@ -1,0 +1,32 @@
+"""The README's main command: `segq demo` starts its own stack and segments a demo image."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from PIL import Image
+
+
+def test_demo_runs_the_whole_stack_and_downloads_outputs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGQ_", "AWS_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "producer", "demo", "--data-dir", str(tmp_path / "stack"), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600, env={**env, "COLUMNS": "200"}, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(": done") == 3
+    assert "flower: http://127.0.0.1:" in result.stdout
+    jobs = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    assert len(jobs) == 3
+    tasks = set()
+    for job in jobs:
+        doc = json.loads((job / "segments.json").read_text())
+        tasks.add(doc["task"])
+        assert Image.open(job / "overlay.jpg").size == Image.open(tmp_path / "out" / "demo-street.jpg").size
+    assert tasks == {"semantic", "instance", "panoptic"}
+    assert not (tmp_path / "stack" / "segq.env").exists()  # the stack stopped and cleaned up
+    flower_url = result.stdout.split("flower: ")[1].split()[0]
+    assert f"Visit me at {flower_url}" in (tmp_path / "stack" / "logs" / "flower.log").read_text()

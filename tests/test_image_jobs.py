@@ -1,0 +1,160 @@
+"""A user submits images, workers segment them, outputs land in S3.
+
+Everything runs against the session's real Redis, SeaweedFS and a real worker process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segq import keys, layout
+from segq.protocol import TASKS
+from segq.storage import S3Object
+
+from media import photo, rotated_jpeg
+
+pytestmark = pytest.mark.e2e
+
+
+def fetch(client, key: str) -> bytes:
+    return client.storage.get_bytes(S3Object(client.settings.s3_bucket, key))
+
+
+def direct_label_map(checkpoint: str, image: Image.Image, task: str) -> np.ndarray:
+    """What running the checkpoint directly through transformers gives, in segq's documented
+    label-map encoding (workers/inference.py): semantic class ids as is; instance ids + 1;
+    panoptic ids with -1 ("nothing found") as 0."""
+    import torch
+    from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
+
+    from workers.labels import for_id2label
+
+    processor = AutoImageProcessor.from_pretrained(checkpoint)
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        outputs = model(**processor(image, return_tensors="pt"))
+    size = [image.size[::-1]]
+    if task == "semantic":
+        return processor.post_process_semantic_segmentation(outputs, target_sizes=size)[0].numpy()
+    if task == "instance":
+        seg = processor.post_process_instance_segmentation(outputs, target_sizes=size)[0]["segmentation"]
+        return seg.numpy().astype(np.int64) + 1
+    stuff = for_id2label(model.config.id2label).stuff_ids
+    seg = processor.post_process_panoptic_segmentation(outputs, target_sizes=size, label_ids_to_fuse=stuff)[0]
+    return np.clip(seg["segmentation"].numpy().astype(np.int64), 0, None)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_submit_an_image_and_get_outputs_identical_to_transformers(client, tiny_models, tmp_path, task):
+    src = photo(tmp_path / "street.png", (320, 240), seed=7)
+    [job] = client.submit([str(src)], task=task)
+    [done] = client.wait([job.id], timeout=120)
+
+    assert done.state == "done", done.error
+    assert done.input == f"s3://{client.settings.s3_bucket}/inputs/{job.id}/input.png"  # named by job, not path
+    assert sorted(k.rsplit("/", 1)[1] for k in done.outputs) == sorted(layout.output_names(task))
+    assert done.inference_s > 0 and done.fps == pytest.approx(1 / done.inference_s, rel=1e-2)
+    assert done.queue_wait_s is not None and done.started_at >= done.created_at
+    assert (done.width, done.height) == (320, 240)
+
+    overlay = Image.open(io.BytesIO(fetch(client, layout.output_key(job.id, layout.OVERLAY))))
+    assert overlay.format == "JPEG" and overlay.size == (320, 240)
+
+    labels = np.array(Image.open(io.BytesIO(fetch(client, layout.output_key(job.id, layout.LABELS)))))
+    expected = direct_label_map(tiny_models[client.settings.task_models[task]], Image.open(src).convert("RGB"), task)
+    assert labels.shape == (240, 240 * 4 // 3)
+    np.testing.assert_array_equal(labels.astype(np.int64), expected)
+
+    doc = json.loads(fetch(client, layout.output_key(job.id, layout.SEGMENTS)))
+    assert doc["task"] == task and (doc["width"], doc["height"]) == (320, 240)
+    assert doc["segments"], "the tiny checkpoints are tuned to produce segments for every task"
+    areas = np.bincount(labels.ravel())
+    for seg in doc["segments"]:
+        assert seg["area"] == (areas[seg["id"]] if seg["id"] < len(areas) else 0)
+        assert isinstance(seg["label"], str) and seg["label"]
+        if seg["area"]:
+            x, y, w, h = seg["bbox"]
+            ys, xs = np.nonzero(labels == seg["id"])
+            assert (x, y, w, h) == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+    listed = {s["id"] for s in doc["segments"]}
+    assert set(np.unique(labels)) - {0} <= listed or task == "semantic"
+
+    if task == "panoptic":
+        rgb = np.array(Image.open(io.BytesIO(fetch(client, layout.output_key(job.id, layout.PANOPTIC_PNG))))).astype(np.int64)
+        np.testing.assert_array_equal(rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2], labels)
+        pan = json.loads(fetch(client, layout.output_key(job.id, layout.PANOPTIC_JSON)))
+        assert len(pan["categories"]) == 133
+        coco_ids = {c["id"] for c in pan["categories"]}
+        assert all(s["category_id"] in coco_ids for s in pan["annotations"][0]["segments_info"])
+
+
+def test_exif_orientation_is_applied(client, tmp_path):
+    src = rotated_jpeg(tmp_path / "portrait.jpg", (300, 200))
+    [job] = client.submit([str(src)], task="semantic")
+    [done] = client.wait([job.id], timeout=60)
+    assert done.state == "done", done.error
+    assert (done.width, done.height) == (200, 300)
+    overlay = Image.open(io.BytesIO(fetch(client, layout.output_key(job.id, layout.OVERLAY))))
+    assert overlay.size == (200, 300)
+
+
+def test_one_model_load_serves_many_jobs(client, worker, redis_client, tmp_path):
+    before = int(redis_client.hget(keys.worker(worker), "jobs_done") or 0)
+    paths = [str(photo(tmp_path / f"img{i}.png", (160, 120), seed=i)) for i in range(6)]
+    jobs = client.submit(paths, task="semantic")
+    records = client.wait([j.id for j in jobs], timeout=120)
+
+    assert [r.state for r in records] == ["done"] * 6
+    assert {r.worker for r in records} == {worker}
+    state = redis_client.hgetall(keys.worker(worker))
+    assert json.loads(state["model_loads"]) == {"ade-semantic": 1, "coco-instance": 1, "coco-panoptic": 1}
+    assert int(state["jobs_done"]) >= before + 6
+
+
+def test_a_directory_becomes_one_job_per_image(client, tmp_path):
+    for i in range(3):
+        photo(tmp_path / "shots" / f"{i}.jpg", (96, 64), seed=i, fmt="JPEG")
+    (tmp_path / "shots" / "notes.txt").write_text("not an image")
+    jobs = client.submit([str(tmp_path / "shots")], task="instance")
+    assert len(jobs) == 3
+    assert all(r.state == "done" for r in client.wait([j.id for j in jobs], timeout=60))
+
+
+def test_an_image_already_in_s3_is_segmented_in_place(client, tmp_path):
+    key = "uploads/cam1/frame.png"
+    client.storage.put_file(photo(tmp_path / "frame.png", (128, 96)), key)
+    [job] = client.submit([f"s3://{client.settings.s3_bucket}/{key}"], task="panoptic")
+    [done] = client.wait([job.id], timeout=60)
+    assert done.state == "done", done.error
+    assert done.input == f"s3://{client.settings.s3_bucket}/{key}"
+
+
+def test_presigned_urls_serve_the_outputs(client, tmp_path):
+    [job] = client.submit([str(photo(tmp_path / "a.png", (64, 48)))], task="semantic")
+    [done] = client.wait([job.id], timeout=60)
+    urls = client.urls(done)
+    assert set(urls) == set(layout.output_names("semantic"))
+    body = urllib.request.urlopen(urls[layout.SEGMENTS], timeout=10).read()
+    assert json.loads(body)["job_id"] == job.id
+
+
+def test_a_redelivered_message_for_a_finished_job_does_nothing(client, worker, tmp_path):
+    from segq.protocol import SEGMENT_IMAGE, ImageJob, model_queue
+
+    [job] = client.submit([str(photo(tmp_path / "b.png", (64, 48)))], task="semantic")
+    [done] = client.wait([job.id], timeout=60)
+    bucket, key = done.input[len("s3://"):].split("/", 1)
+    payload = ImageJob(job_id=job.id, task="semantic", model=done.model, input_bucket=bucket, input_key=key)
+    # The same message again, as Redis redelivers it after a lost ack.
+    duplicate = client.celery.send_task(
+        SEGMENT_IMAGE, kwargs=payload.to_message(), queue=model_queue(done.model), task_id=f"{job.id}-again"
+    )
+    assert duplicate.get(timeout=60) == {"job_id": job.id, "skipped": "already finished"}
+    again = client.status(job.id)
+    assert again.state == "done" and again.attempts == 1 and again.finished_at == done.finished_at
