@@ -1,0 +1,82 @@
+"""Shared pieces of the benchmarks: servers, checkpoints, inputs, printing."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+from producer.stack import RedisServer, SeaweedS3, WorkerService
+from segq import keys
+
+
+@contextmanager
+def servers(root: Path):
+    """A real Redis and SeaweedFS S3 on loopback; yields the environment pointing at them."""
+    r = RedisServer("redis", root / "logs" / "redis.log", data_dir=root / "redis").start()
+    s3 = SeaweedS3("s3", root / "logs" / "s3.log", data_dir=root / "s3").start()
+    try:
+        yield {"SEGQ_REDIS_URL": r.url, **s3.env()}
+    finally:
+        s3.stop()
+        r.stop()
+
+
+def checkpoint(root: Path, kind: str) -> str:
+    """``tiny``: the offline test checkpoint; ``swin-l``: the full-size architecture, random weights."""
+    if kind == "tiny":
+        from workers.checkpoints import make_tiny
+
+        folder = root / "tiny-ade"
+        if not (folder / "config.json").exists():
+            make_tiny("ade20k", folder)
+        return str(folder)
+    if kind == "swin-l":
+        import torch
+        from transformers import Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor
+
+        from workers.checkpoints import full_size_config
+
+        folder = root / "swin-l-ade"
+        if not (folder / "config.json").exists():
+            torch.manual_seed(0)
+            Mask2FormerForUniversalSegmentation(full_size_config("ade20k")).save_pretrained(folder)
+            Mask2FormerImageProcessor(size={"shortest_edge": 512, "longest_edge": 2048}).save_pretrained(folder)
+        return str(folder)
+    raise SystemExit(f"unknown model kind {kind!r}")
+
+
+def start_workers(root: Path, env: dict, count: int, threads: int, cpus: list[list[int]] | None = None) -> list[tuple[WorkerService, str]]:
+    """``count`` real `segq worker --gpus cpu` processes (optionally pinned to cores with taskset)."""
+    out = []
+    for i in range(count):
+        name = f"bench{i}"
+        svc = WorkerService(name, root / "logs" / f"{name}.log")
+        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        svc.start(full_env, gpus="cpu", worker_name=name, threads=threads)
+        if cpus:
+            os.sched_setaffinity(svc.proc.pid, cpus[i])  # children inherit it
+        out.append((svc, f"{name}-cpu@{socket.gethostname()}"))
+    r = redis.Redis.from_url(env["SEGQ_REDIS_URL"], decode_responses=True)
+    deadline = time.monotonic() + 600
+    for svc, host in out:
+        while r.hget(keys.worker(host), "models") in (None, "[]"):
+            if not svc.running or time.monotonic() > deadline:
+                raise SystemExit(f"worker {host} did not start; see {svc.log_path}")
+            time.sleep(0.3)
+    return out
+
+
+def stop_workers(workers) -> None:
+    for svc, _ in workers:
+        svc.stop()
+
+
+def table(rows: list[tuple], headers: tuple) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(headers), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])

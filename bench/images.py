@@ -1,0 +1,137 @@
+"""Image jobs through the whole queue vs. a direct in-process loop, same model, same machine.
+
+    python -m bench.images [--images 40] [--size 640x480] [--model tiny|swin-l]
+
+(a) direct: one process loads the model once, then for each image: read, decode, infer,
+    render the same outputs, write them to local files;
+(b) segq: producer -> Redis -> one worker process -> S3 (upload, queue, fetch, infer, render,
+    upload outputs, job record), from the first submit to the last job done.
+
+Both use every core of the machine (torch threads = cores). Prints images/s and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import checkpoint, servers, start_workers, stop_workers, table
+
+
+def make_images(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        img = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 255, 3)))
+        d = ImageDraw.Draw(img)
+        for _ in range(8):
+            x, y = int(rng.integers(0, size[0])), int(rng.integers(0, size[1]))
+            d.ellipse([x, y, x + size[0] // 4, y + size[1] // 4], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        p = folder / f"img{i:03d}.jpg"
+        img.save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+class Direct:
+    """The single-process loop: model loaded once; read, decode, infer, render, write files."""
+
+    def __init__(self, ckpt: str, out: Path, threads: int):
+        from workers import device, models
+
+        self.ckpt, self.out = ckpt, out
+        self.model = models.load("bench", ckpt, device.select("auto", threads))
+
+    def run(self, paths: list[Path]) -> float:
+        import numpy as np
+
+        from workers import render
+        from workers.decode import decode_image
+        from workers.inference import predict
+
+        started = time.perf_counter()
+        for p in paths:
+            img = decode_image(p.read_bytes(), 10**9)
+            pred = predict(self.model, [img], "semantic").predictions[0]
+            files = render.image_outputs(np.asarray(img), pred, self.model.labels, job_id="direct", model="bench",
+                                         checkpoint=self.ckpt, max_value=self.model.max_label_value)
+            for name, (data, _) in files.items():
+                (self.out / f"{p.stem}-{name}").write_bytes(data)
+        return len(paths) / (time.perf_counter() - started)
+
+
+class Queued:
+    """The same images through segq: producer -> Redis -> one worker process -> S3."""
+
+    def __init__(self, root: Path, env: dict, threads: int):
+        os.environ.update(env)
+        from producer.client import Client
+        from segq.settings import Settings
+
+        self.workers = start_workers(root, env, 1, threads)
+        self.client = Client(Settings.from_env())
+
+    def run(self, paths: list[Path]) -> tuple[float, list]:
+        started = time.perf_counter()
+        jobs = self.client.submit([str(p) for p in paths], task="semantic")
+        records = self.client.wait([j.id for j in jobs], timeout=3600, poll=0.5)
+        elapsed = time.perf_counter() - started
+        assert all(r.state == "done" for r in records), [r.error for r in records if r.state != "done"]
+        return len(paths) / elapsed, records
+
+    def close(self) -> None:
+        stop_workers(self.workers)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=40)
+    ap.add_argument("--size", default="640x480")
+    ap.add_argument("--model", choices=["tiny", "swin-l"], default="tiny")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of each path; medians are reported")
+    args = ap.parse_args()
+    size = tuple(int(x) for x in args.size.split("x"))
+    threads = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="segq-bench-") as tmp:
+        root = Path(tmp)
+        ckpt = checkpoint(root, args.model)
+        paths = make_images(root / "in", args.images, size)
+        (root / "direct-out").mkdir()
+        with servers(root) as env:
+            env["SEGQ_MODELS"] = f"ade-semantic={ckpt}"
+            direct, queued = Direct(ckpt, root / "direct-out", threads), Queued(root, env, threads)
+            try:
+                direct.run(paths[:2])  # warm-up of both paths
+                queued.run(paths[:2])
+                d_runs, q_runs, records = [], [], []
+                for _ in range(args.rounds):  # alternate, so drifts of the machine hit both
+                    d_runs.append(direct.run(paths))
+                    ips, recs = queued.run(paths)
+                    q_runs.append(ips)
+                    records += recs
+            finally:
+                queued.close()
+    d, q = statistics.median(d_runs), statistics.median(q_runs)
+    infer = statistics.mean(r.inference_s for r in records)
+    worker = statistics.mean(r.total_s for r in records)
+    print(f"\n{args.images} images of {args.size}, model {args.model}, {threads} CPU threads, torch on CPU, "
+          f"median of {args.rounds} alternating rounds\n")
+    print(table(
+        [("direct loop (1 process)", f"{d:.2f}", " ".join(f"{x:.2f}" for x in d_runs), "1.00"),
+         ("segq queue (1 worker)", f"{q:.2f}", " ".join(f"{x:.2f}" for x in q_runs), f"{q / d:.2f}")],
+        ("path", "images/s", "rounds", "ratio"),
+    ))
+    print(f"\nsegq per job: inference {infer * 1000:.1f} ms, worker total {worker * 1000:.1f} ms "
+          f"(fetch + decode + inference + render + upload)")
+
+
+if __name__ == "__main__":
+    main()
