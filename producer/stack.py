@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from segq.errors import ServiceUnavailable, UsageError
+from segq.process import die_with_parent
 
 LOOPBACK = "127.0.0.1"
 
@@ -86,7 +87,8 @@ class Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
     @property

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from segq.errors import UsageError
+from segq.process import die_with_parent
 from segq.protocol import TASKS, model_queue
 from segq.settings import Settings
 
@@ -129,7 +130,8 @@ def run(procs: list[WorkerProcess], loglevel: str = "info", threads: int | None 
     if threads is None and procs and not procs[0].cuda_visible_devices:
         threads = max(1, (os.cpu_count() or 1) // len(procs))
     children = [
-        subprocess.Popen(command(p, loglevel), env=environment(p, threads, precision)) for p in procs
+        subprocess.Popen(command(p, loglevel), env=environment(p, threads, precision), preexec_fn=die_with_parent)
+        for p in procs
     ]
     stopping = False
 
