@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from segq import __version__
 from segq.errors import JobFailed, SegqError
-from segq.protocol import TASKS
+from segq.protocol import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_FRAMES, TASKS
 
 from producer import display
 
@@ -51,11 +51,27 @@ def _wait_with_progress(client, ids: list[str], timeout: float | None, quiet: bo
         bar = progress.add_task("jobs", total=len(ids), detail="")
 
         def update(records):
-            done = sum(r.state == "done" for r in records)
+            # One unit per image; one per frame of a video once its split step has counted them.
+            total = completed = 0
+            for r in records:
+                if r.kind == "video" and r.frames_total:
+                    total += r.frames_total
+                    completed += r.frames_total if r.final else (r.frames_done or 0)
+                else:
+                    total += 1
+                    completed += 1 if r.final else 0
             failed = sum(r.state == "failed" for r in records)
             running = sum(r.state == "running" for r in records)
             detail = f"{running} running" + (f", [red]{failed} failed[/]" if failed else "")
-            progress.update(bar, completed=done + failed, detail=detail)
+            videos = [r for r in records if r.kind == "video" and r.frames_total]
+            if videos:
+                frames = sum(r.frames_done or 0 for r in videos)
+                infer = sum(r.inference_s or 0 for r in videos)
+                detail += f", frames {frames}/{sum(r.frames_total for r in videos)}"
+                if infer:
+                    detail += f", {frames / infer:.1f} fps"
+            progress.update(bar, total=total, completed=completed,
+                            description="frames" if videos and len(records) == 1 else "jobs", detail=detail)
 
         return client.wait(ids, timeout=timeout, on_progress=update)
 
@@ -66,7 +82,10 @@ def _finish(records, as_json: bool) -> None:
     else:
         for r in records:
             line = f"{r.id}  {display.state(r)}"
-            if r.state == "done":
+            if r.state == "done" and r.kind == "video":
+                line += (f"  {r.frames_total} frames in {r.chunks_total} chunks, inference {r.fps:.2f} fps, "
+                         f"end to end {r.e2e_fps:.2f} fps")
+            elif r.state == "done":
                 line += f"  inference {display.secs(r.inference_s)}, {r.segments} segments"
             elif r.error:
                 line += f"  {r.error}"
@@ -102,25 +121,34 @@ def cli():
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-t", "--task", type=click.Choice(TASKS), required=True, help="Segmentation task.")
 @click.option("-m", "--model", help="Model name from SEGQ_MODELS (default: the task's model, see `segq models`).")
+@click.option("--chunk-frames", type=click.IntRange(1), default=DEFAULT_CHUNK_FRAMES, show_default=True,
+              help="Videos: frames per chunk; chunks run on any worker in parallel.")
+@click.option("--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Videos: frames per forward pass.")
+@click.option("--annotate-fps", is_flag=True, help="Videos: write the inference FPS on each frame, as the article does.")
 @click.option("-w", "--wait", "wait_", is_flag=True, help="Wait for the jobs; exit 1 if any fails.")
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds (exit 5).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of job ids.")
-def submit(paths, task, model, wait_, timeout, as_json):
-    """Queue one job per image.
+def submit(paths, task, model, chunk_frames, batch_size, annotate_fps, wait_, timeout, as_json):
+    """Queue one job per image or video.
 
-    PATHS are image files, directories (every image inside, recursively), globs
-    ('shots/*.png', quoted) or objects already in storage (s3://bucket/key). Local files are
-    uploaded to the segq bucket under the job id.
+    PATHS are image or video files (recognised by content), directories (every image and video
+    inside, recursively), globs ('shots/*.png', quoted) or objects already in storage
+    (s3://bucket/key). Local files are uploaded to the segq bucket under the job id. A video is
+    split into chunks of --chunk-frames frames that any worker may take; its overlay comes back
+    as one H.264 MP4 with every frame, the input's frame rate, size and audio.
 
     \b
     Examples:
       segq submit street.jpg --task panoptic --wait
+      segq submit clip.mp4 --task semantic --chunk-frames 64 --batch-size 8 --wait
       segq submit 'frames/**/*.jpg' --task semantic --json
       segq submit s3://segq/inputs/cam1.png --task instance --model coco-instance
       segq submit a.jpg | xargs segq wait
     """
     client = _client()
-    records = client.submit(list(paths), task=task, model=model)
+    records = client.submit(list(paths), task=task, model=model, chunk_frames=chunk_frames,
+                            batch_size=batch_size, annotate_fps=annotate_fps)
     model_name = records[0].model
     if not client.serving(model_name):
         err.print(f"[yellow]note:[/] no live worker serves model {model_name!r} yet; jobs wait in its queue")

@@ -21,11 +21,19 @@ from segq import defaults, keys, layout
 from segq.broker import make_celery
 from segq.errors import ServiceUnavailable, UsageError, WaitTimeout
 from segq.jobs import FAILED, JobRecord, JobStore, new_job_id
-from segq.protocol import SEGMENT_IMAGE, ImageJob, model_queue
+from segq.protocol import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK_FRAMES,
+    SEGMENT_IMAGE,
+    SPLIT_VIDEO,
+    ImageJob,
+    VideoJob,
+    model_queue,
+)
 from segq.settings import Settings
 from segq.storage import Storage
 
-from producer.inputs import IMAGE, Input, expand
+from producer.inputs import VIDEO, Input, expand
 
 ProgressFn = Callable[[list[JobRecord]], None]
 
@@ -55,18 +63,24 @@ class Client:
         paths: Sequence[str],
         task: str,
         model: str | None = None,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        annotate_fps: bool = False,
         on_upload: Callable[[Input, int], None] | None = None,
     ) -> list[JobRecord]:
-        """Queue one job per image in ``paths`` (files, directories, globs, s3:// URIs).
+        """Queue one job per image or video in ``paths`` (files, directories, globs, s3:// URIs).
 
-        Everything is checked before anything is queued: unknown task or model, missing
-        files, inputs over the size limit.
+        Videos are split into chunks of ``chunk_frames`` frames that any worker may take, and run
+        through the model ``batch_size`` frames at a time; ``annotate_fps`` writes the inference
+        FPS on every frame, as the article's script does. Everything is checked before anything
+        is queued: unknown task or model, missing files, inputs over the size limit.
         """
         model_name = self.settings.resolve_model(task, model)
+        if chunk_frames < 1 or batch_size < 1:
+            raise UsageError("--chunk-frames and --batch-size must be at least 1")
+        video_options = {"chunk_frames": chunk_frames, "batch_size": batch_size, "annotate_fps": annotate_fps}
         inputs = expand(list(paths))
         for item in inputs:
-            if item.kind != IMAGE:
-                raise UsageError(f"{item.display}: video jobs are not supported by this version of segq")
             if item.path is not None:
                 size = item.path.stat().st_size
                 if size > self.settings.max_input_bytes:
@@ -75,9 +89,9 @@ class Client:
                         f"{self.settings.max_input_bytes / 2**20:.1f} MiB (SEGQ_MAX_INPUT_BYTES)"
                     )
         self.ping()
-        return [self._submit_one(item, task, model_name, on_upload) for item in inputs]
+        return [self._submit_one(item, task, model_name, video_options, on_upload) for item in inputs]
 
-    def _submit_one(self, item: Input, task: str, model: str, on_upload) -> JobRecord:
+    def _submit_one(self, item: Input, task: str, model: str, video_options: dict, on_upload) -> JobRecord:
         job_id = new_job_id()
         if item.s3 is not None:
             obj = item.s3
@@ -88,7 +102,11 @@ class Client:
         record = JobRecord(
             id=job_id, kind=item.kind, task=task, model=model, input=obj.uri, source=item.display
         )
-        payload = ImageJob(job_id=job_id, task=task, model=model, input_bucket=obj.bucket, input_key=obj.key)
+        common = dict(job_id=job_id, task=task, model=model, input_bucket=obj.bucket, input_key=obj.key)
+        payload = VideoJob(**common, **video_options) if item.kind == VIDEO else ImageJob(**common)
+        if item.kind == VIDEO:
+            record.chunk_frames = video_options["chunk_frames"]
+            record.batch_size = video_options["batch_size"]
         try:
             self.store.create(record)
         except redis.RedisError as exc:
@@ -96,11 +114,11 @@ class Client:
         self.send(payload)
         return record
 
-    def send(self, payload: ImageJob) -> None:
+    def send(self, payload: ImageJob | VideoJob) -> None:
         """Put a message on the model's queue. The Celery task id is the job id (Flower shows it)."""
         try:
             self.celery.send_task(
-                SEGMENT_IMAGE,
+                SPLIT_VIDEO if isinstance(payload, VideoJob) else SEGMENT_IMAGE,
                 kwargs=payload.to_message(),
                 queue=model_queue(payload.model),
                 task_id=payload.job_id,

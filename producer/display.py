@@ -71,6 +71,18 @@ def job_panel(record: JobRecord, urls: dict[str, str]) -> Table:
         ("worker time", secs(record.total_s)),
         ("fps", f"{record.fps:.2f}" if record.fps else "-"),
         ("size", f"{record.width}x{record.height}" if record.width else "-"),
+    ]
+    if record.kind == "video":
+        rows += [
+            ("frames", f"{record.frames_done or 0}/{record.frames_total or '?'}"
+                       + (f" at {record.video_fps:g} fps" if record.video_fps else "")),
+            ("chunks", f"{record.chunks_done or 0}/{record.chunks_total or '?'} of {record.chunk_frames} frames, "
+                       f"batch {record.batch_size}"),
+            ("end to end", f"{record.e2e_fps:.2f} fps" if record.e2e_fps else "-"),
+            ("split", secs(record.split_s)),
+            ("assembly", secs(record.assemble_s)),
+        ]
+    rows += [
         ("segments", str(record.segments) if record.segments is not None else "-"),
         ("worker", f"{record.worker} on {record.device}" if record.worker else "-"),
         ("attempts", str(record.attempts)),

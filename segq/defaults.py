@@ -19,6 +19,8 @@ TASK_MODELS = {
 
 #: Decompression-bomb guard: images with more pixels are refused (about 8K x 5K).
 MAX_IMAGE_PIXELS = 40_000_000
+#: Longest video accepted, in frames (an hour at 30 fps).
+MAX_VIDEO_FRAMES = 108_000
 #: Largest input file accepted, in bytes.
 MAX_INPUT_BYTES = 256 * 1024 * 1024
 

@@ -57,9 +57,23 @@ class JobRecord:
     attempts: int = 0
     error: str = ""
     outputs: list[str] = field(default_factory=list)  # S3 keys in the segq bucket
+    # video jobs
+    frames_total: int | None = None
+    frames_done: int | None = None
+    chunks_total: int | None = None
+    chunks_done: int | None = None
+    chunk_frames: int | None = None
+    batch_size: int | None = None
+    video_fps: float | None = None  # the input's frame rate
+    e2e_fps: float | None = None  # frames / wall time from the split's start to assembly's end
+    split_s: float | None = None
+    assemble_s: float | None = None
+    assemblies: int | None = None  # times assembly ran (1 unless a worker died during it)
 
-    _INTS = ("frames", "width", "height", "segments", "attempts")
-    _FLOATS = ("created_at", "started_at", "finished_at", "queue_wait_s", "inference_s", "total_s", "fps")
+    _INTS = ("frames", "width", "height", "segments", "attempts", "frames_total", "frames_done",
+             "chunks_total", "chunks_done", "chunk_frames", "batch_size", "assemblies")
+    _FLOATS = ("created_at", "started_at", "finished_at", "queue_wait_s", "inference_s", "total_s", "fps",
+               "video_fps", "e2e_fps", "split_s", "assemble_s")
 
     @property
     def final(self) -> bool:
@@ -108,6 +122,32 @@ return 1
 """
 
 
+# A chunk of a video job finished. Records it once (a chunk delivered twice counts once) and
+# tells the caller whether it completed the set and so must start assembly: exactly one caller
+# ever gets 2. KEYS: job hash, chunk set, chunk info hash. ARGV: index, frames, info JSON,
+# inference seconds, ttl. Returns 0 (duplicate), 1 (recorded), 2 (recorded, start assembly),
+# 3 (duplicate of a complete set whose assembly was claimed but never sent: send it).
+_CHUNK_DONE = """
+local added = redis.call('SADD', KEYS[2], ARGV[1])
+if added == 1 then
+  redis.call('HINCRBY', KEYS[1], 'frames_done', ARGV[2])
+  redis.call('HINCRBYFLOAT', KEYS[1], 'inference_s', ARGV[4])
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
+local done = redis.call('SCARD', KEYS[2])
+redis.call('HSET', KEYS[1], 'chunks_done', done)
+local total = tonumber(redis.call('HGET', KEYS[1], 'chunks_total') or '-1')
+if done ~= total then return added end
+if redis.call('HSETNX', KEYS[1], 'assembly_claimed', '1') == 1 then return 2 end
+if added == 0 and redis.call('HEXISTS', KEYS[1], 'assembly_sent') == 0 then return 3 end
+return added
+"""
+
+CHUNK_DUPLICATE, CHUNK_RECORDED, START_ASSEMBLY, RESEND_ASSEMBLY = 0, 1, 2, 3
+
+
 class JobStore:
     """Reads and writes job records. Used by the producer and by the workers."""
 
@@ -115,6 +155,7 @@ class JobStore:
         self.r = client
         self.ttl = ttl_seconds
         self._start = self.r.register_script(_START)
+        self._chunk_done = self.r.register_script(_CHUNK_DONE)
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int) -> "JobStore":
@@ -159,6 +200,20 @@ class JobStore:
         if result == -1:
             return None
         return bool(result)
+
+    def state(self, job_id: str) -> str | None:
+        return self.r.hget(keys.job(job_id), "state")
+
+    def chunk_done(self, job_id: str, index: int, frames: int, inference_s: float, info: dict) -> int:
+        """Record a finished chunk; returns one of CHUNK_DUPLICATE, CHUNK_RECORDED, START_ASSEMBLY,
+        RESEND_ASSEMBLY (see _CHUNK_DONE)."""
+        return int(self._chunk_done(
+            keys=[keys.job(job_id), keys.job_chunks(job_id), keys.job_chunk_info(job_id)],
+            args=[index, frames, json.dumps(info), inference_s, self.ttl],
+        ))
+
+    def chunk_infos(self, job_id: str) -> dict[int, dict]:
+        return {int(k): json.loads(v) for k, v in self.r.hgetall(keys.job_chunk_info(job_id)).items()}
 
     def update(self, job_id: str, **values: Any) -> None:
         mapping = {

@@ -18,3 +18,13 @@ def job(job_id: str) -> str:
 def worker(hostname: str) -> str:
     """Hash of one worker's state: device, models loaded, load counts, jobs done."""
     return f"{PREFIX}:worker:{hostname}"
+
+
+def job_chunks(job_id: str) -> str:
+    """Set of the finished chunk indexes of a video job (assembly starts when it is full)."""
+    return f"{PREFIX}:job:{job_id}:chunks"
+
+
+def job_chunk_info(job_id: str) -> str:
+    """Hash: chunk index -> JSON of that chunk's frames, timings and worker."""
+    return f"{PREFIX}:job:{job_id}:chunkinfo"

@@ -11,6 +11,16 @@
                                         area, bbox
     outputs/<job>/panoptic.png          panoptic only: COCO panoptic PNG (id = R + 256 G + 256^2 B)
     outputs/<job>/panoptic.json         panoptic only: COCO panoptic annotation + categories
+
+Video jobs::
+
+    outputs/<job>/overlay.mp4           H.264 (yuv420p, faststart) overlay video, input's frames,
+                                        frame rate, size and audio
+    outputs/<job>/labels/chunk-NNNNN.npz  label maps of one chunk: ``labels`` (frames, H, W),
+                                        ``frames`` (frame indexes), ``segments`` (JSON per frame)
+    outputs/<job>/video.json            probe, chunks (frames, worker, timings) and metrics
+    work/<job>/frames.json              frame table written by the split step
+    work/<job>/parts/NNNNN.mp4          encoded overlay of one chunk, joined by assembly
 """
 
 from __future__ import annotations
@@ -19,12 +29,15 @@ import re
 
 INPUTS = "inputs"
 OUTPUTS = "outputs"
+WORK = "work"
 
 OVERLAY = "overlay.jpg"
 LABELS = "labels.png"
 SEGMENTS = "segments.json"
 PANOPTIC_PNG = "panoptic.png"
 PANOPTIC_JSON = "panoptic.json"
+OVERLAY_VIDEO = "overlay.mp4"
+VIDEO_JSON = "video.json"
 
 _EXT = re.compile(r"^\.[a-z0-9]{1,8}$")
 
@@ -50,3 +63,15 @@ def output_names(task: str) -> list[str]:
     if task == "panoptic":
         names += [PANOPTIC_PNG, PANOPTIC_JSON]
     return names
+
+
+def frames_key(job_id: str) -> str:
+    return f"{WORK}/{job_id}/frames.json"
+
+
+def part_key(job_id: str, chunk: int) -> str:
+    return f"{WORK}/{job_id}/parts/{chunk:05d}.mp4"
+
+
+def chunk_labels_name(chunk: int) -> str:
+    return f"labels/chunk-{chunk:05d}.npz"

@@ -20,6 +20,7 @@ variable                       meaning                                        de
                                                                               ``panoptic=coco-panoptic``
 ``SEGQ_MAX_IMAGE_PIXELS``      larger images are refused (bomb guard)         40000000
 ``SEGQ_MAX_INPUT_BYTES``       larger input files are refused                 268435456 (256 MiB)
+``SEGQ_MAX_VIDEO_FRAMES``      longer videos are refused                      108000 (1 h at 30 fps)
 ``SEGQ_JOB_TTL``               seconds a job record is kept                   604800 (7 days)
 ``SEGQ_PRESIGN_EXPIRES``       seconds presigned output URLs stay valid       3600
 ``SEGQ_VISIBILITY_TIMEOUT``    seconds before an unacked task is redelivered  14400
@@ -104,6 +105,7 @@ class Settings:
     task_models: Mapping[str, str] = field(default_factory=lambda: dict(defaults.TASK_MODELS))
     max_image_pixels: int = defaults.MAX_IMAGE_PIXELS
     max_input_bytes: int = defaults.MAX_INPUT_BYTES
+    max_video_frames: int = defaults.MAX_VIDEO_FRAMES
     job_ttl_seconds: int = defaults.JOB_TTL_SECONDS
     presign_seconds: int = defaults.PRESIGN_SECONDS
     visibility_timeout_seconds: int = defaults.VISIBILITY_TIMEOUT_SECONDS
@@ -137,6 +139,7 @@ class Settings:
         for attr, var in (
             ("max_image_pixels", "SEGQ_MAX_IMAGE_PIXELS"),
             ("max_input_bytes", "SEGQ_MAX_INPUT_BYTES"),
+            ("max_video_frames", "SEGQ_MAX_VIDEO_FRAMES"),
             ("job_ttl_seconds", "SEGQ_JOB_TTL"),
             ("presign_seconds", "SEGQ_PRESIGN_EXPIRES"),
             ("visibility_timeout_seconds", "SEGQ_VISIBILITY_TIMEOUT"),

@@ -22,6 +22,10 @@ from segq import keys
 
 # A small pixel limit keeps the "huge image" test cheap: 4 MP.
 TEST_MAX_PIXELS = 4_000_000
+# And a short length limit keeps the "too long video" test cheap.
+TEST_MAX_VIDEO_FRAMES = 300
+# And an input size limit of 8 MiB keeps the "too large" test cheap.
+TEST_MAX_INPUT_BYTES = 8 * 1024 * 1024
 
 
 def pytest_configure(config):
@@ -63,6 +67,8 @@ def stack_env(redis_server, s3_server, tiny_models) -> dict[str, str]:
         **s3_server.env(),
         "SEGQ_MODELS": ",".join(f"{k}={v}" for k, v in tiny_models.items()),
         "SEGQ_MAX_IMAGE_PIXELS": str(TEST_MAX_PIXELS),
+        "SEGQ_MAX_VIDEO_FRAMES": str(TEST_MAX_VIDEO_FRAMES),
+        "SEGQ_MAX_INPUT_BYTES": str(TEST_MAX_INPUT_BYTES),
         "SEGQ_ENV_FILE": "/nonexistent/.env",
     }
     saved = {k: os.environ.get(k) for k in env}
@@ -105,6 +111,15 @@ def start_worker(session_dir: Path, env: dict[str, str], name: str, models: str 
 def worker(session_dir, stack_env, redis_client):
     """One real worker process serving the three models (Celery node ``w1-cpu@<host>``)."""
     service, hostname = start_worker(session_dir, stack_env, "w1")
+    wait_for_worker(redis_client, hostname, service)
+    yield hostname
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def second_worker(session_dir, stack_env, redis_client, worker):
+    """A second worker process (another "host"), for the video tests."""
+    service, hostname = start_worker(session_dir, stack_env, "w2")
     wait_for_worker(redis_client, hostname, service)
     yield hostname
     service.stop()

@@ -45,3 +45,63 @@ def huge_png(path: Path, size=(2600, 2000)) -> Path:
     """5.2 MP of one colour: a few KB on disk, over the tests' 4 MP limit."""
     Image.new("RGB", size, (10, 200, 30)).save(path)
     return path
+
+
+def video(path: Path, frames: int = 91, size=(320, 240), fps: int = 30, audio: bool = False, gop: int = 25) -> Path:
+    """H.264 MP4 of moving shapes (with B-frames and a keyframe every ``gop`` frames), optionally
+    with an AAC sine track."""
+    from fractions import Fraction
+
+    import av
+
+    w, h = size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.options = {"g": str(gop), "bf": "2", "crf": "23", "preset": "veryfast"}
+        a_s = out.add_stream("aac", rate=44100) if audio else None
+        for i in range(frames):
+            img = np.zeros((h, w, 3), np.uint8)
+            img[:] = (40 + i % 50, 90, 160)
+            cx, cy = int((i * 4) % w), int(h / 2 + (h / 4) * np.sin(i / 9))
+            img[max(0, cy - 30):cy + 30, max(0, cx - 40):cx + 40] = (220, 40, 40)
+            img[h // 2:, : w // 3] = (50, 160, 60)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            for p in vs.encode(frame):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+        if a_s is not None:
+            samples = int(44100 * frames / fps)
+            t = np.arange(samples) / 44100
+            wave = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            for start in range(0, samples, 1024):
+                chunk = wave[start:start + 1024]
+                af = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="fltp", layout="mono")
+                af.sample_rate = 44100
+                af.pts = start
+                for p in a_s.encode(af):
+                    out.mux(p)
+            for p in a_s.encode():
+                out.mux(p)
+    return path
+
+
+def audio_only(path: Path, seconds: float = 1.0) -> Path:
+    import av
+
+    with av.open(str(path), "w", format="mp4") as out:
+        a_s = out.add_stream("aac", rate=44100)
+        wave = (0.2 * np.sin(np.arange(int(44100 * seconds)) / 10)).astype(np.float32)
+        for start in range(0, len(wave), 1024):
+            af = av.AudioFrame.from_ndarray(wave[start:start + 1024].reshape(1, -1), format="fltp", layout="mono")
+            af.sample_rate = 44100
+            af.pts = start
+            for p in a_s.encode(af):
+                out.mux(p)
+        for p in a_s.encode():
+            out.mux(p)
+    return path

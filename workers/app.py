@@ -39,3 +39,4 @@ def _forget_worker(sender=None, **_):
 
 
 import workers.tasks  # noqa: E402,F401  (registers the tasks)
+import workers.video_tasks  # noqa: E402,F401

@@ -1,0 +1,283 @@
+"""Video with PyAV: probe, plan chunks, decode exact frame ranges, encode parts, assemble.
+
+Frames are numbered 0..N-1 in presentation order. The split step demuxes the video once (no
+decoding but for the first frame) and writes a frame table: the timestamp of every frame and
+which are keyframes. A chunk task then seeks to the keyframe at or before its first frame,
+decodes forward, and keeps exactly the frames whose timestamps belong to its range: no frame is
+dropped, doubled or reordered, whatever the GOP structure (B-frames, variable frame rate).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import IO, Iterator
+
+import av
+import cv2
+import numpy as np
+
+from segq.errors import InputError
+
+#: Codecs an MP4 can carry as they are; other audio is re-encoded to AAC.
+MP4_AUDIO = {"aac", "mp3", "alac", "opus", "ac3", "eac3"}
+
+
+@dataclass
+class VideoInfo:
+    frames: int
+    fps_num: int
+    fps_den: int
+    width: int
+    height: int
+    rotation: int  # degrees, from the display matrix of the first frame
+    codec: str
+    audio: str  # audio codec name, "" when there is no audio track
+    time_base_num: int
+    time_base_den: int
+    pts: list[int]  # presentation timestamps of every frame, in presentation order
+    keyframes: list[int]  # frame indexes of keyframes
+
+    @property
+    def fps(self) -> Fraction:
+        return Fraction(self.fps_num, self.fps_den)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "VideoInfo":
+        return cls(**json.loads(data))
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        del d["pts"], d["keyframes"]
+        d["fps"] = float(self.fps)
+        d["keyframe_count"] = len(self.keyframes)
+        return d
+
+
+def _open(source: IO[bytes] | str | Path):
+    try:
+        return av.open(source if isinstance(source, (str, Path)) else source, mode="r")
+    except av.error.FFmpegError as exc:
+        raise InputError(f"not a readable video: {exc}") from None
+
+
+def probe(source: IO[bytes] | str | Path, max_frames: int, max_pixels: int) -> VideoInfo:
+    """Frame table and properties of a video. Raises InputError for anything unusable."""
+    with _open(source) as container:
+        if not container.streams:
+            raise InputError("the video has no frames (the file holds no streams)")
+        if not container.streams.video:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
+            raise InputError(f"no video stream in the file (it holds {kinds})")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate:
+            raise InputError("the video has no frame rate")
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > max_pixels:
+            raise InputError(
+                f"frames are {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
+                f"{max_pixels / 1e6:.1f} MP (SEGQ_MAX_IMAGE_PIXELS)"
+            )
+        audio = container.streams.audio[0].codec_context.name if container.streams.audio else ""
+        stamps: list[tuple[int, bool]] = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                ts = packet.pts if packet.pts is not None else packet.dts
+                if ts is None:
+                    raise InputError("the video has packets without timestamps")
+                stamps.append((ts, packet.is_keyframe))
+                if len(stamps) > max_frames:
+                    raise InputError(f"the video has more than {max_frames} frames (SEGQ_MAX_VIDEO_FRAMES)")
+        except av.error.FFmpegError as exc:
+            raise InputError(f"corrupt video: {exc}") from None
+        if not stamps:
+            raise InputError("the video has no frames")
+        if stream.frames and stream.frames != len(stamps):
+            raise InputError(
+                f"truncated or corrupt video: its index lists {stream.frames} frames, the file holds {len(stamps)}"
+            )
+        stamps.sort()
+        if len({ts for ts, _ in stamps}) != len(stamps):
+            raise InputError("the video has frames with duplicate timestamps")
+        rotation = 0
+        try:  # decode the first frame: proves the stream decodes, and gives the rotation
+            container.seek(stamps[0][0], stream=stream, backward=True, any_frame=False)
+            first = next(container.decode(stream))
+            rotation = int(getattr(first, "rotation", 0) or 0)
+        except (av.error.FFmpegError, StopIteration) as exc:
+            raise InputError(f"corrupt video: the first frame does not decode ({exc})") from None
+        return VideoInfo(
+            frames=len(stamps),
+            fps_num=rate.numerator,
+            fps_den=rate.denominator,
+            width=width,
+            height=height,
+            rotation=rotation,
+            codec=stream.codec_context.name,
+            audio=audio,
+            time_base_num=stream.time_base.numerator,
+            time_base_den=stream.time_base.denominator,
+            pts=[ts for ts, _ in stamps],
+            keyframes=[i for i, (_, key) in enumerate(stamps) if key],
+        )
+
+
+def plan_chunks(frames: int, chunk_frames: int) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges of ``chunk_frames`` frames; the last one may be shorter."""
+    return [(s, min(s + chunk_frames, frames)) for s in range(0, frames, chunk_frames)]
+
+
+def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply the display rotation (degrees counter-clockwise) to a decoded frame."""
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+
+
+def decode_range(source: IO[bytes] | str | Path, info: VideoInfo, start: int, end: int) -> Iterator[np.ndarray]:
+    """Exactly frames ``start..end-1`` as RGB arrays, in order. InputError if any is missing."""
+    wanted = info.pts[start:end]
+    if not wanted:
+        return
+    first, last = wanted[0], wanted[-1]
+    expected = set(wanted)
+    seen = 0
+    with _open(source) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            if start > 0:
+                container.seek(first, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is None or frame.pts < first:
+                    continue
+                if frame.pts > last:
+                    break
+                if frame.pts not in expected:
+                    continue
+                expected.discard(frame.pts)
+                seen += 1
+                yield upright(frame.to_ndarray(format="rgb24"), info.rotation)
+                if frame.pts == last:
+                    break
+        except av.error.FFmpegError as exc:
+            raise InputError(f"corrupt video: frames {start}..{end - 1} do not decode ({exc})") from None
+    if seen != len(wanted):
+        raise InputError(
+            f"corrupt or truncated video: decoded {seen} of the {len(wanted)} frames {start}..{end - 1}"
+        )
+
+
+def annotate_fps(rgb: np.ndarray, fps: float) -> np.ndarray:
+    """The article's FPS text: red, top left."""
+    cv2.putText(rgb, f"FPS: {fps:.1f}", (15, 25), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 0, 0), 2, cv2.LINE_AA)
+    return rgb
+
+
+def _even(rgb: np.ndarray) -> np.ndarray:
+    """yuv420p needs even sizes: odd ones get their last row/column repeated."""
+    h, w = rgb.shape[:2]
+    if h % 2 or w % 2:
+        rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    return rgb
+
+
+class PartEncoder:
+    """H.264 (yuv420p, no B-frames) MP4 of one chunk's overlay frames; timestamps = frame numbers."""
+
+    def __init__(self, path: Path, fps: Fraction, crf: int = 20):
+        self.path, self.fps, self.crf = path, fps, crf
+        self.container = None
+        self.stream = None
+        self.count = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        rgb = _even(rgb)
+        if self.container is None:
+            self.container = av.open(str(self.path), mode="w", format="mp4")
+            self.stream = self.container.add_stream("libx264", rate=self.fps)
+            self.stream.height, self.stream.width = rgb.shape[:2]
+            self.stream.pix_fmt = "yuv420p"
+            # No B-frames: decode order = presentation order, so parts join by renumbering.
+            self.stream.options = {"crf": str(self.crf), "preset": "veryfast", "bf": "0"}
+            self.stream.codec_context.time_base = 1 / self.fps
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = self.count
+        frame.time_base = 1 / self.fps
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+        self.count += 1
+
+    def close(self) -> int:
+        if self.container is not None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+            self.container.close()
+        return self.count
+
+
+def assemble(parts: list[Path], fps: Fraction, out_path: Path, audio_source: IO[bytes] | None = None) -> int:
+    """Join the parts (in order) into one faststart MP4 without re-encoding; copy (or re-encode to
+    AAC) the audio of ``audio_source``. Returns the number of video frames written."""
+    frame_time = 1 / fps
+    written = 0
+    with av.open(str(out_path), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
+        with av.open(str(parts[0])) as first:
+            vout = out.add_stream_from_template(first.streams.video[0])
+        audio_in, aout, resample = None, None, False
+        if audio_source is not None:
+            audio_in = av.open(audio_source)
+            if audio_in.streams.audio:
+                ain = audio_in.streams.audio[0]
+                if ain.codec_context.name in MP4_AUDIO:
+                    aout = out.add_stream_from_template(ain)
+                else:
+                    aout = out.add_stream("aac", rate=ain.codec_context.sample_rate or 48000)
+                    resample = True
+        for part in parts:
+            with av.open(str(part)) as src:
+                vin = src.streams.video[0]
+                count = 0
+                for packet in src.demux(vin):
+                    if packet.size == 0 or packet.pts is None:
+                        continue
+                    index = round(packet.pts * vin.time_base / frame_time)
+                    ts = round((written + index) * frame_time / vout.time_base)
+                    packet.pts = packet.dts = ts
+                    packet.stream = vout
+                    out.mux(packet)
+                    count += 1
+                written += count
+        if aout is not None:
+            ain = audio_in.streams.audio[0]
+            if resample:
+                for frame in audio_in.decode(ain):
+                    frame.pts = None
+                    for packet in aout.encode(frame):
+                        out.mux(packet)
+                for packet in aout.encode():
+                    out.mux(packet)
+            else:
+                for packet in audio_in.demux(ain):
+                    if packet.size == 0 or packet.dts is None:
+                        continue
+                    packet.stream = aout
+                    out.mux(packet)
+        if audio_in is not None:
+            audio_in.close()
+    return written
+
+
+def count_frames(path: Path) -> tuple[int, Fraction, int, int]:
+    """Frames (by decoding), frame rate and size of a video file."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        n = sum(1 for _ in c.decode(s))
+        return n, s.average_rate, s.codec_context.width, s.codec_context.height
