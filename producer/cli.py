@@ -83,8 +83,8 @@ def _finish(records, as_json: bool) -> None:
         for r in records:
             line = f"{r.id}  {display.state(r)}"
             if r.state == "done" and r.kind == "video":
-                line += (f"  {r.frames_total} frames in {r.chunks_total} chunks, inference {r.fps:.2f} fps, "
-                         f"end to end {r.e2e_fps:.2f} fps")
+                line += (f"  {r.frames_total} frames in {r.chunks_total} chunks, inference {r.fps or 0:.2f} fps, "
+                         f"end to end {r.e2e_fps or 0:.2f} fps")
             elif r.state == "done":
                 line += f"  inference {display.secs(r.inference_s)}, {r.segments} segments"
             elif r.error:

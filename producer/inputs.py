@@ -93,7 +93,7 @@ def expand(args: list[str]) -> list[Input]:
             files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
             found = [_file(p, str(p), explicit=False) for p in files]
             if not any(found):
-                raise InputError(f"{arg}: no images in this directory")
+                raise InputError(f"{arg}: no images or videos in this directory")
             for item in found:
                 add(item)
         elif path.is_file():
@@ -102,7 +102,7 @@ def expand(args: list[str]) -> list[Input]:
             matches = sorted(glob.glob(os.path.expanduser(arg), recursive=True))
             found = [_file(Path(m), m, explicit=False) for m in matches if Path(m).is_file()]
             if not any(found):
-                raise InputError(f"{arg}: the pattern matches no image")
+                raise InputError(f"{arg}: the pattern matches no image or video")
             for item in found:
                 add(item)
         elif path.exists():

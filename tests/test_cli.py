@@ -63,3 +63,23 @@ def test_every_command_has_help_with_examples():
 def test_models_list_shows_the_configured_checkpoints(client, tiny_models):
     rows = json.loads(segq("models", "list", "--json").stdout)
     assert {r["model"]: r["checkpoint"] for r in rows} == tiny_models
+
+
+def test_a_video_from_the_cli_and_a_folder_mixing_images_and_videos(client, tmp_path):
+    from media import video
+
+    folder = tmp_path / "mixed"
+    photo(folder / "a.jpg", (96, 64), fmt="JPEG")
+    video(folder / "b.mp4", frames=12, size=(96, 64))
+    (folder / "clip-without-extension").write_bytes((folder / "b.mp4").read_bytes())  # found by content
+    result = segq("submit", str(folder), "--task", "semantic", "--chunk-frames", "5", "--batch-size", "2",
+                  "--wait", "--json")
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert sorted(r["kind"] for r in records) == ["image", "video", "video"]
+    for r in records:
+        assert r["state"] == "done"
+        if r["kind"] == "video":
+            assert (r["frames_total"], r["chunks_total"], r["batch_size"]) == (12, 3, 2)
+    status = segq("status", next(r["id"] for r in records if r["kind"] == "video"))
+    assert "12/12" in status.stdout and "overlay.mp4" in status.stdout

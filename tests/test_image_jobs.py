@@ -105,16 +105,20 @@ def test_exif_orientation_is_applied(client, tmp_path):
 
 
 def test_one_model_load_serves_many_jobs(client, worker, redis_client, tmp_path):
-    before = int(redis_client.hget(keys.worker(worker), "jobs_done") or 0)
+    def done_counts():
+        return {k: int(redis_client.hget(k, "jobs_done") or 0) for k in redis_client.scan_iter(keys.worker("*"))}
+
+    before = done_counts()
     paths = [str(photo(tmp_path / f"img{i}.png", (160, 120), seed=i)) for i in range(6)]
     jobs = client.submit(paths, task="semantic")
     records = client.wait([j.id for j in jobs], timeout=120)
 
     assert [r.state for r in records] == ["done"] * 6
-    assert {r.worker for r in records} == {worker}
-    state = redis_client.hgetall(keys.worker(worker))
-    assert json.loads(state["model_loads"]) == {"ade-semantic": 1, "coco-instance": 1, "coco-panoptic": 1}
-    assert int(state["jobs_done"]) >= before + 6
+    after = done_counts()
+    assert sum(after[k] - before.get(k, 0) for k in after) >= 6
+    for hostname in {r.worker for r in records}:  # whichever workers took them: one load each
+        state = redis_client.hgetall(keys.worker(hostname))
+        assert json.loads(state["model_loads"]) == {"ade-semantic": 1, "coco-instance": 1, "coco-panoptic": 1}
 
 
 def test_a_directory_becomes_one_job_per_image(client, tmp_path):

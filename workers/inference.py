@@ -118,11 +118,22 @@ def post_process(m: LoadedModel, outputs, task: str, sizes: list[tuple[int, int]
 
 
 def predict(m: LoadedModel, images: list[Image.Image], task: str, th: Thresholds = Thresholds()) -> Timed:
-    """Segment a batch of images (all of one size when batched)."""
+    """Segment a batch of images (all of one size when batched).
+
+    The forward pass runs on the whole batch; post-processing runs image by image, since its
+    intermediates (every class's probability map at full size) grow with the batch and, on a
+    CPU, make a batched call slower than a loop.
+    """
     _sync(m.spec.device)
     started = time.perf_counter()
     outputs = forward(m, images)
-    preds = post_process(m, outputs, task, [(img.height, img.width) for img in images], th)
+    preds = []
+    for i, img in enumerate(images):
+        one = SimpleNamespace(
+            class_queries_logits=outputs.class_queries_logits[i : i + 1],
+            masks_queries_logits=outputs.masks_queries_logits[i : i + 1],
+        )
+        preds += post_process(m, one, task, [(img.height, img.width)], th)
     _sync(m.spec.device)
     return Timed(preds, time.perf_counter() - started)
 
