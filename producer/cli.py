@@ -177,10 +177,11 @@ def status(job_id, as_json):
     client = _client()
     record = client.status(job_id)
     urls = client.urls(record) if record.state == "done" else {}
+    links = client.flower_links(record)
     if as_json:
-        display.print_json(out, display.record_dict(record, urls))
+        display.print_json(out, display.record_dict(record, urls) | ({"flower": links} if links else {}))
     else:
-        out.print(display.job_panel(record, urls))
+        out.print(display.job_panel(record, {**links, **urls}))
     if record.state == "failed":
         sys.exit(JobFailed.exit_code)
 
@@ -267,6 +268,106 @@ def worker(gpus, models, queues, name, threads, precision, loglevel):
     sys.exit(launcher.run(procs, loglevel=loglevel, threads=threads, precision=precision))
 
 
+@cli.command()
+@click.option("--timeout", default=1.0, show_default=True, help="Seconds to wait for remote-control replies.")
+@click.option("--json", "as_json", is_flag=True)
+def workers(timeout, as_json):
+    """Live workers: device, models loaded, current task, jobs done.
+
+    Joins each worker's own record in Redis (refreshed every few seconds, even during a long
+    task) with Celery's remote control (ping, active tasks, totals), which a worker answers
+    between tasks.
+
+    \b
+    Example:
+      segq workers --json | jq '.[] | {hostname, device, active}'
+    """
+    import dataclasses
+
+    from producer import fleet
+
+    client = _client()
+    views = fleet.workers(client.settings, client.store.r, client.celery, timeout=timeout)
+    if as_json:
+        display.print_json(out, [dataclasses.asdict(v) | {"live": v.live} for v in views])
+        return
+    if not views:
+        err.print("no live worker")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("worker", "device", "models", "active", "jobs done", "failed", "tasks", "heartbeat", "control"):
+        table.add_column(col)
+    for v in views:
+        control = "-" if v.responding is None else ("answers" if v.responding else "[yellow]busy[/]")
+        table.add_row(v.hostname, v.device, ", ".join(v.models), v.active or "idle", str(v.jobs_done),
+                      str(v.jobs_failed), str(v.tasks_done),
+                      f"{v.heartbeat_age:.0f}s ago" if v.heartbeat_age is not None else "-", control)
+    out.print(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def queues(as_json):
+    """Messages waiting in each queue (one queue per model).
+
+    \b
+    Example:
+      segq queues --json
+    """
+    from producer import fleet
+
+    client = _client()
+    depths = fleet.queue_depths(client.settings, client.store.r)
+    if as_json:
+        display.print_json(out, depths)
+    else:
+        for name, n in depths.items():
+            out.print(f"{name:<40} {n}", highlight=False)
+
+
+@cli.command()
+@click.option("--local", "local", is_flag=True, required=True,
+              help="Check the workers of this host (the only mode for now).")
+def health(local):
+    """Exit 0 when Redis answers and this host's workers have their models loaded.
+
+    For Kubernetes readiness/liveness probes and Docker health checks.
+
+    \b
+    Example:
+      segq health --local || echo "not ready"
+    """
+    import redis
+
+    from producer import fleet
+    from segq.settings import Settings
+
+    settings = Settings.from_env()
+    ok, message = fleet.local_health(redis.Redis.from_url(settings.redis_url, decode_responses=True,
+                                                          socket_timeout=5, socket_connect_timeout=5))
+    (out if ok else err).print(message, highlight=False)
+    sys.exit(0 if ok else 1)
+
+
+@cli.command()
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--port", default=9808, show_default=True)
+def exporter(address, port):
+    """Serve Prometheus metrics (queue depth, jobs by outcome, frames, FPS, model load time).
+
+    \b
+    Example:
+      segq exporter --address 0.0.0.0 --port 9808   # then scrape http://host:9808/metrics
+    """
+    from producer.exporter import serve
+    from segq.settings import Settings
+
+    err.print(f"serving metrics on http://{address}:{port}/metrics")
+    serve(Settings.from_env(), address, port)
+
+
 @cli.group()
 def models():
     """The models the fleet serves, and offline stand-ins."""
@@ -319,7 +420,8 @@ def _stack_models(data_dir: Path, offline: bool) -> dict[str, str] | None:
               help="--offline: generated tiny checkpoints; --hub: the real ones (needs hub access or HF cache).")
 @click.option("--gpus", default="auto", show_default=True)
 @click.option("--flower/--no-flower", default=True, show_default=True)
-def up(data_dir, offline, gpus, flower):
+@click.option("--flower-auth", metavar="USER:PASSWORD", help="Basic auth for Flower (default: none, loopback only).")
+def up(data_dir, offline, gpus, flower, flower_auth):
     """Start a local stack: Redis, SeaweedFS S3, one worker and Flower, on loopback.
 
     Prints the endpoints and writes DATA_DIR/segq.env; in another terminal run
@@ -330,7 +432,8 @@ def up(data_dir, offline, gpus, flower):
 
     from producer.stack import LocalStack
 
-    stack = LocalStack(data_dir, models=_stack_models(data_dir, offline), flower=flower, gpus=gpus)
+    stack = LocalStack(data_dir, models=_stack_models(data_dir, offline), flower=flower, gpus=gpus,
+                       flower_auth=flower_auth)
     err.print("starting redis, s3, worker" + (", flower" if flower else "") + " ...")
     with stack:
         out.print(f"redis   {stack.redis.url}", highlight=False)

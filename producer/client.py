@@ -153,6 +153,16 @@ class Client:
             for key in record.outputs
         }
 
+    def flower_links(self, record: JobRecord) -> dict[str, str]:
+        """Flower pages of a job's Celery tasks (task ids are derived from the job id)."""
+        if not self.settings.flower_url:
+            return {}
+        base = self.settings.flower_url
+        links = {"flower task": f"{base}/task/{record.id}"}
+        if record.kind == "video":
+            links["flower chunks"] = f"{base}/tasks?search={record.id}"
+        return links
+
     def workers(self) -> list[dict]:
         """Live workers as they publish themselves in Redis (refreshed every few seconds)."""
         out = []

@@ -225,6 +225,7 @@ class FlowerService(Service):
         if basic_auth:
             argv.append(f"--basic-auth={basic_auth}")
         self.spawn(argv, env=env)
+        # /healthcheck answers without authentication.
         _wait(lambda: urllib.request.urlopen(f"{self.url}/healthcheck", timeout=2).status == 200,
               f"Flower on port {self.port}", timeout, self.proc, self.log_path)
         return self
@@ -234,12 +235,13 @@ class LocalStack:
     """Redis + SeaweedFS S3 + one segq worker + Flower, all on loopback, data under ``data_dir``."""
 
     def __init__(self, data_dir: Path, *, models: dict[str, str] | None = None, worker: bool = True,
-                 flower: bool = True, gpus: str = "auto"):
+                 flower: bool = True, gpus: str = "auto", flower_auth: str | None = None):
         self.data_dir = data_dir.resolve()
         self.models = models
         self.with_worker = worker
         self.with_flower = flower
         self.gpus = gpus
+        self.flower_auth = flower_auth
         logs = self.data_dir / "logs"
         self.redis = RedisServer("redis", logs / "redis.log", data_dir=self.data_dir / "redis")
         self.s3 = SeaweedS3("s3", logs / "seaweedfs.log", data_dir=self.data_dir / "s3")
@@ -249,6 +251,8 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         """The variables that point segq (CLI, workers, Python API) at this stack."""
         env = {"SEGQ_REDIS_URL": self.redis.url, **self.s3.env()}
+        if self.with_flower and self.flower.port:
+            env["SEGQ_FLOWER_URL"] = self.flower.url
         if self.models:
             env["SEGQ_MODELS"] = ",".join(f"{k}={v}" for k, v in self.models.items())
         return env
@@ -264,7 +268,7 @@ class LocalStack:
             if self.with_worker:
                 self.worker.start(env, gpus=self.gpus)
             if self.with_flower:
-                self.flower.start(self.redis.url, env)
+                self.flower.start(self.redis.url, env, basic_auth=self.flower_auth)
             if self.with_worker:
                 self.wait_for_workers(1, worker_ready_timeout)
         except BaseException:

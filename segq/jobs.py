@@ -224,6 +224,24 @@ class JobStore:
 
     def finish(self, job_id: str, **metrics: Any) -> None:
         self.update(job_id, state=DONE, finished_at=time.time(), **metrics)
+        self._count(job_id, DONE, metrics)
 
     def fail(self, job_id: str, error: str) -> None:
         self.update(job_id, state=FAILED, finished_at=time.time(), error=error)
+        self._count(job_id, FAILED, {})
+
+    def _count(self, job_id: str, state: str, metrics: dict) -> None:
+        """Fleet-wide counters behind the Prometheus metrics (keys.STATS)."""
+        kind, model = self.r.hmget(keys.job(job_id), "kind", "model")
+        kind, model = kind or "unknown", model or "unknown"
+        pipe = self.r.pipeline()
+        pipe.hincrby(keys.STATS, keys.stat_jobs(state, kind, model), 1)
+        if state == DONE:
+            pipe.hincrby(keys.STATS, keys.stat_frames(model), int(metrics.get("frames") or 0))
+            pipe.hincrbyfloat(keys.STATS, keys.stat_inference(model), float(metrics.get("inference_s") or 0.0))
+            if metrics.get("fps"):
+                pipe.hset(keys.STATS, keys.stat_last_fps(kind, model), metrics["fps"])
+        pipe.execute()
+
+    def stats(self) -> dict[str, str]:
+        return self.r.hgetall(keys.STATS)

@@ -9,6 +9,25 @@ PREFIX = "segq"
 #: Sorted set of job ids, scored by creation time (``segq list``).
 JOBS_INDEX = f"{PREFIX}:jobs"
 
+#: Hash of fleet-wide counters for metrics (``segq exporter``); fields built by the functions below.
+STATS = f"{PREFIX}:stats"
+
+
+def stat_jobs(state: str, kind: str, model: str) -> str:
+    return f"jobs|{state}|{kind}|{model}"
+
+
+def stat_frames(model: str) -> str:
+    return f"frames|{model}"
+
+
+def stat_inference(model: str) -> str:
+    return f"inference_s|{model}"
+
+
+def stat_last_fps(kind: str, model: str) -> str:
+    return f"last_fps|{kind}|{model}"
+
 
 def job(job_id: str) -> str:
     """Hash holding one job record (fields: ``segq.jobs.JobRecord``)."""

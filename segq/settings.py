@@ -25,6 +25,7 @@ variable                       meaning                                        de
 ``SEGQ_PRESIGN_EXPIRES``       seconds presigned output URLs stay valid       3600
 ``SEGQ_VISIBILITY_TIMEOUT``    seconds before an unacked task is redelivered  14400
 ``SEGQ_TASK_RETRIES``          retries of transient failures                  3
+``SEGQ_FLOWER_URL``            Flower's address, for links from ``segq status``  none
 ``SEGQ_ENV_FILE``              the ``.env`` file to read                      ``./.env``
 =============================  =============================================  ==========================
 
@@ -110,6 +111,7 @@ class Settings:
     presign_seconds: int = defaults.PRESIGN_SECONDS
     visibility_timeout_seconds: int = defaults.VISIBILITY_TIMEOUT_SECONDS
     task_retries: int = defaults.TASK_RETRIES
+    flower_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -146,6 +148,8 @@ class Settings:
         ):
             if get(var):
                 kwargs[attr] = _parse_int(var, get(var))
+        if get("SEGQ_FLOWER_URL"):
+            kwargs["flower_url"] = get("SEGQ_FLOWER_URL").rstrip("/")
         if get("SEGQ_TASK_RETRIES"):
             kwargs["task_retries"] = _parse_int("SEGQ_TASK_RETRIES", get("SEGQ_TASK_RETRIES"), minimum=0)
         settings = cls(**kwargs)

@@ -98,13 +98,16 @@ def wait_for_worker(r: redis.Redis, hostname: str, service: WorkerService, timeo
     raise RuntimeError(f"worker {hostname} not ready after {timeout}s:\n{service.log_path.read_text()[-3000:]}")
 
 
-def start_worker(session_dir: Path, env: dict[str, str], name: str, models: str | None = None) -> tuple[WorkerService, str]:
+def start_worker(session_dir: Path, env: dict[str, str], name: str, models: str | None = None,
+                 host: str | None = None) -> tuple[WorkerService, str]:
+    """A real `segq worker --gpus cpu` process; ``host`` names the host it stands for."""
     import socket
 
     service = WorkerService(name, session_dir / "logs" / f"{name}.log")
+    node = f"{name}@{host}" if host else name
     service.start({**os.environ, **env, "PYTHONUNBUFFERED": "1"}, gpus="cpu", models=models,
-                  worker_name=name, threads=1)
-    return service, f"{name}-cpu@{socket.gethostname()}"
+                  worker_name=node, threads=1)
+    return service, f"{name}-cpu@{host or socket.gethostname()}"
 
 
 @pytest.fixture(scope="session")
@@ -122,6 +125,17 @@ def second_worker(session_dir, stack_env, redis_client, worker):
     service, hostname = start_worker(session_dir, stack_env, "w2")
     wait_for_worker(redis_client, hostname, service)
     yield hostname
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def flower(session_dir, stack_env, redis_server):
+    """Flower on the session's broker, with basic auth on, as deployments run it."""
+    from producer.stack import FlowerService
+
+    service = FlowerService("flower", session_dir / "logs" / "flower.log")
+    service.start(redis_server.url, {**os.environ, **stack_env}, basic_auth="admin:s3cret")
+    yield service
     service.stop()
 
 

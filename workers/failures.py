@@ -50,8 +50,11 @@ def parse(rt: Runtime, payload: dict, parser: Callable[[dict], Any]):
 
 def guarded(task: Task, rt: Runtime, job_id: str, input_uri: str, work: Callable[[], Any]) -> Any:
     """Run ``work``; map its errors to the job's state as the module docstring says."""
+    rt.set_active(f"{task.name}[{task.request.id}] job {job_id}")
     try:
-        return work()
+        result = work()
+        rt.count("tasks_done")
+        return result
     except ObjectNotFound:
         raise fail(rt, job_id, f"input not found: {input_uri}") from None
     except (InputError, UsageError) as exc:
@@ -68,3 +71,8 @@ def guarded(task: Task, rt: Runtime, job_id: str, input_uri: str, work: Callable
     except Exception as exc:  # never let one job take the worker down
         log.exception("job %s: unexpected error", job_id)
         raise fail(rt, job_id, f"internal error: {type(exc).__name__}: {exc}") from None
+    finally:
+        try:
+            rt.set_active("")
+        except redis.RedisError:
+            pass

@@ -85,6 +85,11 @@ class Runtime:
     def count(self, field_name: str) -> None:
         self.redis.hincrby(keys.worker(self.hostname), field_name, 1)
 
+    def set_active(self, description: str) -> None:
+        """What this worker is doing now (``segq workers``); "" when idle. Kept in Redis, since a
+        worker busy with a long task answers Celery's remote control only between tasks."""
+        self.redis.hset(keys.worker(self.hostname), mapping={"active": description, "active_since": time.time()})
+
     def start_heartbeat(self) -> None:
         def beat() -> None:
             while True:

@@ -1,0 +1,81 @@
+"""``segq exporter``: Prometheus metrics that Flower lacks, read from Redis at each scrape.
+
+=====================================  ====================================================
+metric                                 meaning
+=====================================  ====================================================
+``segq_queue_depth{queue}``            messages waiting per queue
+``segq_jobs_total{state,kind,model}``  jobs finished, by outcome (done, failed)
+``segq_frames_processed_total{model}``  frames segmented by finished jobs (images count 1)
+``segq_inference_seconds_total{model}``  inference time of finished jobs; frames rate / this
+                                       rate = fleet inference FPS
+``segq_job_fps{kind,model}``           inference FPS of the last finished job
+``segq_model_load_seconds{worker,model}``  time each live worker took to load each model
+``segq_workers{model}``                live workers serving each model
+=====================================  ====================================================
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from segq import keys
+from segq.settings import Settings
+
+from producer import fleet
+
+
+class SegqCollector(Collector):
+    def __init__(self, settings: Settings, r: redis.Redis):
+        self.settings, self.r = settings, r
+
+    def collect(self):
+        depth = GaugeMetricFamily("segq_queue_depth", "Messages waiting in each segq queue", labels=["queue"])
+        for queue, n in fleet.queue_depths(self.settings, self.r).items():
+            depth.add_metric([queue], n)
+        yield depth
+
+        jobs = CounterMetricFamily("segq_jobs", "Finished jobs by outcome", labels=["state", "kind", "model"])
+        frames = CounterMetricFamily("segq_frames_processed", "Frames segmented by finished jobs", labels=["model"])
+        infer = CounterMetricFamily("segq_inference_seconds", "Inference seconds of finished jobs", labels=["model"])
+        fps = GaugeMetricFamily("segq_job_fps", "Inference FPS of the last finished job", labels=["kind", "model"])
+        for name, value in self.r.hgetall(keys.STATS).items():
+            parts = name.split("|")
+            if parts[0] == "jobs" and len(parts) == 4:
+                jobs.add_metric(parts[1:], float(value))
+            elif parts[0] == "frames" and len(parts) == 2:
+                frames.add_metric(parts[1:], float(value))
+            elif parts[0] == "inference_s" and len(parts) == 2:
+                infer.add_metric(parts[1:], float(value))
+            elif parts[0] == "last_fps" and len(parts) == 3:
+                fps.add_metric(parts[1:], float(value))
+        yield from (jobs, frames, infer, fps)
+
+        loads = GaugeMetricFamily("segq_model_load_seconds", "Model load time per live worker",
+                                  labels=["worker", "model"])
+        serving = GaugeMetricFamily("segq_workers", "Live workers serving each model", labels=["model"])
+        count: dict[str, int] = {m: 0 for m in self.settings.models}
+        for w in fleet.registered_workers(self.r):
+            if not w.live:
+                continue
+            for model, seconds in w.load_seconds.items():
+                loads.add_metric([w.hostname, model], float(seconds))
+            for model in w.models:
+                count[model] = count.get(model, 0) + 1
+        for model, n in count.items():
+            serving.add_metric([model], n)
+        yield loads
+        yield serving
+
+
+def serve(settings: Settings, address: str, port: int) -> None:
+    from prometheus_client import REGISTRY, start_http_server
+
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    REGISTRY.register(SegqCollector(settings, r))
+    start_http_server(port, addr=address)
+    while True:
+        time.sleep(3600)

@@ -1,0 +1,120 @@
+"""Scale out and watch it: workers on several "hosts" share one queue; Flower, `segq workers`
+and `segq queues` show the fleet; a worker that joins mid-run takes work; one stopped with
+SIGTERM finishes its chunk first."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import time
+import urllib.request
+
+import pytest
+
+from segq import keys
+
+from conftest import start_worker, wait_for_worker
+from media import photo, video
+from test_bad_input import segq
+
+pytestmark = pytest.mark.e2e
+
+
+def flower_api(flower, path: str):
+    req = urllib.request.Request(f"{flower.url}{path}")
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"admin:s3cret").decode())
+    return json.loads(urllib.request.urlopen(req, timeout=10).read())
+
+
+def chunk_workers(client, job_id: str) -> set[str]:
+    return {c["worker"] for c in client.store.chunk_infos(job_id).values()}
+
+
+@pytest.fixture(scope="module")
+def third_worker_service(session_dir, stack_env, redis_client, worker, second_worker):
+    """A third worker standing for another host (its own Celery node name, host-c)."""
+    service, hostname = start_worker(session_dir, stack_env, "w3", host="host-c")
+    wait_for_worker(redis_client, hostname, service)
+    yield service, hostname
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def third_worker(third_worker_service):
+    return third_worker_service[1]
+
+
+def test_three_workers_share_one_queue_and_every_view_lists_them(
+        client, worker, second_worker, third_worker, flower, tmp_path):
+    fleet = {worker, second_worker, third_worker}
+    images = client.submit([str(photo(tmp_path / f"i{i}.png", (160, 120), seed=i)) for i in range(9)],
+                           task="semantic")
+    [clip] = client.submit([str(video(tmp_path / "v.mp4", frames=48, size=(160, 120)))], task="semantic",
+                           chunk_frames=4, batch_size=2)
+    records = client.wait([j.id for j in images] + [clip.id], timeout=300)
+    assert all(r.state == "done" for r in records), [r.error for r in records]
+    used = {r.worker for r in records[:-1]} | chunk_workers(client, clip.id)
+    assert used == fleet
+
+    listed = json.loads(segq("workers", "--json", "--timeout", "3").stdout)
+    assert {w["hostname"] for w in listed} >= fleet
+    for w in listed:
+        if w["hostname"] in fleet:
+            assert w["live"] and w["models"] == ["ade-semantic", "coco-instance", "coco-panoptic"]
+            assert w["device"].startswith("cpu") and w["responding"] is True
+
+    queues = json.loads(segq("queues", "--json").stdout)
+    assert queues["segq.model.ade-semantic"] == 0
+
+    deadline = time.monotonic() + 30
+    while True:  # Flower learns workers from their events and heartbeats
+        seen = set(flower_api(flower, "/api/workers?refresh=1"))
+        if seen >= fleet or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert seen >= fleet
+    tasks = flower_api(flower, "/api/tasks?limit=1000")
+    mine = {t["uuid"]: t for t in tasks.values() if clip.id in t["uuid"]}
+    assert mine[clip.id]["name"] == "segq.split_video"
+    assert f"{clip.id}-assemble" in mine
+    assert images[0].id in tasks and tasks[images[0].id]["name"] == "segq.segment_image"
+    assert images[0].id in tasks[images[0].id]["kwargs"]  # the job id is visible in Flower
+
+
+def test_flower_requires_its_password(flower):
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{flower.url}/api/workers", timeout=10)
+    assert err.value.code == 401
+
+
+def test_a_joining_worker_takes_work_and_a_sigtermed_one_finishes_its_chunk(
+        client, session_dir, stack_env, redis_client, worker, second_worker, third_worker_service, tmp_path):
+    w3, third_worker = third_worker_service
+    src = video(tmp_path / "long.mp4", frames=200, size=(320, 240), gop=20)
+    [job] = client.submit([str(src)], task="semantic", chunk_frames=5, batch_size=5)
+
+    # A fourth worker joins while the job runs.
+    joiner, joiner_name = start_worker(session_dir, stack_env, "w4", models="semantic", host="host-d")
+    try:
+        wait_for_worker(redis_client, joiner_name, joiner)
+        # Stop the third worker with SIGTERM while it works on a chunk.
+        deadline = time.monotonic() + 120
+        while "segq.segment_chunk" not in (redis_client.hget(keys.worker(third_worker), "active") or ""):
+            assert time.monotonic() < deadline, "the third worker never took a chunk"
+            time.sleep(0.02)
+        active = redis_client.hget(keys.worker(third_worker), "active")
+        chunk_task = active.split("[", 1)[1].split("]", 1)[0]
+        chunk_index = int(chunk_task.rsplit("chunk", 1)[1])
+        w3.proc.send_signal(signal.SIGTERM)  # to `segq worker`, which passes it to its Celery process
+        code = w3.proc.wait(120)
+        [done] = client.wait([job.id], timeout=600)
+    finally:
+        joiner.stop()
+
+    assert code == 0  # a warm shutdown
+    assert done.state == "done", done.error
+    assert (done.frames_done, done.frames_total, done.assemblies) == (200, 200, 1)
+    infos = client.store.chunk_infos(job.id)
+    assert infos[chunk_index]["worker"] == third_worker  # it finished the chunk it held
+    assert joiner_name in {c["worker"] for c in infos.values()}  # the newcomer took work
