@@ -118,3 +118,37 @@ def test_a_joining_worker_takes_work_and_a_sigtermed_one_finishes_its_chunk(
     infos = client.store.chunk_infos(job.id)
     assert infos[chunk_index]["worker"] == third_worker  # it finished the chunk it held
     assert joiner_name in {c["worker"] for c in infos.values()}  # the newcomer took work
+
+
+def test_flower_tasks_page_shows_segmentation_tasks_in_a_real_browser(client, flower, tmp_path):
+    """Headless Chromium opens Flower's tasks page (basic auth in the URL) while segq runs jobs;
+    the segmentation tasks are in the rendered page. The screenshot is kept in test-artifacts/."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium is not installed: apt-get install chromium")
+    jobs = client.submit([str(photo(tmp_path / f"b{i}.png", (96, 64), seed=i)) for i in range(3)], task="instance")
+    client.wait([j.id for j in jobs], timeout=120)
+
+    url = f"http://admin:s3cret@{flower.url.removeprefix('http://')}/tasks"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--virtual-time-budget=10000", "--window-size=1400,900"]
+    dom = subprocess.run([browser, *flags, f"--user-data-dir={tmp_path / 'profile1'}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "segq.segment_image" in dom
+    for job in jobs:
+        assert job.id in dom  # the task id is the job id: from `segq status` straight to Flower
+
+    artifacts = Path(__file__).resolve().parent.parent / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shot = artifacts / "flower-tasks.png"
+    subprocess.run([browser, *flags, f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}", url],
+                   capture_output=True, timeout=120)
+    assert shot.stat().st_size > 10_000
