@@ -82,10 +82,12 @@ def test_three_workers_share_one_queue_and_every_view_lists_them(
     assert images[0].id in tasks[images[0].id]["kwargs"]  # the job id is visible in Flower
 
 
-def test_flower_requires_its_password(flower):
+def test_flower_requires_its_password_except_on_metrics(flower):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{flower.url}/api/workers", timeout=10)
     assert err.value.code == 401
+    # What the docs warn about: /metrics answers anyone, so Flower must stay behind the proxy.
+    assert urllib.request.urlopen(f"{flower.url}/metrics", timeout=10).status == 200
 
 
 def test_a_joining_worker_takes_work_and_a_sigtermed_one_finishes_its_chunk(

@@ -1,0 +1,91 @@
+"""`segq exporter` serves Prometheus metrics; `segq health --local` reports readiness."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from producer.stack import free_port
+
+from media import photo
+from test_bad_input import segq
+
+pytestmark = pytest.mark.e2e
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(body) for s in fam.samples}
+
+
+def test_exporter_counts_jobs_frames_and_queues(client, worker, tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "producer", "exporter", "--port", str(port)],
+                            env=dict(os.environ), stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                before = scrape(port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        done_key = ("segq_jobs_total", (("kind", "image"), ("model", "coco-panoptic"), ("state", "done")))
+        failed_key = ("segq_jobs_total", (("kind", "image"), ("model", "coco-panoptic"), ("state", "failed")))
+        frames_key = ("segq_frames_processed_total", (("model", "coco-panoptic"),))
+        empty = tmp_path / "e.png"
+        empty.write_bytes(b"")
+        jobs = client.submit([str(photo(tmp_path / "m1.png", (64, 48))), str(photo(tmp_path / "m2.png", (64, 48))),
+                              str(empty)], task="panoptic")
+        client.wait([j.id for j in jobs], timeout=120)
+        after = scrape(port)
+        assert after[done_key] - before.get(done_key, 0) == 2
+        assert after[failed_key] - before.get(failed_key, 0) == 1
+        assert after[frames_key] - before.get(frames_key, 0) == 2
+        assert after[("segq_queue_depth", (("queue", "segq.model.coco-panoptic"),))] == 0
+        assert after[("segq_workers", (("model", "coco-panoptic"),))] >= 1
+        assert after[("segq_model_load_seconds", (("model", "coco-panoptic"), ("worker", worker)))] > 0
+        assert after[("segq_job_fps", (("kind", "image"), ("model", "coco-panoptic")))] > 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_health_is_ready_with_a_loaded_worker_on_this_host(worker):
+    result = segq("health", "--local")
+    assert result.returncode == 0, result.stderr
+    assert worker in result.stdout
+
+
+def test_health_fails_when_redis_is_unreachable(worker):
+    result = segq("health", "--local", env={"SEGQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert result.returncode == 1 and "redis unreachable" in result.stderr
+
+
+def test_queue_depth_counts_waiting_messages(client, redis_client):
+    """A model no worker serves: its jobs wait, and `segq queues` counts them."""
+    from segq.jobs import JobRecord, new_job_id
+    from segq.protocol import SEGMENT_IMAGE, model_queue
+
+    queue = model_queue("nobody-serves-this")
+    for _ in range(3):
+        job_id = new_job_id()
+        client.store.create(JobRecord(id=job_id, kind="image", task="semantic", model="nobody-serves-this",
+                                      input="s3://segq/x"))
+        client.celery.send_task(SEGMENT_IMAGE, kwargs={"job_id": job_id}, queue=queue, task_id=job_id)
+    try:
+        import json
+
+        depths = json.loads(segq("queues", "--json").stdout)
+        assert depths[queue] == 3
+    finally:
+        redis_client.delete(queue)
