@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -17,7 +16,7 @@ from typing import Callable, Iterable, Sequence
 import redis
 from kombu.exceptions import OperationalError
 
-from segq import defaults, keys, layout
+from segq import defaults, layout
 from segq.broker import make_celery
 from segq.errors import ServiceUnavailable, UsageError, WaitTimeout
 from segq.jobs import FAILED, JobRecord, JobStore, new_job_id
@@ -163,21 +162,11 @@ class Client:
             links["flower chunks"] = f"{base}/tasks?search={record.id}"
         return links
 
-    def workers(self) -> list[dict]:
-        """Live workers as they publish themselves in Redis (refreshed every few seconds)."""
-        out = []
-        for key in sorted(self.store.r.scan_iter(match=keys.worker("*"), count=200)):
-            data = self.store.r.hgetall(key)
-            if not data:
-                continue
-            for name in ("models", "model_loads", "load_seconds"):
-                if name in data:
-                    data[name] = json.loads(data[name])
-            out.append(data)
-        return out
-
     def serving(self, model: str) -> bool:
-        return any(model in w.get("models", []) for w in self.workers())
+        """Whether a live worker serves ``model`` (jobs for it would not wait for one)."""
+        from producer import fleet
+
+        return any(w.live and model in w.models for w in fleet.registered_workers(self.store.r))
 
     # -- wait ----------------------------------------------------------------------------
     def wait(

@@ -115,10 +115,11 @@ class RedisServer(Service):
     port: int = 0
     password: str = ""
     data_dir: Path | None = None
+    host: str = LOOPBACK  # the address clients use; the server also listens on loopback
 
     @property
     def url(self) -> str:
-        return f"redis://:{self.password}@{LOOPBACK}:{self.port}/0"
+        return f"redis://:{self.password}@{self.host}:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> "RedisServer":
         import redis
@@ -129,7 +130,7 @@ class RedisServer(Service):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.spawn([
             redis_binary(),
-            "--bind", LOOPBACK, "--port", str(self.port), "--requirepass", self.password,
+            "--bind", *dict.fromkeys([LOOPBACK, self.host]), "--port", str(self.port), "--requirepass", self.password,
             "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
             "--maxmemory-policy", "noeviction", "--daemonize", "no", "--protected-mode", "yes",
         ])
@@ -148,10 +149,11 @@ class SeaweedS3(Service):
     secret_key: str = ""
     region: str = "us-east-1"
     ports: dict[str, int] = field(default_factory=dict)
+    host: str = LOOPBACK  # the one address weed listens on
 
     @property
     def endpoint(self) -> str:
-        return f"http://{LOOPBACK}:{self.ports['s3']}"
+        return f"http://{self.host}:{self.ports['s3']}"
 
     def env(self) -> dict[str, str]:
         return {
@@ -173,7 +175,7 @@ class SeaweedS3(Service):
             self.ports.setdefault(part, free_port())
             self.ports.setdefault(part + ".grpc", free_port())
         argv = [
-            weed_binary(), "mini", f"-dir={self.data_dir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
+            weed_binary(), "mini", f"-dir={self.data_dir}", f"-ip={self.host}", f"-ip.bind={self.host}",
             f"-bucket={self.bucket}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
         ]
         for part in ("master", "volume", "filer", "s3", "webdav", "admin"):
