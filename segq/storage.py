@@ -68,7 +68,9 @@ class Storage:
     def __init__(self, settings: Settings):
         self.bucket = settings.s3_bucket
         self.endpoint = settings.s3_endpoint_url
-        self.client = boto3.client(
+        # A session of its own: credentials are read from the environment now, not cached from
+        # whatever boto3's default session saw first (and sessions are not shared across threads).
+        self.client = boto3.session.Session().client(
             "s3",
             endpoint_url=settings.s3_endpoint_url or None,
             region_name=settings.s3_region,

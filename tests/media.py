@@ -75,33 +75,28 @@ def video(path: Path, frames: int = 91, size=(320, 240), fps: int = 30, audio: b
         for p in vs.encode():
             out.mux(p)
         if a_s is not None:
-            samples = int(44100 * frames / fps)
-            t = np.arange(samples) / 44100
-            wave = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-            for start in range(0, samples, 1024):
-                chunk = wave[start:start + 1024]
-                af = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="fltp", layout="mono")
-                af.sample_rate = 44100
-                af.pts = start
-                for p in a_s.encode(af):
-                    out.mux(p)
-            for p in a_s.encode():
-                out.mux(p)
+            _sine(out, a_s, frames / fps)
     return path
+
+
+def _sine(out, stream, seconds: float, rate: int = 44100) -> None:
+    """Encode a 440 Hz tone of ``seconds`` into ``stream`` (AAC, mono)."""
+    import av
+
+    wave = (0.2 * np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate)).astype(np.float32)
+    for start in range(0, len(wave), 1024):
+        frame = av.AudioFrame.from_ndarray(wave[start:start + 1024].reshape(1, -1), format="fltp", layout="mono")
+        frame.sample_rate = rate
+        frame.pts = start
+        for p in stream.encode(frame):
+            out.mux(p)
+    for p in stream.encode():
+        out.mux(p)
 
 
 def audio_only(path: Path, seconds: float = 1.0) -> Path:
     import av
 
     with av.open(str(path), "w", format="mp4") as out:
-        a_s = out.add_stream("aac", rate=44100)
-        wave = (0.2 * np.sin(np.arange(int(44100 * seconds)) / 10)).astype(np.float32)
-        for start in range(0, len(wave), 1024):
-            af = av.AudioFrame.from_ndarray(wave[start:start + 1024].reshape(1, -1), format="fltp", layout="mono")
-            af.sample_rate = 44100
-            af.pts = start
-            for p in a_s.encode(af):
-                out.mux(p)
-        for p in a_s.encode():
-            out.mux(p)
+        _sine(out, out.add_stream("aac", rate=44100), seconds)
     return path

@@ -34,26 +34,30 @@ def check_size(rt: runtime.Runtime, obj: S3Object) -> int:
     return size
 
 
-def start_job(rt: runtime.Runtime, job_id: str) -> dict | None:
-    """Mark the job running; a dict to return instead of working when it must be skipped."""
-    started = rt.store.start(job_id, rt.hostname, rt.spec.label)
+def begin(payload: dict, parser):
+    """Parse a job's first task and mark the job running.
+
+    Returns ``(runtime, job, input object, skipped)``; ``skipped`` is the task's result when
+    there is nothing to do (the job is already final: a redelivery; or its record is gone).
+    """
+    rt = runtime.get()
+    job = parse(rt, payload, parser)
+    skipped = None
+    started = rt.store.start(job.job_id, rt.hostname, rt.spec.label)
     if started is None:
-        log.warning("job %s has no record (expired or never created); skipping", job_id)
-        return {"job_id": job_id, "skipped": "no job record"}
-    if not started:
-        log.info("job %s is already finished; redelivery ignored", job_id)
-        return {"job_id": job_id, "skipped": "already finished"}
-    return None
+        log.warning("job %s has no record (expired or never created); skipping", job.job_id)
+        skipped = {"job_id": job.job_id, "skipped": "no job record"}
+    elif not started:
+        log.info("job %s is already finished; redelivery ignored", job.job_id)
+        skipped = {"job_id": job.job_id, "skipped": "already finished"}
+    return rt, job, S3Object(job.input_bucket, job.input_key), skipped
 
 
 @app.task(name=SEGMENT_IMAGE, **TASK_OPTIONS)
 def segment_image(self: Task, **payload) -> dict:
-    rt = runtime.get()
-    job = parse(rt, payload, ImageJob.from_message)
-    skipped = start_job(rt, job.job_id)
+    rt, job, obj, skipped = begin(payload, ImageJob.from_message)
     if skipped:
         return skipped
-    obj = S3Object(job.input_bucket, job.input_key)
 
     def work() -> dict:
         t0 = time.perf_counter()

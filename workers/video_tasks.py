@@ -33,7 +33,7 @@ from workers import render, runtime, video
 from workers.app import app
 from workers.failures import guarded, parse
 from workers.inference import predict
-from workers.tasks import TASK_OPTIONS, check_size, start_job
+from workers.tasks import TASK_OPTIONS, begin, check_size
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,9 @@ def _info(rt: runtime.Runtime, job_id: str) -> video.VideoInfo:
 
 @app.task(name=SPLIT_VIDEO, **TASK_OPTIONS)
 def split_video(self: Task, **payload) -> dict:
-    rt = runtime.get()
-    job = parse(rt, payload, VideoJob.from_message)
-    skipped = start_job(rt, job.job_id)
+    rt, job, obj, skipped = begin(payload, VideoJob.from_message)
     if skipped:
         return skipped
-    obj = S3Object(job.input_bucket, job.input_key)
 
     def work() -> dict:
         t0 = time.perf_counter()
