@@ -133,9 +133,18 @@ class Storage:
         except (BotoCoreError, ClientError) as exc:
             raise self._explain(exc, obj.uri) from exc
 
-    def get_bytes(self, obj: S3Object) -> bytes:
+    def get_bytes(self, obj: S3Object, max_bytes: int | None = None) -> bytes:
+        """The object's content; with ``max_bytes``, InputError before reading a larger one."""
         try:
-            return self.client.get_object(Bucket=obj.bucket, Key=obj.key)["Body"].read()
+            response = self.client.get_object(Bucket=obj.bucket, Key=obj.key)
+            size = int(response.get("ContentLength", 0))
+            if max_bytes is not None and size > max_bytes:
+                response["Body"].close()
+                raise InputError(
+                    f"input is {size / 2**20:.1f} MiB, over the limit of {max_bytes / 2**20:.1f} MiB "
+                    f"(SEGQ_MAX_INPUT_BYTES)"
+                )
+            return response["Body"].read()
         except (BotoCoreError, ClientError) as exc:
             raise self._explain(exc, obj.uri) from exc
 

@@ -62,8 +62,8 @@ def segment_image(self: Task, **payload) -> dict:
     def work() -> dict:
         t0 = time.perf_counter()
         model = rt.model(job.model)
-        check_size(rt, obj)
-        image = decode_image(rt.storage.get_bytes(obj), rt.settings.max_image_pixels)
+        data = rt.storage.get_bytes(obj, max_bytes=rt.settings.max_input_bytes)
+        image = decode_image(data, rt.settings.max_image_pixels)
         timed = predict(model, [image], job.task)
         pred = timed.predictions[0]
         files = render.image_outputs(
