@@ -458,7 +458,7 @@ def up(data_dir, offline, gpus, flower, flower_auth):
 @click.option("--offline/--hub", default=True, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the stack running after the demo (Ctrl-C stops).")
 def demo(data_dir, out_dir, offline, keep):
-    """Start the local stack, segment a demo image with all three tasks, show the outputs."""
+    """Start the local stack, segment a demo image (all three tasks) and a demo clip, show the outputs."""
     from producer.demo import run_demo
 
     sys.exit(run_demo(data_dir, out_dir, offline=offline, keep=keep, out=out, err=err))

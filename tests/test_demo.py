@@ -17,12 +17,18 @@ def test_demo_runs_the_whole_stack_and_downloads_outputs(tmp_path):
         capture_output=True, text=True, timeout=600, env={**env, "COLUMNS": "200"}, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(": done") == 3
+    assert result.stdout.count(": done") == 4
     assert "flower: http://127.0.0.1:" in result.stdout
     jobs = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
-    assert len(jobs) == 3
+    assert len(jobs) == 4
     tasks = set()
     for job in jobs:
+        if (job / "overlay.mp4").exists():  # the clip
+            import av
+
+            with av.open(str(job / "overlay.mp4")) as c:
+                assert sum(1 for _ in c.decode(c.streams.video[0])) == 48
+            continue
         doc = json.loads((job / "segments.json").read_text())
         tasks.add(doc["task"])
         assert Image.open(job / "overlay.jpg").size == Image.open(tmp_path / "out" / "demo-street.jpg").size

@@ -22,6 +22,7 @@ from segq import keys
 
 from media import photo, video
 from test_bad_input import segq
+from test_fleet import chunk_workers
 
 pytestmark = pytest.mark.e2e
 
@@ -119,7 +120,7 @@ def test_workers_on_three_network_hosts_share_one_queue(remote_stack, tmp_path, 
                            chunk_frames=4, batch_size=2)
     records = client.wait([j.id for j in images] + [clip.id], timeout=300)
     assert all(r.state == "done" for r in records), [r.error for r in records]
-    used = {r.worker for r in records[:-1]} | {c["worker"] for c in client.store.chunk_infos(clip.id).values()}
+    used = {r.worker for r in records[:-1]} | chunk_workers(client, clip.id)
     assert used == {f"segq-cpu@{h}" for h in HOSTS}
 
     listed = json.loads(segq("workers", "--json", "--timeout", "3", env=remote_stack).stdout)
