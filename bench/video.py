@@ -27,26 +27,20 @@ from bench.common import checkpoint, servers, start_workers, stop_workers, table
 def make_video(path: Path, frames: int, size: tuple[int, int], fps: int = 30) -> Path:
     from fractions import Fraction
 
-    import av
     import numpy as np
 
+    from workers.video import PartEncoder
+
     w, h = size
-    with av.open(str(path), "w", format="mp4") as out:
-        vs = out.add_stream("libx264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        vs.options = {"g": "30", "crf": "23", "preset": "veryfast"}
-        for i in range(frames):
-            img = np.zeros((h, w, 3), np.uint8)
-            img[:] = (70, 120, 170)
-            img[h * 2 // 3:] = (60, 150, 60)
-            cx = int((i * 7) % w)
-            img[h // 3:h // 3 + h // 5, max(0, cx - w // 10):cx + w // 10] = (200, 30, 30)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for p in vs.encode(frame):
-                out.mux(p)
-        for p in vs.encode():
-            out.mux(p)
+    encoder = PartEncoder(path, Fraction(fps), crf=23, gop=30)
+    for i in range(frames):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:] = (70, 120, 170)
+        img[h * 2 // 3:] = (60, 150, 60)
+        cx = int((i * 7) % w)
+        img[h // 3:h // 3 + h // 5, max(0, cx - w // 10):cx + w // 10] = (200, 30, 30)
+        encoder.write(img)
+    encoder.close()
     return path
 
 

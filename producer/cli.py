@@ -6,7 +6,6 @@ A thin layer over ``producer.Client``: parsing arguments, printing, exit codes
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 

@@ -31,6 +31,18 @@ def chunk_workers(client, job_id: str) -> set[str]:
     return {c["worker"] for c in client.store.chunk_infos(job_id).values()}
 
 
+def workers_of_a_mixed_batch(client, tmp_path) -> tuple[set[str], list[str], str]:
+    """Submit 9 image jobs and a 40-frame video in 4-frame chunks, wait; returns every worker that
+    took a part, the image job ids and the video job id."""
+    images = client.submit([str(photo(tmp_path / f"i{i}.png", (160, 120), seed=i)) for i in range(9)],
+                           task="semantic")
+    [clip] = client.submit([str(video(tmp_path / "v.mp4", frames=40, size=(160, 120)))], task="semantic",
+                           chunk_frames=4, batch_size=2)
+    records = client.wait([j.id for j in images] + [clip.id], timeout=300)
+    assert all(r.state == "done" for r in records), [r.error for r in records]
+    return {r.worker for r in records[:-1]} | chunk_workers(client, clip.id), [j.id for j in images], clip.id
+
+
 @pytest.fixture(scope="module")
 def third_worker_service(session_dir, stack_env, redis_client, worker, second_worker):
     """A third worker standing for another host (its own Celery node name, host-c)."""
@@ -48,13 +60,7 @@ def third_worker(third_worker_service):
 def test_three_workers_share_one_queue_and_every_view_lists_them(
         client, worker, second_worker, third_worker, flower, tmp_path):
     fleet = {worker, second_worker, third_worker}
-    images = client.submit([str(photo(tmp_path / f"i{i}.png", (160, 120), seed=i)) for i in range(9)],
-                           task="semantic")
-    [clip] = client.submit([str(video(tmp_path / "v.mp4", frames=48, size=(160, 120)))], task="semantic",
-                           chunk_frames=4, batch_size=2)
-    records = client.wait([j.id for j in images] + [clip.id], timeout=300)
-    assert all(r.state == "done" for r in records), [r.error for r in records]
-    used = {r.worker for r in records[:-1]} | chunk_workers(client, clip.id)
+    used, image_ids, clip_id = workers_of_a_mixed_batch(client, tmp_path)
     assert used == fleet
 
     listed = json.loads(segq("workers", "--json", "--timeout", "3").stdout)
@@ -75,11 +81,11 @@ def test_three_workers_share_one_queue_and_every_view_lists_them(
         time.sleep(1)
     assert seen >= fleet
     tasks = flower_api(flower, "/api/tasks?limit=1000")
-    mine = {t["uuid"]: t for t in tasks.values() if clip.id in t["uuid"]}
-    assert mine[clip.id]["name"] == "segq.split_video"
-    assert f"{clip.id}-assemble" in mine
-    assert images[0].id in tasks and tasks[images[0].id]["name"] == "segq.segment_image"
-    assert images[0].id in tasks[images[0].id]["kwargs"]  # the job id is visible in Flower
+    mine = {t["uuid"]: t for t in tasks.values() if clip_id in t["uuid"]}
+    assert mine[clip_id]["name"] == "segq.split_video"
+    assert f"{clip_id}-assemble" in mine
+    assert image_ids[0] in tasks and tasks[image_ids[0]]["name"] == "segq.segment_image"
+    assert image_ids[0] in tasks[image_ids[0]]["kwargs"]  # the job id is visible in Flower
 
 
 def test_flower_requires_its_password_except_on_metrics(flower):

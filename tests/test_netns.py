@@ -20,9 +20,8 @@ import redis
 from producer.stack import RedisServer, SeaweedS3, Service
 from segq import keys
 
-from media import photo, video
 from test_bad_input import segq
-from test_fleet import chunk_workers
+from test_fleet import workers_of_a_mixed_batch
 
 pytestmark = pytest.mark.e2e
 
@@ -114,13 +113,7 @@ def test_workers_on_three_network_hosts_share_one_queue(remote_stack, tmp_path, 
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, remote_stack[name])  # boto3 reads them when the client is made
     client = Client(Settings.from_env({**remote_stack}))
-    images = client.submit([str(photo(tmp_path / f"n{i}.png", (160, 120), seed=i)) for i in range(9)],
-                           task="semantic")
-    [clip] = client.submit([str(video(tmp_path / "n.mp4", frames=40, size=(160, 120)))], task="semantic",
-                           chunk_frames=4, batch_size=2)
-    records = client.wait([j.id for j in images] + [clip.id], timeout=300)
-    assert all(r.state == "done" for r in records), [r.error for r in records]
-    used = {r.worker for r in records[:-1]} | chunk_workers(client, clip.id)
+    used, _, _ = workers_of_a_mixed_batch(client, tmp_path)
     assert used == {f"segq-cpu@{h}" for h in HOSTS}
 
     listed = json.loads(segq("workers", "--json", "--timeout", "3", env=remote_stack).stdout)

@@ -13,7 +13,6 @@ from PIL import Image
 
 from segq import layout
 from segq.protocol import SEGMENT_CHUNK, VideoJob, model_queue
-from segq.storage import S3Object
 
 from media import audio_only, video
 from test_image_jobs import direct_label_map, fetch

@@ -190,10 +190,14 @@ def _even(rgb: np.ndarray) -> np.ndarray:
 
 
 class PartEncoder:
-    """H.264 (yuv420p, no B-frames) MP4 of one chunk's overlay frames; timestamps = frame numbers."""
+    """H.264 (yuv420p, no B-frames) MP4 of RGB frames; timestamps = frame numbers.
 
-    def __init__(self, path: Path, fps: Fraction, crf: int = 20):
-        self.path, self.fps, self.crf = path, fps, crf
+    Chunk parts need one keyframe (the first); ``gop`` adds one every ``gop`` frames, for clips
+    that are inputs (the demo, the benchmarks), so that chunk tasks can seek in them.
+    """
+
+    def __init__(self, path: Path, fps: Fraction, crf: int = 20, gop: int | None = None):
+        self.path, self.fps, self.crf, self.gop = path, fps, crf, gop
         self.container = None
         self.stream = None
         self.count = 0
@@ -207,6 +211,8 @@ class PartEncoder:
             self.stream.pix_fmt = "yuv420p"
             # No B-frames: decode order = presentation order, so parts join by renumbering.
             self.stream.options = {"crf": str(self.crf), "preset": "veryfast", "bf": "0"}
+            if self.gop:
+                self.stream.options |= {"g": str(self.gop)}
             self.stream.codec_context.time_base = 1 / self.fps
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         frame.pts = self.count

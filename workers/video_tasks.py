@@ -26,7 +26,7 @@ from celery import Task
 from PIL import Image
 
 from segq import keys, layout
-from segq.jobs import RESEND_ASSEMBLY, START_ASSEMBLY
+from segq.jobs import FINAL_STATES, RESEND_ASSEMBLY, START_ASSEMBLY
 from segq.protocol import ASSEMBLE_VIDEO, SEGMENT_CHUNK, SPLIT_VIDEO, VideoJob, model_queue
 from segq.storage import S3Object, S3Reader
 from workers import render, runtime, video
@@ -40,6 +40,17 @@ log = logging.getLogger(__name__)
 
 def _send(job: VideoJob, name: str, task_id: str) -> None:
     app.send_task(name, kwargs=job.to_message(), queue=model_queue(job.model), task_id=task_id)
+
+
+def _follow_up(payload: dict):
+    """Parse a chunk or assembly message. Returns ``(runtime, job, input object, skipped)``;
+    ``skipped`` is the task's result when the job is already final (or gone): nothing to do."""
+    rt = runtime.get()
+    job = parse(rt, payload, VideoJob.from_message)
+    skipped = None
+    if rt.store.state(job.job_id) in (*FINAL_STATES, None):
+        skipped = {"job_id": job.job_id, "chunk": job.chunk, "skipped": "job finished or gone"}
+    return rt, job, S3Object(job.input_bucket, job.input_key), skipped
 
 
 def _info(rt: runtime.Runtime, job_id: str) -> video.VideoInfo:
@@ -76,11 +87,9 @@ def split_video(self: Task, **payload) -> dict:
 
 @app.task(name=SEGMENT_CHUNK, **TASK_OPTIONS)
 def segment_chunk(self: Task, **payload) -> dict:
-    rt = runtime.get()
-    job = parse(rt, payload, VideoJob.from_message)
-    if rt.store.state(job.job_id) in ("done", "failed", None):
-        return {"job_id": job.job_id, "chunk": job.chunk, "skipped": "job finished or gone"}
-    obj = S3Object(job.input_bucket, job.input_key)
+    rt, job, obj, skipped = _follow_up(payload)
+    if skipped:
+        return skipped
 
     def work() -> dict:
         t0 = time.perf_counter()
@@ -145,11 +154,9 @@ def segment_chunk(self: Task, **payload) -> dict:
 
 @app.task(name=ASSEMBLE_VIDEO, **TASK_OPTIONS)
 def assemble_video(self: Task, **payload) -> dict:
-    rt = runtime.get()
-    job = parse(rt, payload, VideoJob.from_message)
-    if rt.store.state(job.job_id) in ("done", "failed", None):
-        return {"job_id": job.job_id, "skipped": "job finished or gone"}
-    obj = S3Object(job.input_bucket, job.input_key)
+    rt, job, obj, skipped = _follow_up(payload)
+    if skipped:
+        return skipped
 
     def work() -> dict:
         t0 = time.perf_counter()
