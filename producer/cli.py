@@ -189,7 +189,12 @@ def status(job_id, as_json):
 @click.option("-n", "--limit", default=20, show_default=True, help="How many jobs.")
 @click.option("--json", "as_json", is_flag=True)
 def list_(limit, as_json):
-    """Recent jobs, newest first."""
+    """Recent jobs, newest first.
+
+    \b
+    Example:
+      segq list -n 50 --json | jq -r '.[] | select(.state == "failed") | .id'
+    """
     records = _client().jobs(limit)
     if as_json:
         display.print_json(out, [display.record_dict(r) for r in records])
@@ -369,7 +374,13 @@ def exporter(address, port):
 
 @cli.group()
 def models():
-    """The models the fleet serves, and offline stand-ins."""
+    """The models the fleet serves, and offline stand-ins.
+
+    \b
+    Examples:
+      segq models list
+      segq models tiny ./models    # prints the SEGQ_MODELS line for them
+    """
 
 
 @models.command(name="list")
@@ -425,6 +436,11 @@ def up(data_dir, offline, gpus, flower, flower_auth):
 
     Prints the endpoints and writes DATA_DIR/segq.env; in another terminal run
     `export SEGQ_ENV_FILE=DATA_DIR/segq.env` and use segq as usual. Ctrl-C stops everything.
+
+    \b
+    Example:
+      segq up --flower-auth admin:secret          # then, in another shell:
+      export SEGQ_ENV_FILE=.segq/segq.env && segq submit street.jpg --task panoptic --wait
     """
     import signal
     import time
@@ -457,7 +473,12 @@ def up(data_dir, offline, gpus, flower, flower_auth):
 @click.option("--offline/--hub", default=True, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the stack running after the demo (Ctrl-C stops).")
 def demo(data_dir, out_dir, offline, keep):
-    """Start the local stack, segment a demo image (all three tasks) and a demo clip, show the outputs."""
+    """Start the local stack, segment a demo image (all three tasks) and a demo clip, show the outputs.
+
+    \b
+    Example:
+      segq demo --keep          # leave the stack running afterwards (Ctrl-C stops it)
+    """
     from producer.demo import run_demo
 
     sys.exit(run_demo(data_dir, out_dir, offline=offline, keep=keep, out=out, err=err))

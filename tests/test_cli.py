@@ -54,7 +54,8 @@ def test_submit_wait_exits_zero_and_prints_results(client, tmp_path):
 
 
 def test_every_command_has_help_with_examples():
-    for cmd in ("submit", "status", "wait", "get", "worker"):
+    for cmd in ("submit", "status", "wait", "get", "list", "worker", "workers", "queues", "health", "exporter",
+                "models", "up", "demo"):
         result = segq(cmd, "--help")
         assert result.returncode == 0 and "Example" in result.stdout, cmd
     assert "Exit codes" in segq("--help").stdout
