@@ -180,7 +180,8 @@ def status(job_id, as_json):
     if as_json:
         display.print_json(out, display.record_dict(record, urls) | ({"flower": links} if links else {}))
     else:
-        out.print(display.job_panel(record, {**links, **urls}))
+        out.print(display.job_panel(record))
+        display.print_links(out, {**links, **urls})
     if record.state == "failed":
         sys.exit(JobFailed.exit_code)
 

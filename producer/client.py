@@ -18,7 +18,7 @@ from kombu.exceptions import OperationalError
 
 from segq import defaults, layout
 from segq.broker import make_celery
-from segq.errors import ServiceUnavailable, UsageError, WaitTimeout
+from segq.errors import InputError, ServiceUnavailable, UsageError, WaitTimeout
 from segq.jobs import FAILED, JobRecord, JobStore, new_job_id
 from segq.protocol import (
     DEFAULT_BATCH_SIZE,
@@ -83,7 +83,7 @@ class Client:
             if item.path is not None:
                 size = item.path.stat().st_size
                 if size > self.settings.max_input_bytes:
-                    raise UsageError(
+                    raise InputError(
                         f"{item.display}: {size / 2**20:.1f} MiB is over the limit of "
                         f"{self.settings.max_input_bytes / 2**20:.1f} MiB (SEGQ_MAX_INPUT_BYTES)"
                     )
@@ -148,7 +148,7 @@ class Client:
     def urls(self, record: JobRecord) -> dict[str, str]:
         """Presigned, time-limited download URLs of a job's outputs."""
         return {
-            key.rsplit("/", 1)[-1]: self.storage.presign(key, self.settings.presign_seconds)
+            layout.output_relpath(record.id, key): self.storage.presign(key, self.settings.presign_seconds)
             for key in record.outputs
         }
 
@@ -204,4 +204,4 @@ class Client:
         if not record.final:
             raise UsageError(f"job {job_id} is {record.state}; wait for it first (segq wait {job_id})")
         target = Path(out_dir) / job_id
-        return [self.storage.download(key, target / key.rsplit("/", 1)[-1]) for key in record.outputs]
+        return [self.storage.download(key, target / layout.output_relpath(job_id, key)) for key in record.outputs]

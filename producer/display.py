@@ -53,7 +53,7 @@ def jobs_table(records: list[JobRecord]) -> Table:
     return table
 
 
-def job_panel(record: JobRecord, urls: dict[str, str]) -> Table:
+def job_panel(record: JobRecord) -> Table:
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold")
     t.add_column()
@@ -91,6 +91,14 @@ def job_panel(record: JobRecord, urls: dict[str, str]) -> Table:
         rows.append(("error", f"[red]{record.error}[/]"))
     for name, value in rows:
         t.add_row(name, value)
-    for name, url in urls.items():
-        t.add_row(name, f"[link={url}]{url}[/link]")
     return t
+
+
+def print_links(console: Console, links: dict[str, str]) -> None:
+    """One ``name  url`` line per link, never cut or wrapped: a presigned URL must paste whole,
+    whatever the terminal's width, and also when stdout is a file or a pipe."""
+    if not links:
+        return
+    width = max(len(name) for name in links)
+    for name, url in links.items():
+        console.print(f"[bold]{name:<{width}}[/]  {url}", highlight=False, soft_wrap=True, crop=False)

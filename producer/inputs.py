@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segq.errors import InputError, UsageError
+from segq.media import HEAD_BYTES, IMAGE, VIDEO, sniff
 from segq.storage import S3Object, parse_s3_uri
-
-IMAGE = "image"
-VIDEO = "video"
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 VIDEO_EXTS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
@@ -31,21 +29,10 @@ class Input:
     s3: S3Object | None = None
 
 
-def sniff(head: bytes) -> str | None:
-    """IMAGE, VIDEO or None from the first bytes of a file."""
-    if head[:3] == b"\xff\xd8\xff" or head[:8] == b"\x89PNG\r\n\x1a\n" or head[:6] in (b"GIF87a", b"GIF89a"):
-        return IMAGE
-    if head[:2] == b"BM" or head[:4] in (b"II*\x00", b"MM\x00*") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        return IMAGE
-    if head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI "):
-        return VIDEO
-    return None
-
-
 def kind_of(path: Path) -> str | None:
     try:
         with path.open("rb") as f:
-            head = f.read(16)
+            head = f.read(HEAD_BYTES)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
     found = sniff(head)

@@ -57,6 +57,17 @@ def output_key(job_id: str, name: str) -> str:
     return f"{output_prefix(job_id)}{name}"
 
 
+def output_relpath(job_id: str, key: str) -> str:
+    """Where an output key lies under ``outputs/<job>/`` (``labels/chunk-00000.npz``), so that a
+    download keeps the bucket's layout. Refuses keys outside that folder or with ``..`` parts."""
+    prefix = output_prefix(job_id)
+    rel = key[len(prefix):] if key.startswith(prefix) else ""
+    parts = rel.split("/")
+    if not rel or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{key!r} is not an output of job {job_id}")
+    return rel
+
+
 def output_names(task: str) -> list[str]:
     """The files a finished image job of ``task`` has under ``outputs/<job>/``."""
     names = [OVERLAY, LABELS, SEGMENTS]

@@ -1,51 +1,39 @@
 """Settings: one typed, immutable object read from the environment (and an optional ``.env``).
 
-Both the producer and the workers build their view of the world from ``Settings.from_env()``:
-
-=============================  =============================================  ==========================
-variable                       meaning                                        default
-=============================  =============================================  ==========================
-``SEGQ_REDIS_URL``             broker, result backend and job records;        ``redis://127.0.0.1:6379/0``
-                               ``redis://:password@host:port/db``;
-                               ``rediss://`` for TLS
-``SEGQ_S3_ENDPOINT_URL``       S3-compatible endpoint (MinIO, SeaweedFS...);  AWS
-                               empty for AWS S3
-``SEGQ_S3_BUCKET``             bucket for inputs and outputs                  ``segq``
-``SEGQ_S3_REGION``             region of the bucket                           ``us-east-1``
-``SEGQ_MODELS``                the models the fleet serves:                   the article's checkpoints
-                               ``name=checkpoint,...``; a checkpoint is a     (``segq.defaults.MODELS``)
-                               Hugging Face id or a local folder
-``SEGQ_TASK_MODELS``           model used when a job names none:              ``semantic=ade-semantic,``
-                               ``task=name,...``                              ``instance=coco-instance,``
-                                                                              ``panoptic=coco-panoptic``
-``SEGQ_MAX_IMAGE_PIXELS``      larger images are refused (bomb guard)         40000000
-``SEGQ_MAX_INPUT_BYTES``       larger input files are refused                 268435456 (256 MiB)
-``SEGQ_MAX_VIDEO_FRAMES``      longer videos are refused                      108000 (1 h at 30 fps)
-``SEGQ_JOB_TTL``               seconds a job record is kept                   604800 (7 days)
-``SEGQ_PRESIGN_EXPIRES``       seconds presigned output URLs stay valid       3600
-``SEGQ_VISIBILITY_TIMEOUT``    seconds before an unacked task is redelivered  14400
-``SEGQ_TASK_RETRIES``          retries of transient failures                  3
-``SEGQ_FLOWER_URL``            Flower's address, for links from ``segq status``  none
-``SEGQ_ENV_FILE``              the ``.env`` file to read                      ``./.env``
-=============================  =============================================  ==========================
+Both the producer and the workers build their view of the world from ``Settings.from_env()``.
+Every setting is a field of :class:`Settings` whose metadata names its environment variable,
+its parser and its documentation: that field list is the only place a variable is defined.
+``variables()`` lists them (the README's table and the deployment checks are built from it;
+``segq config --markdown`` prints the table).
 
 S3 credentials come from boto3's normal chain (``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, instance roles, ...); segq never stores them.
-Variables set in the environment win over the ``.env`` file.
+Variables set in the environment win over the ``.env`` file (``SEGQ_ENV_FILE``, default
+``./.env``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from segq import defaults
 from segq.errors import ConfigError, UnknownModel, UnknownTask
 from segq.protocol import TASKS
+
+#: The variable that names the ``.env`` file; read before every other setting.
+ENV_FILE_VARIABLE = "SEGQ_ENV_FILE"
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+#: transformers' two Mask2Former image processors: PIL/numpy, or torchvision. They resize
+#: differently, so one fleet must use one of them for every job (and chunk) alike.
+IMAGE_PROCESSORS = ("pil", "torchvision")
+#: Post-processing implementations: segq's exact fast path, or transformers' own functions.
+POSTPROCESSORS = ("fast", "reference")
 
 
 def _parse_mapping(var: str, raw: str) -> dict[str, str]:
@@ -89,29 +77,115 @@ def load_env_file(path: Path | None = None) -> None:
     It goes into the process environment, not only into Settings, so that boto3's credential
     chain sees ``AWS_*`` variables written there too.
     """
-    path = path or Path(os.environ.get("SEGQ_ENV_FILE", ".env"))
+    path = path or Path(os.environ.get(ENV_FILE_VARIABLE, ".env"))
     if path.is_file():
         from dotenv import load_dotenv
 
         load_dotenv(path, override=False)
 
 
+def _choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(var: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ConfigError(f"{var}: expected one of {', '.join(options)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _parse_list(var: str, raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _parse_str(var: str, raw: str) -> str:
+    return raw
+
+
+def _parse_url(var: str, raw: str) -> str:
+    return raw.rstrip("/")
+
+
+def _parse_count(var: str, raw: str) -> int:
+    return _parse_int(var, raw, minimum=0)
+
+
+def setting(var: str, default: Any, doc: str, parse: Callable[[str, str], Any] = _parse_str,
+            shown_default: str | None = None, side: str = "both") -> Any:
+    """A field of :class:`Settings` read from ``var``. ``side``: who reads it (producer, worker, both)."""
+    meta = {"env": var, "doc": doc, "parse": parse, "shown_default": shown_default, "side": side}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str  # SEGQ_...
+    field: str  # Settings attribute
+    default: str  # as shown in docs
+    doc: str
+    side: str
+
+
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str = defaults.REDIS_URL
-    s3_endpoint_url: str | None = None
-    s3_bucket: str = defaults.S3_BUCKET
-    s3_region: str = defaults.S3_REGION
-    models: Mapping[str, str] = field(default_factory=lambda: dict(defaults.MODELS))
-    task_models: Mapping[str, str] = field(default_factory=lambda: dict(defaults.TASK_MODELS))
-    max_image_pixels: int = defaults.MAX_IMAGE_PIXELS
-    max_input_bytes: int = defaults.MAX_INPUT_BYTES
-    max_video_frames: int = defaults.MAX_VIDEO_FRAMES
-    job_ttl_seconds: int = defaults.JOB_TTL_SECONDS
-    presign_seconds: int = defaults.PRESIGN_SECONDS
-    visibility_timeout_seconds: int = defaults.VISIBILITY_TIMEOUT_SECONDS
-    task_retries: int = defaults.TASK_RETRIES
-    flower_url: str | None = None
+    redis_url: str = setting(
+        "SEGQ_REDIS_URL", defaults.REDIS_URL,
+        "broker, result backend and job records: `redis://:password@host:port/db`; `rediss://` for TLS")
+    s3_endpoint_url: str | None = setting(
+        "SEGQ_S3_ENDPOINT_URL", None, "S3-compatible endpoint (MinIO, SeaweedFS...); empty for AWS S3",
+        shown_default="AWS")
+    s3_bucket: str = setting("SEGQ_S3_BUCKET", defaults.S3_BUCKET, "bucket for inputs and outputs")
+    s3_region: str = setting(
+        "SEGQ_S3_REGION", defaults.S3_REGION, "region of the bucket (else `AWS_DEFAULT_REGION`, `AWS_REGION`)")
+    models: Mapping[str, str] = setting(
+        "SEGQ_MODELS", dict(defaults.MODELS),
+        "the models the fleet serves: `name=checkpoint,...` (or a JSON object); a checkpoint is a "
+        "Hugging Face id or a local folder", parse=lambda v, r: _parse_mapping(v, r),
+        shown_default="the article's Swin-L checkpoints")
+    task_models: Mapping[str, str] = setting(
+        "SEGQ_TASK_MODELS", dict(defaults.TASK_MODELS),
+        "model used when a job names none: `task=name,...`",
+        parse=lambda v, r: {**defaults.TASK_MODELS, **_parse_mapping(v, r)},
+        shown_default="semantic=ade-semantic, instance=coco-instance, panoptic=coco-panoptic")
+    max_image_pixels: int = setting(
+        "SEGQ_MAX_IMAGE_PIXELS", defaults.MAX_IMAGE_PIXELS, "larger images (and video frames) are refused: bomb guard",
+        parse=_parse_int)
+    max_input_bytes: int = setting(
+        "SEGQ_MAX_INPUT_BYTES", defaults.MAX_INPUT_BYTES, "larger input files are refused", parse=_parse_int,
+        shown_default="268435456 (256 MiB)")
+    max_video_frames: int = setting(
+        "SEGQ_MAX_VIDEO_FRAMES", defaults.MAX_VIDEO_FRAMES, "longer videos are refused", parse=_parse_int,
+        shown_default="108000 (1 h at 30 fps)")
+    job_ttl_seconds: int = setting(
+        "SEGQ_JOB_TTL", defaults.JOB_TTL_SECONDS, "seconds a job record is kept", parse=_parse_int,
+        shown_default="604800 (7 days)")
+    presign_seconds: int = setting(
+        "SEGQ_PRESIGN_EXPIRES", defaults.PRESIGN_SECONDS, "seconds presigned output URLs stay valid",
+        parse=_parse_int)
+    visibility_timeout_seconds: int = setting(
+        "SEGQ_VISIBILITY_TIMEOUT", defaults.VISIBILITY_TIMEOUT_SECONDS,
+        "seconds before Redis redelivers an unacknowledged task", parse=_parse_int)
+    task_retries: int = setting(
+        "SEGQ_TASK_RETRIES", defaults.TASK_RETRIES, "retries of transient failures", parse=_parse_count)
+    flower_url: str | None = setting(
+        "SEGQ_FLOWER_URL", None, "Flower's address, for links from `segq status`", parse=_parse_url,
+        shown_default="none", side="producer")
+    # -- the worker's own -------------------------------------------------------------------
+    worker_models: tuple[str, ...] = setting(
+        "SEGQ_WORKER_MODELS", (), "models a worker process loads and serves (`segq worker --models` sets it)",
+        parse=_parse_list, shown_default="each task's model", side="worker")
+    worker_threads: int = setting(
+        "SEGQ_WORKER_THREADS", 0, "CPU threads of a worker process (`segq worker --threads`); 0: torch's default",
+        parse=_parse_count, side="worker")
+    precision: str = setting(
+        "SEGQ_PRECISION", "auto", "worker precision: `auto` (fp16 on CUDA, fp32 on CPU), `fp32`, `fp16`, `bf16`",
+        parse=_choice(PRECISIONS), side="worker")
+    image_processor: str = setting(
+        "SEGQ_IMAGE_PROCESSOR", "pil",
+        "transformers' image processor for every job: `pil` or `torchvision`; they resize differently, "
+        "so one fleet must use one", parse=_choice(IMAGE_PROCESSORS), side="worker")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -119,39 +193,13 @@ class Settings:
         if environ is None:
             load_env_file()
             environ = os.environ
-        get = lambda name: (environ.get(name) or "").strip()  # noqa: E731
-
         kwargs: dict = {}
-        if get("SEGQ_REDIS_URL"):
-            kwargs["redis_url"] = get("SEGQ_REDIS_URL")
-        if get("SEGQ_S3_ENDPOINT_URL"):
-            kwargs["s3_endpoint_url"] = get("SEGQ_S3_ENDPOINT_URL")
-        if get("SEGQ_S3_BUCKET"):
-            kwargs["s3_bucket"] = get("SEGQ_S3_BUCKET")
-        region = get("SEGQ_S3_REGION") or get("AWS_DEFAULT_REGION") or get("AWS_REGION")
-        if region:
-            kwargs["s3_region"] = region
-        if get("SEGQ_MODELS"):
-            kwargs["models"] = _parse_mapping("SEGQ_MODELS", get("SEGQ_MODELS"))
-        if get("SEGQ_TASK_MODELS"):
-            kwargs["task_models"] = {
-                **defaults.TASK_MODELS,
-                **_parse_mapping("SEGQ_TASK_MODELS", get("SEGQ_TASK_MODELS")),
-            }
-        for attr, var in (
-            ("max_image_pixels", "SEGQ_MAX_IMAGE_PIXELS"),
-            ("max_input_bytes", "SEGQ_MAX_INPUT_BYTES"),
-            ("max_video_frames", "SEGQ_MAX_VIDEO_FRAMES"),
-            ("job_ttl_seconds", "SEGQ_JOB_TTL"),
-            ("presign_seconds", "SEGQ_PRESIGN_EXPIRES"),
-            ("visibility_timeout_seconds", "SEGQ_VISIBILITY_TIMEOUT"),
-        ):
-            if get(var):
-                kwargs[attr] = _parse_int(var, get(var))
-        if get("SEGQ_FLOWER_URL"):
-            kwargs["flower_url"] = get("SEGQ_FLOWER_URL").rstrip("/")
-        if get("SEGQ_TASK_RETRIES"):
-            kwargs["task_retries"] = _parse_int("SEGQ_TASK_RETRIES", get("SEGQ_TASK_RETRIES"), minimum=0)
+        for f in fields(cls):
+            raw = (environ.get(f.metadata["env"]) or "").strip()
+            if f.name == "s3_region" and not raw:
+                raw = (environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION") or "").strip()
+            if raw:
+                kwargs[f.name] = f.metadata["parse"](f.metadata["env"], raw)
         settings = cls(**kwargs)
         settings.validate()
         return settings
@@ -159,9 +207,7 @@ class Settings:
     def validate(self) -> None:
         scheme = urlsplit(self.redis_url).scheme
         if scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(
-                f"SEGQ_REDIS_URL: expected redis://, rediss:// or unix://, got {self.redis_url!r}"
-            )
+            raise ConfigError("SEGQ_REDIS_URL: expected a redis://, rediss:// or unix:// URL")
         if self.s3_endpoint_url and urlsplit(self.s3_endpoint_url).scheme not in ("http", "https"):
             raise ConfigError(f"SEGQ_S3_ENDPOINT_URL: expected an http(s) URL, got {self.s3_endpoint_url!r}")
         if not self.models:
@@ -169,9 +215,6 @@ class Settings:
         for task in self.task_models:
             if task not in TASKS:
                 raise ConfigError(f"SEGQ_TASK_MODELS: unknown task {task!r} (tasks: {', '.join(TASKS)})")
-
-    def with_overrides(self, **changes) -> "Settings":
-        return replace(self, **changes)
 
     def resolve_model(self, task: str, model: str | None) -> str:
         """The model name a job of ``task`` uses; raises a clear error for unknown names."""
@@ -187,6 +230,32 @@ class Settings:
             )
         return name
 
+    def served_models(self) -> list[str]:
+        """What a worker process serves: ``worker_models``, else every task's default model."""
+        return list(self.worker_models) or sorted(set(self.task_models.values()) & set(self.models))
+
     @property
     def redis_uses_tls(self) -> bool:
         return self.redis_url.startswith("rediss://")
+
+
+def variables() -> list[Variable]:
+    """Every ``SEGQ_*`` variable, in field order, with its default as documentation shows it."""
+    out = []
+    for f in fields(Settings):
+        m = f.metadata
+        if m["shown_default"] is not None:
+            shown = m["shown_default"]
+        else:
+            value = f.default
+            shown = f"`{value}`" if isinstance(value, str) else str(value)
+        out.append(Variable(m["env"], f.name, shown, m["doc"], m["side"]))
+    out.append(Variable(ENV_FILE_VARIABLE, "", "`./.env`", "the `.env` file read before the others", "both"))
+    return out
+
+
+def markdown_table() -> str:
+    """The settings table of the README."""
+    rows = ["| variable | meaning | default |", "| --- | --- | --- |"]
+    rows += [f"| `{v.name}` | {v.doc} | {v.default} |" for v in variables()]
+    return "\n".join(rows)

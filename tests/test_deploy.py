@@ -48,7 +48,7 @@ HEALTH_ARGV = ["segq", "health", "--local"]
 WORKER_ARGV = ["segq", "worker", "--gpus", "all"]
 DEFAULT_QUEUES = {model_queue(name) for name in defaults.TASK_MODELS.values()}
 #: SEGQ_* variables allowed without being in segq/settings.py's docstring.
-EXTRA_SEGQ_VARIABLES = {"SEGQ_PRECISION", "SEGQ_ENV_FILE"}
+EXTRA_SEGQ_VARIABLES: set[str] = set()
 #: The metrics `segq exporter` serves.
 EXPORTER_METRICS = {
     "segq_queue_depth", "segq_jobs_total", "segq_frames_processed_total", "segq_inference_seconds_total",
@@ -79,9 +79,10 @@ def argv_of(value) -> list[str]:
 
 
 def documented_settings() -> set[str]:
-    """The SEGQ_* variables documented in segq/settings.py's module docstring."""
-    doc = ast.get_docstring(ast.parse((ROOT / "segq" / "settings.py").read_text()))
-    return set(re.findall(r"\bSEGQ_[A-Z0-9_]+\b", doc or ""))
+    """The SEGQ_* variables: the fields of segq.settings.Settings (and SEGQ_ENV_FILE)."""
+    from segq.settings import variables
+
+    return {v.name for v in variables()}
 
 
 def deploy_text_files() -> list[Path]:

@@ -142,9 +142,9 @@ def bad_videos(tmp_path, client) -> dict[str, tuple[str, str]]:
     client.storage.put_bytes(big_key, good.read_bytes() + b"\0" * (client.settings.max_input_bytes + 1))
     return {
         "zero frames": (str(empty_stream), "the video has no frames"),
-        "truncated": (str(truncated), "not a readable video"),
+        "truncated": (str(truncated), "truncated MP4/MOV: the file ends inside its 'mdat' box"),
         "truncated after its index": (str(cut_indexed), "truncated or corrupt video: its index lists 30 frames"),
-        "text named .mp4": (str(text), "not a readable video"),
+        "text named .mp4": (str(text), "not a video container (neither MP4/MOV, Matroska/WebM nor AVI)"),
         "audio only": (str(audio_only(tmp_path / "sound.mp4")), "no video stream in the file (it holds audio)"),
         "too long": (str(long), "more than 300 frames (SEGQ_MAX_VIDEO_FRAMES)"),
         "too large": (f"s3://{client.settings.s3_bucket}/{big_key}", "over the limit of"),

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from segq import media
 from segq.errors import InputError
 
 
@@ -41,9 +42,9 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         with _pil_pixel_limit(None):
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise InputError(
-            f"input is not a decodable image ({len(data)} bytes; starts with {data[:8]!r})"
-        ) from None
+        found = media.container(data[: media.HEAD_BYTES])
+        what = f"a {found} file" if found else "an unrecognised format"
+        raise InputError(f"input is not a decodable image ({len(data)} bytes, {what})") from None
     width, height = img.size
     if width <= 0 or height <= 0:
         raise InputError(f"image has no pixels ({width}x{height})")

@@ -160,10 +160,12 @@ def _stats(label_map: np.ndarray, ids: list[int]) -> dict[int, tuple[int, tuple[
 
 
 def _with_stats(label_map: np.ndarray, segments: list[Segment]) -> list[Segment]:
+    """Area and bounding box of each segment; only segments present in the label map are kept
+    (transformers lists instances whose pixels all went to other segments, with area 0)."""
     stats = _stats(label_map, [s.id for s in segments])
     for s in segments:
         s.area, s.bbox = stats[s.id]
-    return segments
+    return [s for s in segments if s.area > 0]
 
 
 def _unique_ids(segments) -> list[Segment]:

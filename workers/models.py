@@ -36,6 +36,11 @@ class LoadedModel:
     load_seconds: float
 
     @property
+    def processor_name(self) -> str:
+        """The processor class, recorded with every output (``segments.json``, ``video.json``)."""
+        return type(self.processor).__name__
+
+    @property
     def num_queries(self) -> int:
         return int(self.model.config.num_queries)
 
@@ -45,12 +50,39 @@ class LoadedModel:
         return max(len(self.labels), self.num_queries + 1)
 
 
-def load(name: str, checkpoint: str, spec: DeviceSpec) -> LoadedModel:
-    from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
+def load_processor(checkpoint: str, backend: str):
+    """transformers' image processor of ``checkpoint`` with the ``backend`` the fleet pins
+    (``pil`` or ``torchvision``: they resize differently). transformers would silently fall
+    back to the other backend when the one asked for is not importable; this refuses instead."""
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(checkpoint, backend=backend)
+    got = processor_backend(processor)
+    if got != backend:
+        raise ModelLoadError(
+            f"SEGQ_IMAGE_PROCESSOR={backend}, but transformers gave the {got} processor "
+            f"({type(processor).__name__})" + (": is torchvision installed?" if backend == "torchvision" else "")
+        )
+    return processor
+
+
+def processor_backend(processor) -> str:
+    """``pil`` or ``torchvision``: which of transformers' image-processor backends this is."""
+    from transformers.image_processing_backends import PilBackend, TorchvisionBackend
+
+    if isinstance(processor, PilBackend):
+        return "pil"
+    if isinstance(processor, TorchvisionBackend):
+        return "torchvision"
+    return type(processor).__name__
+
+
+def load(name: str, checkpoint: str, spec: DeviceSpec, backend: str = "pil") -> LoadedModel:
+    from transformers import Mask2FormerForUniversalSegmentation
 
     started = time.perf_counter()
     try:
-        processor = AutoImageProcessor.from_pretrained(checkpoint)
+        processor = load_processor(checkpoint, backend)
         model = Mask2FormerForUniversalSegmentation.from_pretrained(checkpoint, dtype=spec.dtype)
     except OSError as exc:
         raise ModelLoadError(

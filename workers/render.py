@@ -76,7 +76,8 @@ def label_map_png(pred: Prediction, max_value: int) -> bytes:
     return encode_png(pred.label_map.astype(label_map_dtype(max_value)))
 
 
-def segments_document(pred: Prediction, labels: LabelSet, *, job_id: str, model: str, checkpoint: str, max_value: int) -> dict:
+def segments_document(pred: Prediction, labels: LabelSet, *, job_id: str, model: str, checkpoint: str, max_value: int,
+                      processor: str = "") -> dict:
     h, w = pred.label_map.shape
     encoding = (
         "class id of each pixel"
@@ -98,6 +99,7 @@ def segments_document(pred: Prediction, labels: LabelSet, *, job_id: str, model:
         "task": pred.task,
         "model": model,
         "checkpoint": checkpoint,
+        "processor": processor,
         "label_set": labels.name,
         "width": w,
         "height": h,
@@ -145,10 +147,12 @@ def coco_panoptic(pred: Prediction, labels: LabelSet, *, job_id: str) -> tuple[b
 
 
 def image_outputs(
-    image: np.ndarray, pred: Prediction, labels: LabelSet, *, job_id: str, model: str, checkpoint: str, max_value: int
+    image: np.ndarray, pred: Prediction, labels: LabelSet, *, job_id: str, model: str, checkpoint: str, max_value: int,
+    processor: str = "",
 ) -> dict[str, tuple[bytes, str]]:
     """Every output file of an image job: name -> (bytes, content type)."""
-    doc = segments_document(pred, labels, job_id=job_id, model=model, checkpoint=checkpoint, max_value=max_value)
+    doc = segments_document(pred, labels, job_id=job_id, model=model, checkpoint=checkpoint, max_value=max_value,
+                            processor=processor)
     files = {
         layout.OVERLAY: (encode_jpeg(overlay(image, pred, labels)), "image/jpeg"),
         layout.LABELS: (label_map_png(pred, max_value), "image/png"),

@@ -59,7 +59,7 @@ class Runtime:
             checkpoint = self.settings.models.get(name)
             if checkpoint is None:
                 raise UnknownModel(f"unknown model {name!r}: configured models are {', '.join(self.settings.models)}")
-            loaded = models_mod.load(name, checkpoint, self.spec)
+            loaded = models_mod.load(name, checkpoint, self.spec, self.settings.image_processor)
             self.models[name] = loaded
             self.loads[name] = self.loads.get(name, 0) + 1
             self.publish(load_seconds={n: round(m.load_seconds, 3) for n, m in self.models.items()})
@@ -105,21 +105,13 @@ class Runtime:
 _runtime: Runtime | None = None
 
 
-def served_models(settings: Settings) -> list[str]:
-    """Model names this process serves: ``SEGQ_WORKER_MODELS`` (set by ``segq worker``)."""
-    raw = os.environ.get("SEGQ_WORKER_MODELS", "")
-    names = [n.strip() for n in raw.split(",") if n.strip()]
-    return names or sorted(set(settings.task_models.values()) & set(settings.models))
-
-
 def boot(hostname: str, settings: Settings | None = None) -> Runtime:
     """Create this process's runtime and load its models (once)."""
     global _runtime
     if _runtime is not None:
         return _runtime
     settings = settings or Settings.from_env()
-    threads = int(os.environ.get("SEGQ_WORKER_THREADS", "0") or 0) or None
-    spec = device_mod.select(os.environ.get("SEGQ_PRECISION", "auto"), threads)
+    spec = device_mod.select(settings.precision, settings.worker_threads or None)
     rt = Runtime(
         settings=settings,
         hostname=hostname,
@@ -128,7 +120,7 @@ def boot(hostname: str, settings: Settings | None = None) -> Runtime:
         spec=spec,
     )
     rt.publish(started_at=time.time())
-    rt.load_models(served_models(settings))
+    rt.load_models(settings.served_models())
     rt.start_heartbeat()
     _runtime = rt
     log.info("worker %s ready on %s with models %s", hostname, spec.label, ", ".join(rt.models))

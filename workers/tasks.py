@@ -69,6 +69,7 @@ def segment_image(self: Task, **payload) -> dict:
         files = render.image_outputs(
             np.asarray(image), pred, model.labels,
             job_id=job.job_id, model=model.name, checkpoint=model.checkpoint, max_value=model.max_label_value,
+            processor=model.processor_name,
         )
         keys = []
         for name, (data, content_type) in files.items():

@@ -9,6 +9,7 @@ dropped, doubled or reordered, whatever the GOP structure (B-frames, variable fr
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -19,6 +20,7 @@ import av
 import cv2
 import numpy as np
 
+from segq import media
 from segq.errors import InputError
 
 #: Codecs an MP4 can carry as they are; other audio is re-encoded to AAC.
@@ -62,8 +64,17 @@ class VideoInfo:
 def _open(source: IO[bytes] | str | Path):
     try:
         return av.open(source if isinstance(source, (str, Path)) else source, mode="r")
-    except av.error.FFmpegError as exc:
-        raise InputError(f"not a readable video: {exc}") from None
+    except av.error.FFmpegError:
+        raise InputError(_explain(source)) from None
+
+
+def _explain(source: IO[bytes] | str | Path) -> str:
+    """Why FFmpeg could not open ``source``, in words (FFmpeg only says "Invalid data")."""
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as f:
+            return media.explain_unreadable_video(f, Path(source).stat().st_size)
+    size = source.seek(0, io.SEEK_END)
+    return media.explain_unreadable_video(source, size)
 
 
 def probe(source: IO[bytes] | str | Path, max_frames: int, max_pixels: int) -> VideoInfo:

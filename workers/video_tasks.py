@@ -188,7 +188,8 @@ def assemble_video(self: Task, **payload) -> dict:
         }
         doc = {
             "job_id": job.job_id, "task": job.task, "model": job.model,
-            "checkpoint": rt.model(job.model).checkpoint, "input": info.summary(),
+            "checkpoint": rt.model(job.model).checkpoint, "processor": rt.model(job.model).processor_name,
+            "input": obj.uri, "probe": info.summary(),
             "chunk_frames": job.chunk_frames, "batch_size": job.batch_size,
             "chunks": [infos[i] for i in sorted(infos)], "metrics": metrics,
             "label_archives": [layout.output_key(job.job_id, layout.chunk_labels_name(i)) for i in range(len(chunks))],
