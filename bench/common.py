@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import redis
 
 from producer.stack import RedisServer, SeaweedS3, WorkerService
-from segq import keys
 
 
 @contextmanager
@@ -61,13 +58,8 @@ def start_workers(root: Path, env: dict, count: int, threads: int, cpus: list[li
         if cpus:
             os.sched_setaffinity(svc.proc.pid, cpus[i])  # children inherit it
         out.append((svc, f"{name}-cpu@{socket.gethostname()}"))
-    r = redis.Redis.from_url(env["SEGQ_REDIS_URL"], decode_responses=True)
-    deadline = time.monotonic() + 600
     for svc, host in out:
-        while r.hget(keys.worker(host), "models") in (None, "[]"):
-            if not svc.running or time.monotonic() > deadline:
-                raise SystemExit(f"worker {host} did not start; see {svc.log_path}")
-            time.sleep(0.3)
+        svc.wait_ready(env["SEGQ_REDIS_URL"], hostnames=[host], timeout=600)
     return out
 
 

@@ -16,10 +16,10 @@ from typing import Callable, Iterable, Sequence
 import redis
 from kombu.exceptions import OperationalError
 
-from segq import defaults, layout
+from segq import defaults, layout, limits, registry
 from segq.broker import make_celery
-from segq.errors import InputError, ServiceUnavailable, UsageError, WaitTimeout
-from segq.jobs import FAILED, JobRecord, JobStore, new_job_id
+from segq.errors import ServiceUnavailable, UsageError, WaitTimeout
+from segq.jobs import JobKind, JobRecord, JobState, JobStore, new_job_id
 from segq.protocol import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_FRAMES,
@@ -32,7 +32,7 @@ from segq.protocol import (
 from segq.settings import Settings
 from segq.storage import Storage
 
-from producer.inputs import VIDEO, Input, expand
+from producer.inputs import Input, expand
 
 ProgressFn = Callable[[list[JobRecord]], None]
 
@@ -81,12 +81,7 @@ class Client:
         inputs = expand(list(paths))
         for item in inputs:
             if item.path is not None:
-                size = item.path.stat().st_size
-                if size > self.settings.max_input_bytes:
-                    raise InputError(
-                        f"{item.display}: {size / 2**20:.1f} MiB is over the limit of "
-                        f"{self.settings.max_input_bytes / 2**20:.1f} MiB (SEGQ_MAX_INPUT_BYTES)"
-                    )
+                limits.check_bytes(item.path.stat().st_size, self.settings.max_input_bytes, what=item.display)
         self.ping()
         return [self._submit_one(item, task, model_name, video_options, on_upload) for item in inputs]
 
@@ -102,8 +97,8 @@ class Client:
             id=job_id, kind=item.kind, task=task, model=model, input=obj.uri, source=item.display
         )
         common = dict(job_id=job_id, task=task, model=model, input_bucket=obj.bucket, input_key=obj.key)
-        payload = VideoJob(**common, **video_options) if item.kind == VIDEO else ImageJob(**common)
-        if item.kind == VIDEO:
+        payload = VideoJob(**common, **video_options) if item.kind == JobKind.VIDEO else ImageJob(**common)
+        if item.kind == JobKind.VIDEO:
             record.chunk_frames = video_options["chunk_frames"]
             record.batch_size = video_options["batch_size"]
         try:
@@ -158,15 +153,13 @@ class Client:
             return {}
         base = self.settings.flower_url
         links = {"flower task": f"{base}/task/{record.id}"}
-        if record.kind == "video":
+        if record.is_video:
             links["flower chunks"] = f"{base}/tasks?search={record.id}"
         return links
 
     def serving(self, model: str) -> bool:
         """Whether a live worker serves ``model`` (jobs for it would not wait for one)."""
-        from producer import fleet
-
-        return any(w.live and model in w.models for w in fleet.registered_workers(self.store.r))
+        return registry.serving(self.store.r, model)
 
     # -- wait ----------------------------------------------------------------------------
     def wait(
@@ -199,7 +192,7 @@ class Client:
     def download(self, job_id: str, out_dir: str | Path) -> list[Path]:
         """Download a finished job's outputs into ``out_dir/<job id>/``."""
         record = self.status(job_id)
-        if record.state == FAILED:
+        if record.state == JobState.FAILED:
             raise UsageError(f"job {job_id} failed, it has no outputs: {record.error}")
         if not record.final:
             raise UsageError(f"job {job_id} is {record.state}; wait for it first (segq wait {job_id})")

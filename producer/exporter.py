@@ -22,7 +22,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from segq import keys
+from segq import keys, registry
 from segq.settings import Settings
 
 from producer import fleet
@@ -42,25 +42,19 @@ class SegqCollector(Collector):
         frames = CounterMetricFamily("segq_frames_processed", "Frames segmented by finished jobs", labels=["model"])
         infer = CounterMetricFamily("segq_inference_seconds", "Inference seconds of finished jobs", labels=["model"])
         fps = GaugeMetricFamily("segq_job_fps", "Inference FPS of the last finished job", labels=["kind", "model"])
+        families = {keys.STAT_JOBS: jobs, keys.STAT_FRAMES: frames, keys.STAT_INFERENCE: infer,
+                    keys.STAT_LAST_FPS: fps}
         for name, value in self.r.hgetall(keys.STATS).items():
-            parts = name.split("|")
-            if parts[0] == "jobs" and len(parts) == 4:
-                jobs.add_metric(parts[1:], float(value))
-            elif parts[0] == "frames" and len(parts) == 2:
-                frames.add_metric(parts[1:], float(value))
-            elif parts[0] == "inference_s" and len(parts) == 2:
-                infer.add_metric(parts[1:], float(value))
-            elif parts[0] == "last_fps" and len(parts) == 3:
-                fps.add_metric(parts[1:], float(value))
+            parsed = keys.parse_stat_field(name)
+            if parsed:
+                families[parsed[0]].add_metric(list(parsed[1]), float(value))
         yield from (jobs, frames, infer, fps)
 
         loads = GaugeMetricFamily("segq_model_load_seconds", "Model load time per live worker",
                                   labels=["worker", "model"])
         serving = GaugeMetricFamily("segq_workers", "Live workers serving each model", labels=["model"])
         count: dict[str, int] = {m: 0 for m in self.settings.models}
-        for w in fleet.registered_workers(self.r):
-            if not w.live:
-                continue
+        for w in registry.workers(self.r):
             for model, seconds in w.load_seconds.items():
                 loads.add_metric([w.hostname, model], float(seconds))
             for model in w.models:

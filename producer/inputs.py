@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segq.errors import InputError, UsageError
-from segq.media import HEAD_BYTES, IMAGE, VIDEO, sniff
+from segq.jobs import JobKind
+from segq.media import HEAD_BYTES, sniff
 from segq.storage import S3Object, parse_s3_uri
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -22,7 +23,7 @@ VIDEO_EXTS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
 
 @dataclass(frozen=True)
 class Input:
-    kind: str  # IMAGE or VIDEO
+    kind: JobKind
     display: str  # as the user named it
     ext: str  # lower-case extension for the stored key ("" if none)
     path: Path | None = None
@@ -39,7 +40,7 @@ def kind_of(path: Path) -> str | None:
     if found:
         return found
     ext = path.suffix.lower()
-    return IMAGE if ext in IMAGE_EXTS else VIDEO if ext in VIDEO_EXTS else None
+    return JobKind.IMAGE if ext in IMAGE_EXTS else JobKind.VIDEO if ext in VIDEO_EXTS else None
 
 
 def _file(path: Path, display: str, explicit: bool) -> Input | None:
@@ -54,7 +55,7 @@ def _file(path: Path, display: str, explicit: bool) -> Input | None:
 def _s3(uri: str) -> Input:
     obj = parse_s3_uri(uri)
     ext = os.path.splitext(obj.key)[1].lower()
-    kind = VIDEO if ext in VIDEO_EXTS else IMAGE
+    kind = JobKind.VIDEO if ext in VIDEO_EXTS else JobKind.IMAGE
     return Input(kind=kind, display=uri, ext=ext, s3=obj)
 
 

@@ -209,6 +209,25 @@ class WorkerService(Service):
         self.spawn(argv, env=env)
         return self
 
+    def wait_ready(self, redis_url: str, *, hostnames: list[str] | None = None, count: int | None = None,
+                   timeout: float = 180.0) -> list:
+        """Block until the workers this process started are ready (``segq.registry``)."""
+        import redis
+
+        from segq import registry
+
+        def alive() -> str | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                return f"the worker exited (code {self.proc.returncode})"
+            return None
+
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            return registry.wait_ready(client, hostnames=hostnames, count=count, timeout=timeout, alive=alive)
+        except (RuntimeError, TimeoutError) as exc:
+            tail = self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
+            raise ServiceUnavailable(f"{exc}; see {self.log_path}\n{tail}") from None
+
 
 @dataclass
 class FlowerService(Service):
@@ -280,25 +299,7 @@ class LocalStack:
         return self
 
     def wait_for_workers(self, count: int, timeout: float) -> None:
-        import redis
-
-        from segq import keys
-
-        client = redis.Redis.from_url(self.redis.url, decode_responses=True)
-
-        def ready() -> bool:
-            if self.worker.proc is not None and self.worker.proc.poll() is not None:
-                raise ServiceUnavailable(
-                    f"the worker exited (code {self.worker.proc.returncode}); see {self.worker.log_path}"
-                )
-            live = [k for k in client.scan_iter(match=keys.worker("*")) if client.hget(k, "models") not in (None, "[]")]
-            return len(live) >= count
-
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if time.monotonic() > deadline:
-                raise ServiceUnavailable(f"no worker ready after {timeout:.0f}s; see {self.worker.log_path}")
-            time.sleep(0.5)
+        self.worker.wait_ready(self.redis.url, count=count, timeout=timeout)
 
     @property
     def env_file(self) -> Path:

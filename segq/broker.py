@@ -1,4 +1,4 @@
-"""The Celery application both sides share: Redis broker and result backend, JSON only.
+"""The Celery application both sides share, and the worker policy, defined once.
 
 The producer uses it to send tasks by name (it never imports worker code); the workers
 register their tasks on it. Reliability settings for long GPU tasks:
@@ -6,8 +6,9 @@ register their tasks on it. Reliability settings for long GPU tasks:
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only after
   the task returns, so a worker that dies mid-task (OOM, node lost) does not lose the job;
   Redis redelivers it after the visibility timeout.
-- ``worker_prefetch_multiplier = 1``: a worker reserves one message at a time, so a long
-  task never holds back jobs another worker could start.
+- ``worker_prefetch_multiplier = 1`` and the solo pool: a worker holds one message at a time and
+  runs it in the very process where the models were loaded, so a long task never holds back
+  jobs another worker could start.
 - one ``visibility_timeout`` for broker and result backend, longer than the longest task.
 - task events on, so Flower sees every task.
 """
@@ -17,10 +18,20 @@ from __future__ import annotations
 import ssl
 
 from celery import Celery
-from kombu import Queue
 
-from segq.protocol import model_queue
+from segq import defaults
 from segq.settings import Settings
+
+#: How every segq worker process runs its tasks. The worker app applies it; nothing else
+#: restates it (the launcher passes no pool or prefetch options of its own).
+WORKER_POLICY = {
+    "worker_pool": "solo",
+    "worker_concurrency": 1,
+    "worker_prefetch_multiplier": 1,
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_send_task_events": True,
+}
 
 
 def celery_config(settings: Settings) -> dict:
@@ -40,19 +51,15 @@ def celery_config(settings: Settings) -> dict:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        # Long GPU tasks: nothing lost, nothing hoarded.
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
         "task_track_started": True,
-        "result_expires": 24 * 3600,
+        "result_expires": defaults.RESULT_EXPIRES_SECONDS,
         "result_extended": True,
         # Flower and `segq workers` see what happens.
-        "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_default_queue": "segq.default",
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": False,
+        **WORKER_POLICY,
     }
     if settings.redis_uses_tls:
         tls = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
@@ -61,11 +68,7 @@ def celery_config(settings: Settings) -> dict:
     return conf
 
 
-def make_celery(settings: Settings, name: str = "segq") -> Celery:
-    app = Celery(name)
+def make_celery(settings: Settings, name: str = "segq", include: tuple[str, ...] = ()) -> Celery:
+    app = Celery(name, include=list(include))
     app.conf.update(celery_config(settings))
     return app
-
-
-def queues_for(models: list[str]) -> list[Queue]:
-    return [Queue(model_queue(m)) for m in models]

@@ -11,6 +11,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from typing import Any, Iterable
 
 import redis
@@ -18,12 +19,27 @@ import redis
 from segq import keys
 from segq.errors import JobNotFound
 
-QUEUED = "queued"
-RUNNING = "running"
-DONE = "done"
-FAILED = "failed"
-STATES = (QUEUED, RUNNING, DONE, FAILED)
-FINAL_STATES = (DONE, FAILED)
+class JobState(StrEnum):
+    """Where a job is. ``done`` and ``failed`` are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED})
+
+
+class JobKind(StrEnum):
+    """What a job segments: one image, or a video (split into chunks)."""
+
+    IMAGE = "image"
+    VIDEO = "video"
 
 
 def new_job_id() -> str:
@@ -34,11 +50,11 @@ def new_job_id() -> str:
 @dataclass
 class JobRecord:
     id: str
-    kind: str  # "image"
+    kind: str  # a JobKind
     task: str
     model: str
     input: str  # s3://bucket/key
-    state: str = QUEUED
+    state: str = JobState.QUEUED.value
     source: str = ""  # what the user submitted (display only; never used as a key)
     checkpoint: str = ""  # the checkpoint behind the model name, as the worker loaded it
     created_at: float = 0.0
@@ -78,6 +94,10 @@ class JobRecord:
     @property
     def final(self) -> bool:
         return self.state in FINAL_STATES
+
+    @property
+    def is_video(self) -> bool:
+        return self.kind == JobKind.VIDEO
 
     def to_hash(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -204,6 +224,22 @@ class JobStore:
     def state(self, job_id: str) -> str | None:
         return self.r.hget(keys.job(job_id), "state")
 
+    def exists(self, job_id: str) -> bool:
+        return bool(self.r.exists(keys.job(job_id)))
+
+    def final_or_gone(self, job_id: str) -> bool:
+        """True when a follow-up task of the job has nothing to do (the job ended, or expired)."""
+        state = self.state(job_id)
+        return state is None or state in FINAL_STATES
+
+    def count_assembly(self, job_id: str) -> int:
+        """One more run of a video job's assembly (``assemblies``: 1 unless a worker died in it)."""
+        return int(self.r.hincrby(keys.job(job_id), "assemblies", 1))
+
+    def assembly_sent(self, job_id: str) -> None:
+        """The assembly message was sent (see ``RESEND_ASSEMBLY``)."""
+        self.r.hset(keys.job(job_id), "assembly_sent", 1)
+
     def chunk_done(self, job_id: str, index: int, frames: int, inference_s: float, info: dict) -> int:
         """Record a finished chunk; returns one of CHUNK_DUPLICATE, CHUNK_RECORDED, START_ASSEMBLY,
         RESEND_ASSEMBLY (see _CHUNK_DONE)."""
@@ -223,25 +259,22 @@ class JobStore:
             self.r.hset(keys.job(job_id), mapping=mapping)
 
     def finish(self, job_id: str, **metrics: Any) -> None:
-        self.update(job_id, state=DONE, finished_at=time.time(), **metrics)
-        self._count(job_id, DONE, metrics)
+        self.update(job_id, state=JobState.DONE.value, finished_at=time.time(), **metrics)
+        self._count(job_id, JobState.DONE, metrics)
 
     def fail(self, job_id: str, error: str) -> None:
-        self.update(job_id, state=FAILED, finished_at=time.time(), error=error)
-        self._count(job_id, FAILED, {})
+        self.update(job_id, state=JobState.FAILED.value, finished_at=time.time(), error=error)
+        self._count(job_id, JobState.FAILED, {})
 
     def _count(self, job_id: str, state: str, metrics: dict) -> None:
         """Fleet-wide counters behind the Prometheus metrics (keys.STATS)."""
         kind, model = self.r.hmget(keys.job(job_id), "kind", "model")
         kind, model = kind or "unknown", model or "unknown"
         pipe = self.r.pipeline()
-        pipe.hincrby(keys.STATS, keys.stat_jobs(state, kind, model), 1)
-        if state == DONE:
-            pipe.hincrby(keys.STATS, keys.stat_frames(model), int(metrics.get("frames") or 0))
-            pipe.hincrbyfloat(keys.STATS, keys.stat_inference(model), float(metrics.get("inference_s") or 0.0))
+        pipe.hincrby(keys.STATS, keys.stat_field(keys.STAT_JOBS, state, kind, model), 1)
+        if state == JobState.DONE:
+            pipe.hincrby(keys.STATS, keys.stat_field(keys.STAT_FRAMES, model), int(metrics.get("frames") or 0))
+            pipe.hincrbyfloat(keys.STATS, keys.stat_field(keys.STAT_INFERENCE, model), float(metrics.get("inference_s") or 0.0))
             if metrics.get("fps"):
-                pipe.hset(keys.STATS, keys.stat_last_fps(kind, model), metrics["fps"])
+                pipe.hset(keys.STATS, keys.stat_field(keys.STAT_LAST_FPS, kind, model), metrics["fps"])
         pipe.execute()
-
-    def stats(self) -> dict[str, str]:
-        return self.r.hgetall(keys.STATS)

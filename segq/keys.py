@@ -13,20 +13,26 @@ JOBS_INDEX = f"{PREFIX}:jobs"
 STATS = f"{PREFIX}:stats"
 
 
-def stat_jobs(state: str, kind: str, model: str) -> str:
-    return f"jobs|{state}|{kind}|{model}"
+# The stats codec: each field of STATS is a metric name and its label values joined by "|".
+STAT_JOBS = "jobs"  # labels: state, kind, model
+STAT_FRAMES = "frames"  # labels: model
+STAT_INFERENCE = "inference_s"  # labels: model
+STAT_LAST_FPS = "last_fps"  # labels: kind, model
+_STAT_LABELS = {STAT_JOBS: 3, STAT_FRAMES: 1, STAT_INFERENCE: 1, STAT_LAST_FPS: 2}
 
 
-def stat_frames(model: str) -> str:
-    return f"frames|{model}"
+def stat_field(metric: str, *labels: str) -> str:
+    if _STAT_LABELS.get(metric) != len(labels) or any("|" in v for v in labels):
+        raise ValueError(f"bad stats field {metric!r} {labels!r}")
+    return "|".join((metric, *labels))
 
 
-def stat_inference(model: str) -> str:
-    return f"inference_s|{model}"
-
-
-def stat_last_fps(kind: str, model: str) -> str:
-    return f"last_fps|{kind}|{model}"
+def parse_stat_field(name: str) -> tuple[str, tuple[str, ...]] | None:
+    """``"jobs|done|image|m"`` -> ``("jobs", ("done", "image", "m"))``; None for unknown fields."""
+    metric, *labels = name.split("|")
+    if _STAT_LABELS.get(metric) != len(labels):
+        return None
+    return metric, tuple(labels)
 
 
 def job(job_id: str) -> str:

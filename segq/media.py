@@ -11,8 +11,10 @@ import io
 import struct
 from typing import IO
 
-IMAGE = "image"
-VIDEO = "video"
+from segq.jobs import JobKind
+
+IMAGE = JobKind.IMAGE
+VIDEO = JobKind.VIDEO
 
 #: How many leading bytes ``sniff`` needs.
 HEAD_BYTES = 16

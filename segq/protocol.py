@@ -35,17 +35,17 @@ class PayloadError(ValueError):
     """A message does not follow the contract (wrong type, missing field, unknown task...)."""
 
 
+#: Every model's queue is this prefix + the model name.
+QUEUE_PREFIX = "segq.model."
+
+
 def model_queue(model: str) -> str:
     """Each model has its own queue, so a worker only takes jobs for the models it holds."""
     if not _MODEL_NAME.match(model):
         raise PayloadError(
             f"invalid model name {model!r}: letters, digits, '.', '_' and '-' only, up to 64 characters"
         )
-    return f"segq.model.{model}"
-
-
-def valid_model_name(model: str) -> bool:
-    return bool(_MODEL_NAME.match(model))
+    return f"{QUEUE_PREFIX}{model}"
 
 
 def valid_job_id(job_id: str) -> bool:

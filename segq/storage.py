@@ -17,6 +17,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
+from segq import limits
 from segq.errors import InputError, ObjectNotFound, ServiceUnavailable
 from segq.settings import Settings
 
@@ -140,10 +141,7 @@ class Storage:
             size = int(response.get("ContentLength", 0))
             if max_bytes is not None and size > max_bytes:
                 response["Body"].close()
-                raise InputError(
-                    f"input is {size / 2**20:.1f} MiB, over the limit of {max_bytes / 2**20:.1f} MiB "
-                    f"(SEGQ_MAX_INPUT_BYTES)"
-                )
+                limits.check_bytes(size, max_bytes)
             return response["Body"].read()
         except (BotoCoreError, ClientError) as exc:
             raise self._explain(exc, obj.uri) from exc

@@ -1,5 +1,10 @@
 """The worker's Celery application: ``celery -A workers.app worker ...`` (``segq worker`` runs it).
 
+Importing this module does nothing: the app is built on first access to ``workers.app.app``
+(what ``celery -A`` does), from the settings of that moment. The task modules are registered
+through the app's ``include`` and define their tasks with ``shared_task``, so this module imports
+no task module and no task module imports it.
+
 Models load when the worker process starts (``worker_init``), in that process, before it takes
 its first message; CUDA is never touched by a parent process that forks.
 """
@@ -8,35 +13,43 @@ from __future__ import annotations
 
 import logging
 
+from celery import Celery
 from celery.signals import worker_init, worker_shutdown
 
-from segq import keys
 from segq.broker import make_celery
 from segq.settings import Settings
 
-settings = Settings.from_env()
-app = make_celery(settings, name="segq-worker")
-# One task at a time, run in this very process, where the models were loaded.
-app.conf.worker_pool = "solo"
+#: The modules whose tasks a worker runs.
+TASK_MODULES = ("workers.tasks", "workers.video_tasks")
 
 
-@worker_init.connect
-def _load_models(sender=None, **_):
+def _boot(sender=None, **_):
     from workers import runtime
 
     logging.getLogger("workers").setLevel(logging.INFO)
-    runtime.boot(sender.hostname, settings)
+    runtime.boot(sender.hostname, Settings.from_env())
 
 
-@worker_shutdown.connect
-def _forget_worker(sender=None, **_):
+def _forget(sender=None, **_):
     from workers import runtime
 
-    try:
-        runtime.get().redis.delete(keys.worker(sender.hostname))
-    except Exception:
-        pass
+    runtime.shutdown()
 
 
-import workers.tasks  # noqa: E402,F401  (registers the tasks)
-import workers.video_tasks  # noqa: E402,F401
+def create_app(settings: Settings | None = None) -> Celery:
+    app = make_celery(settings or Settings.from_env(), name="segq-worker", include=TASK_MODULES)
+    worker_init.connect(_boot, weak=False, dispatch_uid="segq-boot")
+    worker_shutdown.connect(_forget, weak=False, dispatch_uid="segq-forget")
+    return app
+
+
+_app: Celery | None = None
+
+
+def __getattr__(name: str):
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

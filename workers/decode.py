@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from segq import media
+from segq import limits, media
 from segq.errors import InputError
 
 
@@ -46,13 +46,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         what = f"a {found} file" if found else "an unrecognised format"
         raise InputError(f"input is not a decodable image ({len(data)} bytes, {what})") from None
     width, height = img.size
-    if width <= 0 or height <= 0:
-        raise InputError(f"image has no pixels ({width}x{height})")
-    if width * height > max_pixels:
-        raise InputError(
-            f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
-            f"{max_pixels / 1e6:.1f} MP (SEGQ_MAX_IMAGE_PIXELS)"
-        )
+    limits.check_pixels(width, height, max_pixels)
     fmt = img.format or "unknown"
     try:
         with _pil_pixel_limit(max_pixels), warnings.catch_warnings():

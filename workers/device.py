@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+from segq.settings import PRECISIONS
 
 
 @dataclass(frozen=True)

@@ -104,9 +104,7 @@ def command(proc: WorkerProcess, loglevel: str = "info") -> list[str]:
         sys.executable, "-m", "celery", "-A", "workers.app", "worker",
         "--hostname", proc.hostname,
         "--queues", ",".join(proc.queues),
-        "--pool", "solo", "--concurrency", "1",
-        "--prefetch-multiplier", "1",
-        "--task-events",
+        # Pool, concurrency, prefetch, acks and events: segq.broker.WORKER_POLICY, in the app's config.
         "--without-gossip", "--without-mingle",
         "--loglevel", loglevel,
     ]

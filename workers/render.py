@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from segq import defaults, layout
-from workers.inference import Prediction
+from workers.prediction import Prediction, Segment
 from workers.labels import LabelSet
 
 
@@ -76,6 +76,18 @@ def label_map_png(pred: Prediction, max_value: int) -> bytes:
     return encode_png(pred.label_map.astype(label_map_dtype(max_value)))
 
 
+def segment_entry(s: Segment, task: str, labels: LabelSet) -> dict:
+    """One segment as ``segments.json`` and the video label archives list it."""
+    entry = asdict(s)
+    entry["bbox"] = list(s.bbox)
+    entry["label"] = labels.name_of(s.label_id)
+    if task == "semantic":
+        entry.pop("was_fused")
+    if labels.isthing is not None and s.label_id < len(labels):
+        entry["isthing"] = labels.isthing[s.label_id]
+    return entry
+
+
 def segments_document(pred: Prediction, labels: LabelSet, *, job_id: str, model: str, checkpoint: str, max_value: int,
                       processor: str = "") -> dict:
     h, w = pred.label_map.shape
@@ -84,16 +96,7 @@ def segments_document(pred: Prediction, labels: LabelSet, *, job_id: str, model:
         if pred.task == "semantic"
         else "segment id of each pixel; 0 = no segment; see segments[].id"
     )
-    segments = []
-    for s in pred.segments:
-        entry = asdict(s)
-        entry["bbox"] = list(s.bbox)
-        entry["label"] = labels.name_of(s.label_id)
-        if pred.task == "semantic":
-            entry.pop("was_fused")
-        if labels.isthing is not None and s.label_id < len(labels):
-            entry["isthing"] = labels.isthing[s.label_id]
-        segments.append(entry)
+    segments = [segment_entry(s, pred.task, labels) for s in pred.segments]
     return {
         "job_id": job_id,
         "task": pred.task,

@@ -1,34 +1,28 @@
-"""Per-process worker state: settings, storage, job store, device and the loaded models.
+"""Per-process worker state: settings, storage, job store, device, registration and models.
 
 ``boot()`` runs once when the worker process starts (Celery's ``worker_init`` signal), in the
 process that then runs every task: it selects the device and loads every model this worker
-serves. Later jobs reuse them.
+serves. Later jobs reuse them. The worker's record in Redis is owned by ``segq.registry``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 
 import redis
 
-from segq import keys
 from segq.errors import UnknownModel
 from segq.jobs import JobStore
+from segq.registry import HEARTBEAT_SECONDS, WorkerRegistration
 from segq.settings import Settings
 from segq.storage import Storage
 from workers import device as device_mod
 from workers import models as models_mod
 
 log = logging.getLogger(__name__)
-
-#: Seconds between worker heartbeats; the worker's Redis hash expires after three missed ones.
-HEARTBEAT_SECONDS = 10
 
 
 @dataclass
@@ -38,8 +32,8 @@ class Runtime:
     storage: Storage
     store: JobStore
     spec: device_mod.DeviceSpec
+    registration: WorkerRegistration
     models: dict[str, models_mod.LoadedModel] = field(default_factory=dict)
-    loads: dict[str, int] = field(default_factory=dict)
 
     @property
     def redis(self) -> redis.Redis:
@@ -61,41 +55,22 @@ class Runtime:
                 raise UnknownModel(f"unknown model {name!r}: configured models are {', '.join(self.settings.models)}")
             loaded = models_mod.load(name, checkpoint, self.spec, self.settings.image_processor)
             self.models[name] = loaded
-            self.loads[name] = self.loads.get(name, 0) + 1
-            self.publish(load_seconds={n: round(m.load_seconds, 3) for n, m in self.models.items()})
+            self.registration.loaded(name, loaded.load_seconds)
 
-    # -- the worker's own record in Redis (`segq workers`, readiness, tests) --------------
-    def publish(self, **extra) -> None:
-        mapping = {
-            "hostname": self.hostname,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "device": self.spec.label,
-            "models": json.dumps(sorted(self.models)),
-            "model_loads": json.dumps(self.loads),
-            "heartbeat": time.time(),
-        }
-        mapping.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in extra.items()})
-        key = keys.worker(self.hostname)
-        pipe = self.redis.pipeline()
-        pipe.hset(key, mapping=mapping)
-        pipe.expire(key, HEARTBEAT_SECONDS * 3)
-        pipe.execute()
-
-    def count(self, field_name: str) -> None:
-        self.redis.hincrby(keys.worker(self.hostname), field_name, 1)
+    def count(self, counter: str) -> None:
+        self.registration.count(counter)
 
     def set_active(self, description: str) -> None:
         """What this worker is doing now (``segq workers``); "" when idle. Kept in Redis, since a
         worker busy with a long task answers Celery's remote control only between tasks."""
-        self.redis.hset(keys.worker(self.hostname), mapping={"active": description, "active_since": time.time()})
+        self.registration.set_active(description)
 
     def start_heartbeat(self) -> None:
         def beat() -> None:
             while True:
                 time.sleep(HEARTBEAT_SECONDS)
                 try:
-                    self.publish()
+                    self.registration.publish()
                 except Exception as exc:  # Redis blip: the next beat retries
                     log.warning("heartbeat failed: %s", exc)
 
@@ -112,19 +87,30 @@ def boot(hostname: str, settings: Settings | None = None) -> Runtime:
         return _runtime
     settings = settings or Settings.from_env()
     spec = device_mod.select(settings.precision, settings.worker_threads or None)
+    store = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     rt = Runtime(
         settings=settings,
         hostname=hostname,
         storage=Storage(settings),
-        store=JobStore.from_url(settings.redis_url, settings.job_ttl_seconds),
+        store=store,
         spec=spec,
+        registration=WorkerRegistration(store.r, hostname, spec.label),
     )
-    rt.publish(started_at=time.time())
+    rt.registration.publish()
     rt.load_models(settings.served_models())
     rt.start_heartbeat()
     _runtime = rt
     log.info("worker %s ready on %s with models %s", hostname, spec.label, ", ".join(rt.models))
     return rt
+
+
+def shutdown() -> None:
+    """The worker stops: remove its record (its expiry would, a little later)."""
+    if _runtime is not None:
+        try:
+            _runtime.registration.remove()
+        except redis.RedisError:
+            pass
 
 
 def get() -> Runtime:

@@ -20,7 +20,7 @@ import av
 import cv2
 import numpy as np
 
-from segq import media
+from segq import limits, media
 from segq.errors import InputError
 
 #: Codecs an MP4 can carry as they are; other audio is re-encoded to AAC.
@@ -90,11 +90,7 @@ def probe(source: IO[bytes] | str | Path, max_frames: int, max_pixels: int) -> V
         if not rate:
             raise InputError("the video has no frame rate")
         width, height = stream.codec_context.width, stream.codec_context.height
-        if width * height > max_pixels:
-            raise InputError(
-                f"frames are {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
-                f"{max_pixels / 1e6:.1f} MP (SEGQ_MAX_IMAGE_PIXELS)"
-            )
+        limits.check_pixels(width, height, max_pixels, what="each frame")
         audio = container.streams.audio[0].codec_context.name if container.streams.audio else ""
         stamps: list[tuple[int, bool]] = []
         try:

@@ -1,0 +1,196 @@
+"""The worker registry: every worker process's record in Redis, owned by this module alone.
+
+Each worker process publishes a hash ``segq:worker:<hostname>`` (device, models, load counts,
+counters, current task) and refreshes it from a heartbeat thread, also while a long task runs
+(a solo-pool Celery worker answers remote control only between tasks). The hash expires after
+``STALE_SECONDS`` without a beat, so a worker that died without a word disappears by itself,
+like arq's health-check key. Workers write through :class:`WorkerRegistration`; everything that
+reads worker records (``segq workers``, ``segq health``, the exporter, the local stack, tests,
+benchmarks) goes through :func:`workers` / :func:`wait_ready`.
+
+Compare rq's ``worker_registration.py``: one owner for the records, one liveness rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import redis
+
+from segq import keys
+
+#: Seconds between heartbeats.
+HEARTBEAT_SECONDS = 10
+#: The one liveness rule: a worker is live while its last heartbeat is younger than this
+#: (three missed beats). The record expires at the same age.
+STALE_SECONDS = HEARTBEAT_SECONDS * 3
+
+#: Counter fields of a record (``WorkerRegistration.count``).
+JOBS_DONE = "jobs_done"
+JOBS_FAILED = "jobs_failed"
+TASKS_DONE = "tasks_done"
+COUNTERS = (JOBS_DONE, JOBS_FAILED, TASKS_DONE)
+
+
+@dataclass
+class WorkerRecord:
+    hostname: str
+    host: str = ""
+    pid: int = 0
+    device: str = ""
+    models: list[str] = field(default_factory=list)
+    model_loads: dict = field(default_factory=dict)
+    load_seconds: dict = field(default_factory=dict)
+    active: str = ""
+    active_since: float | None = None
+    started_at: float | None = None
+    heartbeat: float | None = None
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    tasks_done: int = 0
+
+    @property
+    def heartbeat_age(self) -> float | None:
+        return None if self.heartbeat is None else max(0.0, time.time() - self.heartbeat)
+
+    @property
+    def live(self) -> bool:
+        age = self.heartbeat_age
+        return age is not None and age < STALE_SECONDS
+
+    @property
+    def ready(self) -> bool:
+        """Live, with its models loaded: it takes jobs."""
+        return self.live and bool(self.models)
+
+    @classmethod
+    def from_hash(cls, key: str, d: dict[str, str]) -> "WorkerRecord":
+        def num(name: str, kind=float):
+            try:
+                return kind(float(d[name])) if d.get(name) not in (None, "") else None
+            except ValueError:
+                return None
+
+        return cls(
+            hostname=d.get("hostname") or key.split(":", 2)[-1],
+            host=d.get("host", ""),
+            pid=num("pid", int) or 0,
+            device=d.get("device", ""),
+            models=_json(d.get("models"), []),
+            model_loads=_json(d.get("model_loads"), {}),
+            load_seconds=_json(d.get("load_seconds"), {}),
+            active=d.get("active", ""),
+            active_since=num("active_since"),
+            started_at=num("started_at"),
+            heartbeat=num("heartbeat"),
+            **{c: num(c, int) or 0 for c in COUNTERS},
+        )
+
+
+def _json(raw: str | None, default):
+    try:
+        return json.loads(raw) if raw else default
+    except ValueError:
+        return default
+
+
+class WorkerRegistration:
+    """A worker process's own record: publish, heartbeat, counters, current task, removal."""
+
+    def __init__(self, r: redis.Redis, hostname: str, device: str):
+        self.r = r
+        self.hostname = hostname
+        self.key = keys.worker(hostname)
+        self.device = device
+        self.models: dict[str, float] = {}  # name -> load seconds
+        self.loads: dict[str, int] = {}
+        self.started_at = time.time()
+
+    def loaded(self, name: str, seconds: float) -> None:
+        self.models[name] = round(seconds, 3)
+        self.loads[name] = self.loads.get(name, 0) + 1
+        self.publish()
+
+    def publish(self) -> None:
+        """Write the record and refresh its expiry: the heartbeat."""
+        mapping = {
+            "hostname": self.hostname,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "device": self.device,
+            "models": json.dumps(sorted(self.models)),
+            "model_loads": json.dumps(self.loads),
+            "load_seconds": json.dumps(self.models),
+            "started_at": self.started_at,
+            "heartbeat": time.time(),
+        }
+        pipe = self.r.pipeline()
+        pipe.hset(self.key, mapping=mapping)
+        pipe.expire(self.key, STALE_SECONDS)
+        pipe.execute()
+
+    def count(self, counter: str) -> None:
+        if counter not in COUNTERS:
+            raise ValueError(f"unknown counter {counter!r}")
+        self.r.hincrby(self.key, counter, 1)
+
+    def set_active(self, description: str) -> None:
+        """What the worker does now; "" when idle."""
+        self.r.hset(self.key, mapping={"active": description, "active_since": time.time()})
+
+    def remove(self) -> None:
+        self.r.delete(self.key)
+
+
+def workers(r: redis.Redis, *, live_only: bool = True) -> list[WorkerRecord]:
+    """The registered workers, sorted by hostname (live ones only, unless asked)."""
+    out = []
+    for key in sorted(r.scan_iter(match=keys.worker("*"), count=500)):
+        d = r.hgetall(key)
+        if d:
+            rec = WorkerRecord.from_hash(key, d)
+            if rec.live or not live_only:
+                out.append(rec)
+    return out
+
+
+def get(r: redis.Redis, hostname: str) -> WorkerRecord | None:
+    d = r.hgetall(keys.worker(hostname))
+    return WorkerRecord.from_hash(keys.worker(hostname), d) if d else None
+
+
+def serving(r: redis.Redis, model: str) -> bool:
+    """Whether a ready worker serves ``model``."""
+    return any(w.ready and model in w.models for w in workers(r))
+
+
+def wait_ready(r: redis.Redis, *, hostnames: list[str] | None = None, count: int | None = None,
+               timeout: float = 180.0, alive: Callable[[], str | None] | None = None,
+               poll: float = 0.3) -> list[WorkerRecord]:
+    """Block until the named workers (or ``count`` workers) are ready; returns their records.
+
+    ``alive`` is called on every poll and returns a message when the thing being waited for has
+    died (a process that exited), which is raised at once instead of waiting out the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = [w for w in workers(r) if w.ready]
+        if hostnames is not None:
+            by_name = {w.hostname: w for w in ready}
+            if all(h in by_name for h in hostnames):
+                return [by_name[h] for h in hostnames]
+        elif len(ready) >= (count or 1):
+            return ready
+        problem = alive() if alive else None
+        if problem:
+            raise RuntimeError(problem)
+        if time.monotonic() > deadline:
+            wanted = ", ".join(hostnames) if hostnames is not None else f"{count or 1} worker(s)"
+            raise TimeoutError(f"not ready after {timeout:g}s: {wanted} (ready: "
+                               f"{', '.join(w.hostname for w in ready) or 'none'})")
+        time.sleep(poll)
