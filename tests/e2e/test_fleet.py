@@ -14,9 +14,10 @@ import pytest
 
 from segq import keys
 
-from conftest import start_worker, wait_for_worker
-from media import photo, video
-from test_bad_input import segq
+from support.servers import start_worker, wait_for_worker
+from support.media import photo, video
+from support.cli import segq
+from support.fleet import chunk_workers, workers_of_a_mixed_batch
 
 pytestmark = pytest.mark.e2e
 
@@ -27,27 +28,11 @@ def flower_api(flower, path: str):
     return json.loads(urllib.request.urlopen(req, timeout=10).read())
 
 
-def chunk_workers(client, job_id: str) -> set[str]:
-    return {c["worker"] for c in client.store.chunk_infos(job_id).values()}
-
-
-def workers_of_a_mixed_batch(client, tmp_path) -> tuple[set[str], list[str], str]:
-    """Submit 9 image jobs and a 40-frame video in 4-frame chunks, wait; returns every worker that
-    took a part, the image job ids and the video job id."""
-    images = client.submit([str(photo(tmp_path / f"i{i}.png", (160, 120), seed=i)) for i in range(9)],
-                           task="semantic")
-    [clip] = client.submit([str(video(tmp_path / "v.mp4", frames=40, size=(160, 120)))], task="semantic",
-                           chunk_frames=4, batch_size=2)
-    records = client.wait([j.id for j in images] + [clip.id], timeout=300)
-    assert all(r.state == "done" for r in records), [r.error for r in records]
-    return {r.worker for r in records[:-1]} | chunk_workers(client, clip.id), [j.id for j in images], clip.id
-
-
 @pytest.fixture(scope="module")
 def third_worker_service(session_dir, stack_env, redis_client, worker, second_worker):
     """A third worker standing for another host (its own Celery node name, host-c)."""
     service, hostname = start_worker(session_dir, stack_env, "w3", host="host-c")
-    wait_for_worker(redis_client, hostname, service)
+    wait_for_worker(stack_env["SEGQ_REDIS_URL"], hostname, service)
     yield service, hostname
     service.stop()
 
@@ -105,7 +90,7 @@ def test_a_joining_worker_takes_work_and_a_sigtermed_one_finishes_its_chunk(
     # A fourth worker joins while the job runs.
     joiner, joiner_name = start_worker(session_dir, stack_env, "w4", models="semantic", host="host-d")
     try:
-        wait_for_worker(redis_client, joiner_name, joiner)
+        wait_for_worker(stack_env["SEGQ_REDIS_URL"], joiner_name, joiner)
         # Stop the third worker with SIGTERM while it works on a chunk.
         deadline = time.monotonic() + 120
         while "segq.segment_chunk" not in (redis_client.hget(keys.worker(third_worker), "active") or ""):

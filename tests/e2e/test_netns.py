@@ -20,8 +20,8 @@ import redis
 from producer.stack import RedisServer, SeaweedS3, Service
 from segq import keys
 
-from test_bad_input import segq
-from test_fleet import workers_of_a_mixed_batch
+from support.cli import segq
+from support.fleet import workers_of_a_mixed_batch
 
 pytestmark = pytest.mark.e2e
 

@@ -3,26 +3,15 @@ the worker keeps serving, and no other job is touched."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from segq.jobs import JobRecord, new_job_id
 from segq.protocol import SEGMENT_IMAGE, model_queue
 
-from media import huge_png, photo, truncated_jpeg
+from support.cli import segq
+from support.media import huge_png, photo, truncated_jpeg
 
 pytestmark = pytest.mark.e2e
-
-
-def segq(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the real CLI, as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", "producer", *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
-    )
 
 
 def make_bad_inputs(tmp_path, client) -> dict[str, tuple[str, str]]:

@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from producer.stack import free_port
 
-from media import photo
-from test_bad_input import segq
+from support.media import photo
+from support.cli import segq
 
 pytestmark = pytest.mark.e2e
 

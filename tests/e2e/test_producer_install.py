@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from media import photo
+from support.media import photo
 
 BLOCKER = """
 import sys

@@ -1,0 +1,85 @@
+"""Worker parts that need neither servers nor torch: the launcher's plan, chunk planning,
+colour tables, segment statistics."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from segq.errors import UsageError
+from segq.settings import Settings
+from workers import launcher, labels, render
+from workers.prediction import Prediction, Segment, semantic_segments, with_stats
+from workers.video import plan_chunks
+
+
+def test_the_launcher_pins_one_process_per_gpu_with_its_models_queues():
+    s = Settings.from_env({})
+    procs = launcher.plan(s, gpus="0,1", models="semantic,coco-panoptic", name="edge@node7")
+    assert [(p.hostname, p.cuda_visible_devices) for p in procs] == [("edge-gpu0@node7", "0"), ("edge-gpu1@node7", "1")]
+    assert procs[0].models == ("ade-semantic", "coco-panoptic")
+    assert procs[0].queues == ("segq.model.ade-semantic", "segq.model.coco-panoptic")
+    env = launcher.environment(procs[1], threads=None, precision="fp16")
+    assert (env["CUDA_VISIBLE_DEVICES"], env["SEGQ_WORKER_MODELS"], env["SEGQ_PRECISION"]) == ("1", "ade-semantic,coco-panoptic", "fp16")
+    [cpu] = launcher.plan(s, gpus="cpu")
+    assert cpu.cuda_visible_devices == "" and cpu.hostname.startswith("segq-cpu@")
+    # the policy (solo pool, prefetch 1, acks late) comes from the app's config, not the command line
+    assert "--pool" not in launcher.command(cpu) and "--prefetch-multiplier" not in launcher.command(cpu)
+
+
+@pytest.mark.parametrize("gpus, models, message", [
+    ("0,x", None, "--gpus: expected auto, all, cpu or indexes"),
+    ("cpu", "depth", "unknown model 'depth'"),
+])
+def test_the_launcher_refuses_bad_arguments(gpus, models, message):
+    with pytest.raises(UsageError, match=message):
+        launcher.plan(Settings.from_env({}), gpus=gpus, models=models)
+
+
+@pytest.mark.parametrize("frames, size, expected", [
+    (91, 12, [(0, 12), (12, 24), (24, 36), (36, 48), (48, 60), (60, 72), (72, 84), (84, 91)]),
+    (5, 32, [(0, 5)]),
+    (64, 32, [(0, 32), (32, 64)]),
+])
+def test_chunks_cover_every_frame_once(frames, size, expected):
+    chunks = plan_chunks(frames, size)
+    assert chunks == expected
+    assert [i for a, b in chunks for i in range(a, b)] == list(range(frames))
+
+
+def test_semantic_colours_are_the_dataset_palette():
+    ade = labels.load("ade20k")
+    pred = Prediction("semantic", np.array([[0, 149], [3, 3]], dtype=np.int32))
+    lut, zero_is_empty = render.color_table(pred, ade)
+    assert not zero_is_empty and (lut[:150] == ade.colors).all()
+
+
+def test_instances_of_one_class_get_distinct_nearby_shades_and_zero_is_empty():
+    coco = labels.load("coco_instance")
+    segs = [Segment(1, 0, 0.9), Segment(2, 0, 0.8), Segment(3, 2, 0.7)]
+    lut, zero_is_empty = render.color_table(Prediction("instance", np.zeros((2, 2), np.int32), segs), coco)
+    assert zero_is_empty and (lut[0] == 0).all()
+    assert (lut[1] == coco.colors[0]).all() and not (lut[2] == lut[1]).all()
+    assert np.abs(lut[2].astype(int) - lut[1].astype(int)).max() <= 50
+    image = np.full((2, 2, 3), 100, np.uint8)
+    over = render.overlay(image, Prediction("instance", np.array([[0, 1], [3, 0]], np.int32), segs), coco)
+    assert (over[0, 0] == 100).all() and (over[1, 1] == 100).all()  # no segment: the photo
+
+
+def test_segment_area_and_box_and_only_present_segments():
+    m = np.zeros((6, 8), np.int32)
+    m[1:3, 2:5] = 1
+    m[4, 7] = 2
+    segs = with_stats(m, [Segment(1, 5, 0.9), Segment(2, 6, 0.8), Segment(3, 7, 0.7)])
+    assert [(s.id, s.area, s.bbox) for s in segs] == [(1, 6, (2, 1, 3, 2)), (2, 1, (7, 4, 1, 1))]
+    assert [(s.id, s.area) for s in semantic_segments(m)] == [(0, 41), (1, 6), (2, 1)]
+
+
+def test_these_parts_do_not_import_torch():
+    import subprocess
+
+    code = ("import sys, workers.launcher, workers.render, workers.prediction, workers.video, workers.labels; "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
