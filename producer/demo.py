@@ -1,83 +1,52 @@
 """``segq demo``: the whole system on one machine, in one command.
 
-Starts the local stack (Redis, SeaweedFS S3, a worker, Flower), draws a demo street scene,
-submits it once per task, and a short clip of it as a video job, through the same ``Client`` the
-CLI uses, waits, downloads the outputs and prints where everything is.
+Starts the local stack (Redis, SeaweedFS S3, a worker, Flower), submits a demo street scene
+once per task, and a short clip of it as a video job, through the same ``Client`` the CLI uses,
+waits, downloads the outputs and prints where everything is. The image and the clip are
+package data (``producer/data``): nothing is drawn or encoded here.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
 
 from segq.protocol import TASKS
+from segq.settings import Settings
+
+from producer.cli.progress import wait_with_progress
+from producer.client import Client
+from producer.stack import LocalStack, offline_models
 
 
-def demo_image(path: Path, width: int = 640, height: int = 426) -> Path:
-    """A synthetic street scene (sky, buildings, road, a car, people), saved as JPEG."""
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (width, height))
-    d = ImageDraw.Draw(img)
-    for y in range(int(height * 0.55)):  # sky gradient
-        c = 235 - y // 3
-        d.line([(0, y), (width, y)], fill=(110, 160, c))
-    d.rectangle([0, int(height * 0.62), width, height], fill=(88, 88, 92))  # road
-    d.rectangle([0, int(height * 0.55), width, int(height * 0.62)], fill=(170, 170, 160))  # sidewalk
-    for i, (x, w, h, col) in enumerate([(10, 120, 190, (150, 80, 60)), (140, 90, 240, (190, 180, 160)),
-                                          (440, 180, 210, (120, 110, 130))]):
-        top = int(height * 0.55) - h
-        d.rectangle([x, top, x + w, int(height * 0.55)], fill=col)
-        for wy in range(top + 15, int(height * 0.55) - 25, 35):
-            for wx in range(x + 12, x + w - 20, 28):
-                d.rectangle([wx, wy, wx + 14, wy + 20], fill=(60, 80, 110))
-    d.ellipse([250, 150, 330, 230], fill=(40, 120, 40))  # tree crown
-    d.rectangle([284, 225, 296, 262], fill=(90, 60, 30))
-    d.rounded_rectangle([300, 270, 470, 330], radius=18, fill=(180, 20, 30))  # car
-    d.rectangle([335, 240, 430, 275], fill=(150, 20, 30))
-    for cx in (330, 440):
-        d.ellipse([cx - 18, 315, cx + 18, 351], fill=(20, 20, 20))
-    for px in (90, 560):  # people
-        d.ellipse([px - 10, 200, px + 10, 222], fill=(230, 190, 160))
-        d.rectangle([px - 12, 222, px + 12, 275], fill=(40, 60, 160))
-        d.rectangle([px - 10, 275, px + 10, 320], fill=(30, 30, 30))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, quality=92)
-    return path
+#: The demo's inputs, shipped as package data (``scripts/make_demo_media.py`` draws them).
+DEMO_IMAGE = "demo-street.jpg"
+DEMO_CLIP = "demo-street.mp4"
 
 
-def demo_video(still: Path, path: Path, frames: int = 48, fps: int = 24) -> Path:
-    """The demo scene as an H.264 clip: a red box drives along the road."""
-    from fractions import Fraction
-
-    import numpy as np
-    from PIL import Image
-
-    from workers.video import PartEncoder
-
-    base = np.asarray(Image.open(still).convert("RGB"))
-    h, w = base.shape[:2]
-    encoder = PartEncoder(path, Fraction(fps), gop=16)
-    for i in range(frames):
-        frame = base.copy()
-        x = int(i * (w - 120) / frames)
-        frame[int(h * 0.75):int(h * 0.75) + 40, x:x + 110] = (190, 25, 35)
-        encoder.write(frame)
-    encoder.close()
-    return path
+def demo_media(out_dir: Path) -> tuple[Path, Path]:
+    """Copy the demo street image and its 48-frame clip (a red box drives along the road) to ``out_dir``."""
+    data = resources.files("producer") / "data"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for name in (DEMO_IMAGE, DEMO_CLIP):
+        target = out_dir / name
+        target.write_bytes((data / name).read_bytes())
+        copies.append(target)
+    return copies[0], copies[1]
 
 
 def run_demo(data_dir: Path, out_dir: Path, *, offline: bool, keep: bool, out: Console, err: Console) -> int:
-    from producer.cli import _stack_models, _wait_with_progress
-    from producer.client import Client
-    from producer.stack import LocalStack
-    from segq.settings import Settings
-
-    image = demo_image(out_dir / "demo-street.jpg")
-    stack = LocalStack(data_dir, models=_stack_models(data_dir, offline))
+    image, clip = demo_media(out_dir)
+    models = None
+    if offline:
+        err.print("[yellow]offline models:[/] random-initialised stand-ins; their predictions are meaningless")
+        models = offline_models(data_dir / "models")
+    stack = LocalStack(data_dir, models=models)
     err.print("starting the local stack: redis, seaweedfs s3, one worker, flower ...")
     started = time.monotonic()
     with stack:
@@ -85,10 +54,9 @@ def run_demo(data_dir: Path, out_dir: Path, *, offline: bool, keep: bool, out: C
         os.environ.update(stack.env())
         client = Client(Settings.from_env())
         jobs = [client.submit([str(image)], task=task)[0] for task in TASKS]
-        clip = demo_video(image, out_dir / "demo-street.mp4")
         jobs += client.submit([str(clip)], task="semantic", chunk_frames=16, batch_size=4, annotate_fps=True)
         err.print(f"submitted {len(jobs)} jobs: {image} (semantic, instance, panoptic) and {clip} (semantic)")
-        records = _wait_with_progress(client, [j.id for j in jobs], timeout=600, quiet=False)
+        records = wait_with_progress(client, [j.id for j in jobs], timeout=600, quiet=False, console=err)
         failed = 0
         for rec in records:
             what = (f"{rec.frames_total} frames in {rec.chunks_total} chunks, {rec.fps or 0:.2f} fps"

@@ -321,3 +321,31 @@ class LocalStack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def offline_models(directory: Path, timeout: float = 900.0) -> dict[str, str]:
+    """Write the offline stand-in checkpoints under ``directory``; returns ``SEGQ_MODELS`` as a mapping.
+
+    Runs ``segq models tiny DIRECTORY --json`` (the worker extra's command: torch builds them) in
+    a child process, so the producer never imports torch or ``workers``. Folders already there
+    are reused.
+    """
+    import json
+
+    from segq.errors import SegqError
+
+    argv = [sys.executable, "-m", "producer.cli", "models", "tiny", str(directory), "--json"]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SegqError(f"`segq models tiny {directory}` did not finish in {timeout:.0f}s") from None
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        message = lines[-1].removeprefix("error: ") if lines else f"exit code {result.returncode}"
+        error = UsageError if result.returncode == UsageError.exit_code else SegqError
+        raise error(f"could not write the offline models: {message}")
+    try:
+        models = json.loads(result.stdout)
+    except ValueError:
+        raise SegqError(f"`segq models tiny --json` printed no JSON: {result.stdout[-500:]!r}") from None
+    return {str(k): str(v) for k, v in models.items()}

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from segq import layout
+from segq.settings import markdown_table
 
-from media import photo
-from test_bad_input import segq
+from support.cli import segq
+from support.media import photo
 
 pytestmark = pytest.mark.e2e
 
@@ -53,12 +54,38 @@ def test_submit_wait_exits_zero_and_prints_results(client, tmp_path):
     assert "done" in result.stdout and "segments" in result.stdout
 
 
+def _listed_commands(help_text: str) -> set[str]:
+    """The names in the Commands section of a click help page."""
+    section = help_text.split("Commands:", 1)[1]
+    return {line.split()[0] for line in section.splitlines() if line.startswith("  ") and line.strip()}
+
+
 def test_every_command_has_help_with_examples():
     for cmd in ("submit", "status", "wait", "get", "list", "worker", "workers", "queues", "health", "exporter",
-                "models", "up", "demo"):
+                "models", "up", "demo", "config"):
         result = segq(cmd, "--help")
         assert result.returncode == 0 and "Example" in result.stdout, cmd
     assert "Exit codes" in segq("--help").stdout
+    # The worker's commands come from the worker extra (entry points), listed with the others.
+    assert {"worker", "config", "models", "submit"} <= _listed_commands(segq("--help").stdout)
+    assert {"list", "tiny"} <= _listed_commands(segq("models", "--help").stdout)
+    result = segq("models", "tiny", "--help")
+    assert result.returncode == 0 and "--json" in result.stdout
+
+
+def test_config_shows_every_setting_with_secrets_redacted(tmp_path):
+    env = {"SEGQ_REDIS_URL": "redis://:hunter2@redis.example:6379/0", "AWS_SECRET_ACCESS_KEY": "s3cr3t-key",
+           "SEGQ_ENV_FILE": str(tmp_path / "none.env")}
+    result = segq("config", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["SEGQ_REDIS_URL"] == "redis://:***@redis.example:6379/0"
+    assert {"SEGQ_S3_BUCKET", "SEGQ_MODELS", "SEGQ_IMAGE_PROCESSOR", "SEGQ_ENV_FILE"} <= set(shown)
+    text = segq("config", env=env)
+    assert text.returncode == 0 and "redis://:***@redis.example:6379/0" in text.stdout
+    for out in (result.stdout, text.stdout):
+        assert "hunter2" not in out and "s3cr3t-key" not in out and "AWS_SECRET" not in out
+    assert segq("config", "--markdown").stdout.strip() == markdown_table()
 
 
 def test_models_list_shows_the_configured_checkpoints(client, tiny_models):
@@ -67,7 +94,7 @@ def test_models_list_shows_the_configured_checkpoints(client, tiny_models):
 
 
 def test_a_video_from_the_cli_and_a_folder_mixing_images_and_videos(client, tmp_path):
-    from media import video
+    from support.media import video
 
     folder = tmp_path / "mixed"
     photo(folder / "a.jpg", (96, 64), fmt="JPEG")

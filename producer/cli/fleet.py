@@ -1,0 +1,117 @@
+"""Fleet commands: ``workers``, ``queues``, ``health``, ``exporter``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from producer import display
+from producer.cli.progress import err, out
+
+
+def _client():
+    from producer.client import Client  # boto3, redis, celery: only for the commands that talk to them
+
+    return Client()
+
+
+@click.command()
+@click.option("--timeout", default=1.0, show_default=True, help="Seconds to wait for remote-control replies.")
+@click.option("--json", "as_json", is_flag=True)
+def workers(timeout, as_json):
+    """Live workers: device, models loaded, current task, jobs done.
+
+    Joins each worker's own record in Redis (refreshed every few seconds, even during a long
+    task) with Celery's remote control (ping, active tasks, totals), which a worker answers
+    between tasks.
+
+    \b
+    Example:
+      segq workers --json | jq '.[] | {hostname, device, active}'
+    """
+    from producer import fleet
+
+    client = _client()
+    views = fleet.workers(client.settings, client.store.r, client.celery, timeout=timeout)
+    if as_json:
+        display.print_json(out, [v.to_dict() for v in views])
+        return
+    if not views:
+        err.print("no live worker")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("worker", "device", "models", "active", "jobs done", "failed", "tasks", "heartbeat", "control"):
+        table.add_column(col)
+    for v in views:
+        control = "-" if v.responding is None else ("answers" if v.responding else "[yellow]busy[/]")
+        table.add_row(v.hostname, v.device, ", ".join(v.models), v.active or "idle", str(v.jobs_done),
+                      str(v.jobs_failed), str(v.tasks_done),
+                      f"{v.heartbeat_age:.0f}s ago" if v.heartbeat_age is not None else "-", control)
+    out.print(table)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def queues(as_json):
+    """Messages waiting in each queue (one queue per model).
+
+    \b
+    Example:
+      segq queues --json
+    """
+    from producer import fleet
+
+    client = _client()
+    depths = fleet.queue_depths(client.settings, client.store.r)
+    if as_json:
+        display.print_json(out, depths)
+    else:
+        for name, n in depths.items():
+            out.print(f"{name:<40} {n}", highlight=False)
+
+
+@click.command()
+@click.option("--local", "local", is_flag=True, required=True,
+              help="Check the workers of this host (the only mode for now).")
+def health(local):
+    """Exit 0 when Redis answers and this host's workers have their models loaded.
+
+    For Kubernetes readiness/liveness probes and Docker health checks.
+
+    \b
+    Example:
+      segq health --local || echo "not ready"
+    """
+    import redis
+
+    from producer import fleet
+    from segq.settings import Settings
+
+    settings = Settings.from_env()
+    ok, message = fleet.local_health(redis.Redis.from_url(settings.redis_url, decode_responses=True,
+                                                          socket_timeout=5, socket_connect_timeout=5))
+    (out if ok else err).print(message, highlight=False)
+    sys.exit(0 if ok else 1)
+
+
+@click.command()
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--port", default=9808, show_default=True)
+def exporter(address, port):
+    """Serve Prometheus metrics (queue depth, jobs by outcome, frames, FPS, model load time).
+
+    \b
+    Example:
+      segq exporter --address 0.0.0.0 --port 9808   # then scrape http://host:9808/metrics
+    """
+    from producer.exporter import serve
+    from segq.settings import Settings
+
+    err.print(f"serving metrics on http://{address}:{port}/metrics")
+    serve(Settings.from_env(), address, port)
+
+
+COMMANDS = (workers, queues, health, exporter)

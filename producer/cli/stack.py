@@ -1,0 +1,84 @@
+"""Local-stack commands: ``up`` and ``demo``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from segq.errors import SegqError
+
+from producer.cli.progress import err, out
+
+
+def _stack_models(data_dir: Path, offline: bool) -> dict[str, str] | None:
+    if not offline:
+        return None
+    from producer.stack import offline_models
+
+    err.print("[yellow]offline models:[/] random-initialised stand-ins; their predictions are meaningless")
+    return offline_models(data_dir / "models")
+
+
+@click.command()
+@click.option("--data-dir", default=".segq", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--offline/--hub", default=True, show_default=True,
+              help="--offline: generated tiny checkpoints; --hub: the real ones (needs hub access or HF cache).")
+@click.option("--gpus", default="auto", show_default=True)
+@click.option("--flower/--no-flower", default=True, show_default=True)
+@click.option("--flower-auth", metavar="USER:PASSWORD", help="Basic auth for Flower (default: none, loopback only).")
+def up(data_dir, offline, gpus, flower, flower_auth):
+    """Start a local stack: Redis, SeaweedFS S3, one worker and Flower, on loopback.
+
+    Prints the endpoints and writes DATA_DIR/segq.env; in another terminal run
+    `export SEGQ_ENV_FILE=DATA_DIR/segq.env` and use segq as usual. Ctrl-C stops everything.
+
+    \b
+    Example:
+      segq up --flower-auth admin:secret          # then, in another shell:
+      export SEGQ_ENV_FILE=.segq/segq.env && segq submit street.jpg --task panoptic --wait
+    """
+    import signal
+    import time
+
+    from producer.stack import LocalStack
+
+    stack = LocalStack(data_dir, models=_stack_models(data_dir, offline), flower=flower, gpus=gpus,
+                       flower_auth=flower_auth)
+    err.print("starting redis, s3, worker" + (", flower" if flower else "") + " ...")
+    with stack:
+        out.print(f"redis   {stack.redis.url}", highlight=False)
+        out.print(f"s3      {stack.s3.endpoint}  bucket {stack.s3.bucket}", highlight=False)
+        if flower:
+            out.print(f"flower  {stack.flower.url}", highlight=False)
+        out.print(f"logs    {stack.data_dir / 'logs'}", highlight=False)
+        out.print(f"\nexport SEGQ_ENV_FILE={stack.env_file}", highlight=False)
+        err.print("ready; Ctrl-C stops")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            while stack.worker.running or not stack.with_worker:
+                time.sleep(1)
+            raise SegqError(f"the worker exited; see {stack.worker.log_path}")
+        except KeyboardInterrupt:
+            err.print("stopping ...")
+
+
+@click.command()
+@click.option("--data-dir", default=".segq", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--out", "out_dir", default="segq-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--offline/--hub", default=True, show_default=True)
+@click.option("--keep", is_flag=True, help="Keep the stack running after the demo (Ctrl-C stops).")
+def demo(data_dir, out_dir, offline, keep):
+    """Start the local stack, segment a demo image (all three tasks) and a demo clip, show the outputs.
+
+    \b
+    Example:
+      segq demo --keep          # leave the stack running afterwards (Ctrl-C stops it)
+    """
+    from producer.demo import run_demo  # imports producer.cli.progress: only once producer.cli is loaded
+
+    sys.exit(run_demo(data_dir, out_dir, offline=offline, keep=keep, out=out, err=err))
+
+
+COMMANDS = (up, demo)
