@@ -1,0 +1,672 @@
+"""GPU benchmark: the article's single-process loop against segq's worker path, in one process.
+
+    python -m bench.gpu [--size 1920x1080] [--frames 64] [--batch-size 8] [--precision auto]
+                        [--device auto|cuda|cpu] [--tiny] [--warmup 2] [--time-limit 120]
+                        [--check-frames 4] [--postprocess default|fast|reference] [--json PATH]
+
+On a bare CUDA host (torch, transformers, OpenCV, numpy, Pillow, no network, no PyAV) run
+``scripts/gpu_bench.sh`` here first (it downloads the missing wheels into ``.whl/``), then on the
+host ``scripts/gpu_bench.sh --run [options]``: it installs them into a private folder and runs
+this module (with ``$OUT`` set, the log and the JSON land there). No Redis, S3 or Celery is used.
+
+Both paths run on the same synthetic clip (moving shapes drawn with numpy, H.264 through segq's
+``PartEncoder``) and the same random-weight model: the full-size architecture of
+``facebook/mask2former-swin-large-ade-semantic`` (Swin-L, 200 queries; ``--tiny``: segq's tiny
+test checkpoint), saved with ``save_pretrained`` to a temporary folder with an image processor
+configured as the hub's ADE checkpoints are (every frame resized to 384x384). Random weights
+give meaningless labels but the same compute as the trained model.
+
+(a) the article (Mask2Former with Hugging Face on a video, OpenCV): per frame ``cap.read()``,
+    ``Image.fromarray(frame).convert('RGB')`` (the BGR frame as it is, as the article does),
+    ``processor(image, return_tensors='pt').to(device)``, the model in fp32 under
+    ``torch.no_grad()``, ``post_process_semantic_segmentation`` at the frame's size, ``.cpu()``,
+    its ``draw_segmentation_map`` (one pass per palette class) and ``image_overlay``
+    (``cv2.addWeighted(image, 0.2, seg, 1.0, 0)``), the FPS text, ``cv2.VideoWriter`` (mp4v).
+    Processor and model come from ``AutoImageProcessor`` / ``Mask2FormerForUniversalSegmentation``
+    ``.from_pretrained`` as in the article (fp32 spelled out, as transformers 4 loaded it; the backend is
+    then transformers' default: torchvision where it is installed; ``--article-processor`` pins one).
+    TF32 stays at PyTorch's defaults (off for matmul), as in the article's script.
+(b) segq's worker path, as ``workers.chunk_render.ChunkRenderer`` does it in a chunk task:
+    PyAV decode (``workers.video.probe`` / ``decode_range``), batches of ``--batch-size`` frames
+    through ``workers.inference.predict(model, images, "semantic")`` on a ``LoadedModel`` from
+    ``workers.models.load`` (device and precision from ``workers.device.select``: auto = fp16 on
+    CUDA; post-processing as ``predict`` does it, ``--postprocess`` picks ``LoadedModel.postprocess``),
+    ``workers.render.overlay``, the FPS text, ``workers.video.PartEncoder`` (H.264).
+    Not included: the chunk's label archive (npz) and the S3 transfers.
+
+Each path is warmed up (``--warmup`` frames for (a), batches for (b)) and then timed over the whole
+clip, or until ``--time-limit`` seconds have passed (it then says how many frames it did). Stage
+times are wall-clock, with ``torch.cuda.synchronize()`` at stage borders on CUDA. Printed: FPS
+of each path (frames / wall time of the timed loop, decode to encoder close), milliseconds per
+frame of each stage, peak GPU memory of each path (reset between paths, model weights included),
+the speed ratio segq / article (the project's target on a GPU: >= 8x at 1080p with Swin-L), the
+article's own "Average FPS" figure (it times only model, post-processing and drawing), and the
+label agreement of segq's label maps with an fp32 reference (TF32 off) on the first
+``--check-frames`` frames: the fraction of pixels equal to ``post_process_semantic_segmentation``
+of the fp32 logits (same processor, same decoded frames).
+
+CPU smoke test (no GPU): ``python -m bench.gpu --device cpu --tiny --size 320x240 --frames 8
+--batch-size 4``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+TARGET_RATIO = 8.0
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+STAGES = ("decode", "preprocess+forward", "post-process", "render", "encode")
+ADE_PROCESSOR = {  # preprocessor_config.json of facebook/mask2former-swin-*-ade-* on the hub
+    "size": {"height": 384, "width": 384},
+    "size_divisor": 32,
+    "do_reduce_labels": False,
+    "ignore_index": 255,
+}
+
+
+def _import_workers():
+    """segq's worker modules. Imported late so that a missing package gets a clear message."""
+    try:
+        from workers import checkpoints, device, inference, models, render, video
+    except ModuleNotFoundError as exc:
+        hint = {
+            "av": "PyAV is needed by workers.video",
+            "redis": "workers.video imports segq.media, which imports segq.jobs, which imports redis",
+            "scipy": "transformers' Mask2Former needs scipy",
+        }.get(exc.name, "")
+        raise SystemExit(f"bench.gpu: cannot import {exc.name!r}{': ' + hint if hint else ''}. "
+                         f"On a bare host use scripts/gpu_bench.sh (it carries the wheels).") from exc
+    return checkpoints, device, inference, models, render, video
+
+
+# ---------------------------------------------------------------------------------------------
+# timing helpers
+
+
+class Clock:
+    """Stage times of one path; ``mark(stage)`` charges the time since the last mark to ``stage``."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.totals = dict.fromkeys(STAGES, 0.0)
+        self.last = 0.0
+        self.forward_calls = 0
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def start(self) -> None:
+        self.sync()
+        self.last = time.perf_counter()
+
+    def mark(self, stage: str, sync: bool = True) -> float:
+        if sync:
+            self.sync()
+        now = time.perf_counter()
+        spent = now - self.last
+        self.totals[stage] += spent
+        self.last = now
+        return spent
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_mib(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def _allocated_mib(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated() / 2**20
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@contextmanager
+def _tf32(matmul: bool, cudnn: bool, benchmark: bool):
+    """Set PyTorch's TF32 and cuDNN benchmark flags for a block, then restore them."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = matmul
+    torch.backends.cudnn.allow_tf32 = cudnn
+    torch.backends.cudnn.benchmark = benchmark
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs: clip and model
+
+
+def make_clip(video, path: Path, frames: int, width: int, height: int, fps: int = 30) -> Path:
+    """Moving shapes over a textured gradient, H.264 through segq's PartEncoder."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([
+        255 * xx / max(width - 1, 1),
+        255 * yy / max(height - 1, 1),
+        96 + 40 * np.sin(xx / 23.0) * np.cos(yy / 17.0),
+    ], axis=-1).clip(0, 255).astype(np.uint8)
+    rng = np.random.default_rng(7)
+    shapes = [
+        dict(
+            circle=bool(i % 2),
+            color=tuple(int(c) for c in rng.integers(0, 256, 3)),
+            pos=rng.uniform(0, 1, 2) * (width, height),
+            vel=rng.uniform(-0.02, 0.02, 2) * (width, height),
+            r=float(rng.uniform(0.05, 0.15) * min(width, height)),
+        )
+        for i in range(6)
+    ]
+    enc = video.PartEncoder(path, Fraction(fps), crf=18, gop=fps)
+    for t in range(frames):
+        img = base.copy()
+        for s in shapes:
+            x, y = (s["pos"] + t * s["vel"]) % (width, height)
+            x, y, r = int(x), int(y), max(int(s["r"]), 2)
+            if s["circle"]:
+                cv2.circle(img, (x, y), r, s["color"], -1)
+            else:
+                img[max(0, y - r):y + r, max(0, x - 2 * r):x + 2 * r] = s["color"]
+        enc.write(img)
+    enc.close()
+    return path
+
+
+def save_checkpoint(checkpoints, folder: Path, tiny: bool) -> float:
+    """Random-weight model + image processor in ``from_pretrained`` format. Returns seconds."""
+    started = time.perf_counter()
+    if tiny:
+        checkpoints.make_tiny("ade20k", folder)  # segq's offline test checkpoint (sharpened)
+        return time.perf_counter() - started
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    try:
+        from transformers import Mask2FormerImageProcessorPil as Processor
+    except ImportError:
+        from transformers import Mask2FormerImageProcessor as Processor
+
+    torch.manual_seed(0)
+    model = Mask2FormerForUniversalSegmentation(checkpoints.full_size_config("ade20k")).eval()
+    # Confident, spatially varied classes instead of one flat class, so that the label agreement
+    # below compares real segmentations (still random weights).
+    checkpoints._sharpen(model)
+    model.save_pretrained(folder)
+    Processor(**ADE_PROCESSOR).save_pretrained(folder)
+    del model
+    gc.collect()
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the article's loop
+
+
+def draw_segmentation_map(labels, palette):
+    """The article's utils.py: one pass over the label map per palette class."""
+    red_map = np.zeros_like(labels).astype(np.uint8)
+    green_map = np.zeros_like(labels).astype(np.uint8)
+    blue_map = np.zeros_like(labels).astype(np.uint8)
+    for label_num in range(0, len(palette)):
+        index = labels == label_num
+        red_map[index] = np.array(palette)[label_num, 0]
+        green_map[index] = np.array(palette)[label_num, 1]
+        blue_map[index] = np.array(palette)[label_num, 2]
+    segmentation_map = np.stack([red_map, green_map, blue_map], axis=2)
+    return segmentation_map
+
+
+def image_overlay(image, segmented_image):
+    """The article's utils.py."""
+    alpha = 0.2
+    beta = 1.0
+    gamma = 0
+    segmented_image = cv2.cvtColor(segmented_image, cv2.COLOR_RGB2BGR)
+    image = np.array(image)
+    image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    cv2.addWeighted(image, alpha, segmented_image, beta, gamma, image)
+    return image
+
+
+def load_article(folder: Path, device: torch.device, backend: str):
+    """The article's model.py, from the local folder instead of the hub id, fp32 as it loads."""
+    from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
+
+    started = time.perf_counter()
+    kwargs = {} if backend == "auto" else {"backend": backend}
+    processor = AutoImageProcessor.from_pretrained(str(folder), **kwargs)
+    # transformers 4.x (the article's) loaded fp32; 5.x loads the saved dtype, fp32 here too.
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(str(folder), dtype=torch.float32)
+    model = model.to(device).eval()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return model, processor, time.perf_counter() - started
+
+
+def article_path(clip: Path, out: Path, model, processor, device: torch.device, palette, *, warmup: int,
+                 time_limit: float, max_frames: int) -> dict:
+    clock = Clock(device)
+
+    def one_frame(frame, clock):
+        image = Image.fromarray(frame).convert('RGB')
+        clock.mark("decode", sync=False)
+        inputs = processor(image, return_tensors='pt').to(device)
+        start_time = time.time()  # the article's own timer: model, post-processing and drawing
+        with torch.no_grad():
+            outputs = model(**inputs)
+        clock.mark("preprocess+forward")
+        pred_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]
+        mask = pred_map
+        mask = mask.cpu()
+        clock.mark("post-process")
+        seg_map = draw_segmentation_map(mask, palette)
+        result = image_overlay(image, seg_map)
+        end_time = time.time()
+        fps = 1 / (end_time - start_time)
+        cv2.putText(result, f"FPS: {fps:.1f}", (15, 25), cv2.FONT_HERSHEY_SIMPLEX, fontScale=1,
+                    color=(0, 0, 255), thickness=2, lineType=cv2.LINE_AA)
+        clock.mark("render", sync=False)
+        return result, fps
+
+    # Warm-up: the first frames through the whole loop body, output discarded.
+    cap = cv2.VideoCapture(str(clip))
+    warm = Clock(device)
+    warm.start()
+    for _ in range(warmup):
+        ret, frame = cap.read()
+        if not ret:
+            break
+        one_frame(frame, warm)
+    cap.release()
+
+    cap = cv2.VideoCapture(str(clip))
+    frame_width, frame_height, vid_fps = int(cap.get(3)), int(cap.get(4)), int(cap.get(5))
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*'mp4v'), vid_fps, (frame_width, frame_height))
+    frame_count, total_fps, stopped = 0, 0.0, False
+    clock.start()
+    began = clock.last
+    while cap.isOpened() and frame_count < max_frames:
+        ret, frame = cap.read()
+        if not ret:
+            break
+        frame_count += 1
+        result, fps = one_frame(frame, clock)
+        total_fps += fps
+        writer.write(result)
+        clock.mark("encode", sync=False)
+        if time.perf_counter() - began > time_limit and frame_count < max_frames:
+            stopped = True
+            break
+    cap.release()
+    writer.release()
+    clock.mark("encode", sync=False)
+    wall = clock.last - began
+    return {
+        "frames": frame_count,
+        "stopped_by_time_limit": stopped,
+        "wall_s": wall,
+        "fps": frame_count / wall if wall > 0 else None,
+        "article_average_fps": total_fps / frame_count if frame_count else None,
+        "stage_ms_per_frame": {k: 1000 * v / max(frame_count, 1) for k, v in clock.totals.items()},
+    }
+
+
+def fp32_reference(model, processor, frames: list[np.ndarray], device: torch.device) -> list[np.ndarray]:
+    """transformers' semantic post-processing of fp32 logits (TF32 off), one frame at a time."""
+    maps = []
+    with _tf32(False, False, False), torch.inference_mode():
+        for rgb in frames:
+            inputs = processor(images=[Image.fromarray(rgb)], return_tensors="pt")
+            kwargs = {"pixel_values": inputs["pixel_values"].to(device, dtype=torch.float32)}
+            if inputs.get("pixel_mask") is not None:
+                kwargs["pixel_mask"] = inputs["pixel_mask"].to(device)
+            out = model(**kwargs)
+            seg = processor.post_process_semantic_segmentation(out, target_sizes=[rgb.shape[:2]])[0]
+            maps.append(seg.to(torch.int32).cpu().numpy())
+    return maps
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) segq's worker path
+
+
+@contextmanager
+def _timed_forward(inference, clock: Clock):
+    """Charge ``workers.inference.forward`` (preprocessing + model) to its stage inside ``predict``."""
+    original = inference.forward
+
+    def forward(m, images):
+        out = original(m, images)
+        clock.mark("preprocess+forward")
+        clock.forward_calls += 1
+        return out
+
+    inference.forward = forward
+    try:
+        yield
+    finally:
+        inference.forward = original
+
+
+def segq_path(mods, clip: Path, out: Path, m, *, batch_size: int, warmup: int, time_limit: float,
+              max_frames: int, keep: int) -> tuple[dict, list[np.ndarray]]:
+    """Returns the figures and the label maps of the first ``keep`` frames."""
+    _, _, inference, _, render, video = mods
+    device = m.spec.device
+    info = video.probe(clip, max_frames=10**7, max_pixels=10**9)
+    n = min(info.frames, max_frames)
+
+    # Warm-up: the first batch through predict and overlay, ``warmup`` times.
+    first = list(video.decode_range(clip, info, 0, min(batch_size, n)))
+    for _ in range(warmup):
+        timed = inference.predict(m, [Image.fromarray(f) for f in first], "semantic")
+        for rgb, pred in zip(first, timed.predictions):
+            render.overlay(rgb, pred, m.labels)
+
+    clock = Clock(device)
+    encoder = video.PartEncoder(out, info.fps)
+    kept_maps: list[np.ndarray] = []
+    done, stopped = 0, False
+    clock.start()
+    began = clock.last
+    frames = video.decode_range(clip, info, 0, n)
+    with _timed_forward(inference, clock):
+        while done < n:
+            batch = []
+            for rgb in frames:
+                batch.append(rgb)
+                if len(batch) == batch_size:
+                    break
+            if not batch:
+                break
+            images = [Image.fromarray(f) for f in batch]
+            clock.mark("decode", sync=False)
+            timed = inference.predict(m, images, "semantic")  # forward is charged by _timed_forward
+            clock.mark("post-process")
+            fps = len(batch) / timed.seconds if timed.seconds > 0 else 0.0
+            for rgb, pred in zip(batch, timed.predictions):
+                frame = render.overlay(rgb, pred, m.labels)
+                video.annotate_fps(frame, fps)
+                clock.mark("render", sync=False)
+                encoder.write(frame)
+                clock.mark("encode", sync=False)
+                if len(kept_maps) < keep:
+                    kept_maps.append(pred.label_map)
+            done += len(batch)
+            if time.perf_counter() - began > time_limit and done < n:
+                stopped = True
+                break
+    frames.close()
+    encoder.close()
+    clock.mark("encode", sync=False)
+    wall = clock.last - began
+    return {
+        "frames": done,
+        # False when predict() no longer calls workers.inference.forward: post-process then holds it all
+        "forward_split": clock.forward_calls > 0,
+        "stopped_by_time_limit": stopped,
+        "wall_s": wall,
+        "fps": done / wall if wall > 0 else None,
+        "stage_ms_per_frame": {k: 1000 * v / max(done, 1) for k, v in clock.totals.items()},
+    }, kept_maps
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def _fmt(v, spec: str = ".1f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def table(rows: list[tuple], headers: tuple) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(headers), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+
+
+def report(res: dict) -> str:
+    a, s = res["article"], res["segq"]
+    rows = [
+        ("frames timed", a["frames"], s["frames"]),
+        ("stopped by --time-limit", _fmt(a["stopped_by_time_limit"]), _fmt(s["stopped_by_time_limit"])),
+        ("FPS (decode to encode)", _fmt(a["fps"], ".2f"), _fmt(s["fps"], ".2f")),
+    ]
+    for stage in STAGES:
+        rows.append((f"{stage} ms/frame", _fmt(a["stage_ms_per_frame"][stage]), _fmt(s["stage_ms_per_frame"][stage])))
+    rows += [
+        ("peak GPU memory MiB", _fmt(a.get("peak_gpu_mib"), ".0f"), _fmt(s.get("peak_gpu_mib"), ".0f")),
+        ("model weights MiB", _fmt(a.get("weights_gpu_mib"), ".0f"), _fmt(s.get("weights_gpu_mib"), ".0f")),
+        ("model load s", _fmt(a["load_s"], ".2f"), _fmt(s["load_s"], ".2f")),
+        ("precision", a["precision"], s["precision"]),
+        ("image processor", a["processor"], s["processor"]),
+        ("post-processing", "transformers", "transformers" if s["postprocess"] == "reference" else s["postprocess"]),
+        ("batch size", 1, s["batch_size"]),
+    ]
+    e = res["env"]
+    head = (f"\nbench.gpu: {res['model']}, {res['frames']} frames of {res['size']}, device {e['device']} "
+            f"(torch {e['torch']}, transformers {e['transformers']}, PyAV {e['av']}, OpenCV {e['cv2']}, "
+            f"Python {e['python']})\n"
+            f"clip made in {res['clip_s']:.1f}s; checkpoint built and saved in {res['build_s']:.1f}s\n")
+    ratio = res["ratio_segq_over_article"]
+    agree = res["agreement"]
+    tail = [
+        "",
+        f"speed ratio segq/article: {_fmt(ratio, '.2f')}x (project target on a GPU: >= {TARGET_RATIO:g}x at "
+        f"1080p with Swin-L{'' if res['target_applies'] else '; not applicable to this run'})",
+        f"article's own 'Average FPS' figure (model + post-processing + drawing only): "
+        f"{_fmt(a['article_average_fps'], '.2f')}",
+    ]
+    if agree["frames"]:
+        tail.append(
+            f"label agreement of segq ({s['precision']}) with the fp32 reference: {100 * agree['fraction']:.3f}% of "
+            f"pixels over {agree['frames']} frames (per frame min {100 * agree['min_frame']:.3f}%; "
+            f"{agree['reference_classes']} classes in the reference maps; reference took {agree['seconds']:.1f}s)")
+    else:
+        tail.append("label agreement: no frames checked")
+    if not s["forward_split"]:
+        tail.append("note: predict() did not call workers.inference.forward: segq's post-process row holds "
+                    "preprocess+forward too")
+    tail.append(f"total run time {res['total_s']:.1f}s")
+    return head + "\n" + table(rows, ("", "article", "segq")) + "\n" + "\n".join(tail)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _spec(device_mod, device: str, precision: str):
+    """DeviceSpec as a worker gets it from ``workers.device.select`` (or its CPU branch when a CPU run
+    is asked for on a CUDA host), and the TF32 / cuDNN flags ``select`` sets for the worker."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench.gpu: --device cuda, but torch sees no CUDA device")
+    if device == "cpu" and torch.cuda.is_available():
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        return device_mod.DeviceSpec(torch.device("cpu"), dtype, f"cpu ({torch.get_num_threads()} threads)"), _flags()
+    with _tf32(*_flags()):  # select() sets the flags for the worker's process: keep them for (b) only
+        spec = device_mod.select(precision)
+        flags = _flags()
+    return spec, flags
+
+
+def _flags():
+    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1920x1080", help="frame size WIDTHxHEIGHT (default 1920x1080)")
+    ap.add_argument("--frames", type=int, default=64, help="frames in the clip (default 64)")
+    ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    ap.add_argument("--tiny", action="store_true", help="segq's tiny test checkpoint instead of Swin-L")
+    ap.add_argument("--batch-size", type=int, default=8, help="segq's frames per forward pass (default 8)")
+    ap.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                    help="segq's precision (auto = fp16 on CUDA, fp32 on CPU)")
+    ap.add_argument("--processor", choices=("pil", "torchvision"), default="pil",
+                    help="segq's image-processor backend (SEGQ_IMAGE_PROCESSOR, default pil)")
+    ap.add_argument("--postprocess", choices=("default", "fast", "reference"), default="default",
+                    help="segq's post-processing (SEGQ_POSTPROCESS): default = LoadedModel's default")
+    ap.add_argument("--article-processor", choices=("auto", "pil", "torchvision"), default="auto",
+                    help="the article's processor backend (auto: AutoImageProcessor's default, as the article)")
+    ap.add_argument("--warmup", type=int, default=2, help="warm-up frames (article) / batches (segq) (default 2)")
+    ap.add_argument("--time-limit", type=float, default=120.0,
+                    help="seconds after which each timed path stops early (default 120)")
+    ap.add_argument("--check-frames", type=int, default=4, help="frames checked against fp32 (default 4)")
+    ap.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    args = ap.parse_args(argv)
+    try:
+        width, height = (int(x) for x in args.size.lower().split("x"))
+    except ValueError:
+        ap.error(f"--size must be WIDTHxHEIGHT, got {args.size!r}")
+    if args.frames < 1 or args.batch_size < 1 or args.check_frames < 0 or args.warmup < 0:
+        ap.error("--frames and --batch-size must be >= 1, --check-frames and --warmup >= 0")
+
+    t_all = time.perf_counter()
+    mods = _import_workers()
+    checkpoints, device_mod, _, models, _, video = mods
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    spec, segq_flags = _spec(device_mod, args.device, args.precision)
+    device = spec.device
+    from workers import labels
+
+    palette = labels.load("ade20k").colors.tolist()  # the article's ADE_CATEGORIES
+    res: dict = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "model": "tiny checkpoint (random)" if args.tiny else "Swin-L Mask2Former, 200 queries (random weights)",
+        "size": f"{width}x{height}",
+        "frames": args.frames,
+        "env": {
+            "device": spec.label,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "av": __import__("av").__version__,
+            "cv2": cv2.__version__,
+            "numpy": np.__version__,
+            "cuda": torch.version.cuda,
+        },
+    }
+    print(f"bench.gpu: device {spec.label}; segq precision {DTYPE_NAMES.get(spec.dtype, spec.dtype)}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="segq-gpu-bench-") as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        clip = make_clip(video, root / "clip.mp4", args.frames, width, height)
+        res["clip_s"] = time.perf_counter() - t0
+        print(f"clip: {args.frames} frames of {width}x{height} in {res['clip_s']:.1f}s", flush=True)
+
+        folder = root / "checkpoint"
+        res["build_s"] = save_checkpoint(checkpoints, folder, args.tiny)
+        print(f"checkpoint ({res['model']}): built and saved in {res['build_s']:.1f}s", flush=True)
+
+        # (a) the article, fp32, PyTorch's default flags (TF32 off for matmul, no cuDNN benchmark).
+        with _tf32(False, True, False):
+            model, processor, load_s = load_article(folder, device, args.article_processor)
+            weights = _allocated_mib(device)
+            _reset_peak(device)
+            print(f"article: model loaded in {load_s:.1f}s; running ...", flush=True)
+            a = article_path(clip, root / "article.mp4", model, processor, device, palette, warmup=args.warmup,
+                             time_limit=args.time_limit, max_frames=args.frames)
+        a.update(load_s=load_s, peak_gpu_mib=_peak_mib(device), weights_gpu_mib=weights, precision="fp32",
+                 processor=type(processor).__name__)
+        res["article"] = a
+        print(f"article: {a['frames']} frames in {a['wall_s']:.1f}s"
+              f"{' (stopped by --time-limit)' if a['stopped_by_time_limit'] else ''}", flush=True)
+
+        # fp32 reference of the first frames, as segq decodes and preprocesses them.
+        t0 = time.perf_counter()
+        ref_maps: list[np.ndarray] = []
+        n_check = min(args.check_frames, args.frames)
+        if n_check:
+            info = video.probe(clip, max_frames=10**7, max_pixels=10**9)
+            ref_frames = list(video.decode_range(clip, info, 0, n_check))
+            ref_processor = models.load_processor(str(folder), args.processor)
+            ref_maps = fp32_reference(model, ref_processor, ref_frames, device)
+        ref_s = time.perf_counter() - t0
+        del model, processor
+        _free(device)
+
+        # (b) segq's worker path.
+        with _tf32(*segq_flags):
+            m = models.load("ade-semantic", str(folder), spec, args.processor)
+            if args.postprocess != "default":
+                if not hasattr(m, "postprocess"):
+                    raise SystemExit("bench.gpu: --postprocess: this segq has one post-processing only")
+                m.postprocess = args.postprocess
+            weights = _allocated_mib(device)
+            _reset_peak(device)
+            print(f"segq: model loaded in {m.load_seconds:.1f}s; running ...", flush=True)
+            s, kept_maps = segq_path(
+                mods, clip, root / "segq.mp4", m, batch_size=args.batch_size, warmup=args.warmup,
+                time_limit=args.time_limit, max_frames=args.frames, keep=n_check)
+        s.update(load_s=m.load_seconds, peak_gpu_mib=_peak_mib(device), weights_gpu_mib=weights,
+                 precision=DTYPE_NAMES.get(spec.dtype, str(spec.dtype)), processor=m.processor_name,
+                 batch_size=args.batch_size, postprocess=getattr(m, "postprocess", "reference"))
+        res["segq"] = s
+        print(f"segq: {s['frames']} frames in {s['wall_s']:.1f}s"
+              f"{' (stopped by --time-limit)' if s['stopped_by_time_limit'] else ''}", flush=True)
+        del m
+        _free(device)
+
+    pairs = list(zip(ref_maps, kept_maps))
+    equal = [float((r == q).mean()) for r, q in pairs]
+    pixels = [r.size for r, _ in pairs]
+    res["agreement"] = {
+        "frames": len(pairs),
+        "fraction": sum(e * p for e, p in zip(equal, pixels)) / sum(pixels) if pairs else None,
+        "min_frame": min(equal) if equal else None,
+        "per_frame": equal,
+        "reference_classes": len(np.unique(np.concatenate([r.ravel() for r, _ in pairs]))) if pairs else 0,
+        "seconds": ref_s,
+    }
+    res["ratio_segq_over_article"] = s["fps"] / a["fps"] if a["fps"] and s["fps"] else None
+    res["target_ratio"] = TARGET_RATIO
+    res["target_applies"] = device.type == "cuda" and not args.tiny and (width, height) == (1920, 1080)
+    res["total_s"] = time.perf_counter() - t_all
+    print(report(res), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=1))
+        print(f"figures written to {args.json}")
+    return res
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
