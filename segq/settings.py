@@ -112,7 +112,8 @@ def _parse_count(var: str, raw: str) -> int:
 
 def setting(var: str, default: Any, doc: str, parse: Callable[[str, str], Any] = _parse_str,
             shown_default: str | None = None, side: str = "both") -> Any:
-    """A field of :class:`Settings` read from ``var``. ``side``: who reads it (producer, worker, both)."""
+    """A field of :class:`Settings` read from ``var``. ``side``: who reads it (producer, worker, both),
+    or ``launcher`` for what ``segq worker`` sets for each process from its options."""
     meta = {"env": var, "doc": doc, "parse": parse, "shown_default": shown_default, "side": side}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -175,10 +176,10 @@ class Settings:
     # -- the worker's own -------------------------------------------------------------------
     worker_models: tuple[str, ...] = setting(
         "SEGQ_WORKER_MODELS", (), "models a worker process loads and serves (`segq worker --models` sets it)",
-        parse=_parse_list, shown_default="each task's model", side="worker")
+        parse=_parse_list, shown_default="each task's model", side="launcher")
     worker_threads: int = setting(
         "SEGQ_WORKER_THREADS", 0, "CPU threads of a worker process (`segq worker --threads`); 0: torch's default",
-        parse=_parse_count, side="worker")
+        parse=_parse_count, side="launcher")
     precision: str = setting(
         "SEGQ_PRECISION", "auto", "worker precision: `auto` (fp16 on CUDA, fp32 on CPU), `fp32`, `fp16`, `bf16`",
         parse=_choice(PRECISIONS), side="worker")
@@ -186,6 +187,11 @@ class Settings:
         "SEGQ_IMAGE_PROCESSOR", "pil",
         "transformers' image processor for every job: `pil` or `torchvision`; they resize differently, "
         "so one fleet must use one", parse=_choice(IMAGE_PROCESSORS), side="worker")
+    postprocess: str = setting(
+        "SEGQ_POSTPROCESS", "fast",
+        "post-processing: `fast` (segq's exact fast path: transformers' label maps but for float near-ties, "
+        "without full-size per-class tensors) or `reference` (transformers' own functions)",
+        parse=_choice(POSTPROCESSORS), side="worker")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -1,7 +1,9 @@
 """Forward pass and post-processing: images in, label maps and segments out.
 
-Post-processing is transformers' own ``post_process_{semantic,instance,panoptic}_segmentation``;
-segq only re-encodes their maps into one convention for all tasks:
+Post-processing is segq's exact fast path (``workers.postprocess``: the same label maps as
+transformers' ``post_process_{semantic,instance,panoptic}_segmentation`` but for float near-ties,
+without their full-resolution per-class tensors), or transformers' own functions with
+``SEGQ_POSTPROCESS=reference``. segq re-encodes the maps into one convention for all tasks:
 
 - semantic: the class id of every pixel (transformers' map as is);
 - instance: segment id = transformers' id + 1, so that 0 means "no segment" (transformers
@@ -59,46 +61,54 @@ def forward(m: LoadedModel, images: list[Image.Image]):
     )
 
 
-def post_process(m: LoadedModel, outputs, task: str, sizes: list[tuple[int, int]], th: Thresholds) -> list[Prediction]:
-    """transformers' post-processing of ``outputs`` for ``task`` at ``sizes`` (height, width)."""
-    proc = m.processor
-    preds: list[Prediction] = []
-    with torch.inference_mode():
+def _raw(m: LoadedModel, outputs, task: str, size: tuple[int, int], th: Thresholds, impl: str):
+    """One image's post-processing in transformers' own encoding: a semantic class map, or the
+    instance/panoptic ``{"segmentation", "segments_info"}``. ``impl``: ``fast`` (segq's exact fast
+    path, ``workers.postprocess``) or ``reference`` (transformers' functions)."""
+    if impl == "fast":
+        from workers import postprocess
+
+        cls, masks = outputs.class_queries_logits[0], outputs.masks_queries_logits[0]
         if task == "semantic":
-            for seg in proc.post_process_semantic_segmentation(outputs, target_sizes=sizes):
-                label_map = seg.to(torch.int32).cpu().numpy()
-                preds.append(Prediction(task, label_map, semantic_segments(label_map)))
-        elif task == "instance":
-            results = proc.post_process_instance_segmentation(
-                outputs,
-                threshold=th.score,
-                mask_threshold=th.mask,
-                overlap_mask_area_threshold=th.overlap,
-                target_sizes=sizes,
-            )
-            for res in results:
-                label_map = (res["segmentation"].to(torch.int32) + 1).cpu().numpy()
-                segs = [Segment(s["id"] + 1, int(s["label_id"]), float(s["score"])) for s in res["segments_info"]]
-                preds.append(Prediction(task, label_map, with_stats(label_map, segs)))
-        elif task == "panoptic":
-            results = proc.post_process_panoptic_segmentation(
-                outputs,
-                threshold=th.score,
-                mask_threshold=th.mask,
-                overlap_mask_area_threshold=th.overlap,
-                label_ids_to_fuse=m.labels.stuff_ids,
-                target_sizes=sizes,
-            )
-            for res in results:
-                label_map = res["segmentation"].to(torch.int32).clamp_(min=0).cpu().numpy()
-                segs = unique_ids(
-                    Segment(int(s["id"]), int(s["label_id"]), float(s["score"]), was_fused=bool(s.get("was_fused")))
-                    for s in res["segments_info"]
-                )
-                preds.append(Prediction(task, label_map, with_stats(label_map, segs)))
-        else:
-            raise ValueError(f"unknown task {task!r}")
-    return preds
+            return postprocess.semantic(cls, masks, size)
+        if task == "instance":
+            return postprocess.instance(cls, masks, size, threshold=th.score, mask_threshold=th.mask,
+                                        overlap_mask_area_threshold=th.overlap)
+        return postprocess.panoptic(cls, masks, size, threshold=th.score, mask_threshold=th.mask,
+                                    overlap_mask_area_threshold=th.overlap, label_ids_to_fuse=m.labels.stuff_ids)
+    proc = m.processor
+    if task == "semantic":
+        return proc.post_process_semantic_segmentation(outputs, target_sizes=[size])[0]
+    if task == "instance":
+        return proc.post_process_instance_segmentation(
+            outputs, threshold=th.score, mask_threshold=th.mask, overlap_mask_area_threshold=th.overlap,
+            target_sizes=[size])[0]
+    return proc.post_process_panoptic_segmentation(
+        outputs, threshold=th.score, mask_threshold=th.mask, overlap_mask_area_threshold=th.overlap,
+        label_ids_to_fuse=m.labels.stuff_ids, target_sizes=[size])[0]
+
+
+def post_process(m: LoadedModel, outputs, task: str, size: tuple[int, int], th: Thresholds,
+                 impl: str = "fast") -> Prediction:
+    """Post-processing of one image's ``outputs`` for ``task`` at ``size`` (height, width), in
+    segq's label-map encoding (module docstring)."""
+    if task not in ("semantic", "instance", "panoptic"):
+        raise ValueError(f"unknown task {task!r}")
+    with torch.inference_mode():
+        res = _raw(m, outputs, task, size, th, impl)
+        if task == "semantic":
+            label_map = res.to(torch.int32).cpu().numpy()
+            return Prediction(task, label_map, semantic_segments(label_map))
+        if task == "instance":
+            label_map = (res["segmentation"].to(torch.int32) + 1).cpu().numpy()
+            segs = [Segment(s["id"] + 1, int(s["label_id"]), float(s["score"])) for s in res["segments_info"]]
+            return Prediction(task, label_map, with_stats(label_map, segs))
+        label_map = res["segmentation"].to(torch.int32).clamp_(min=0).cpu().numpy()
+        segs = unique_ids(
+            Segment(int(s["id"]), int(s["label_id"]), float(s["score"]), was_fused=bool(s.get("was_fused")))
+            for s in res["segments_info"]
+        )
+        return Prediction(task, label_map, with_stats(label_map, segs))
 
 
 def predict(m: LoadedModel, images: list[Image.Image], task: str, th: Thresholds = Thresholds()) -> Timed:
@@ -117,6 +127,6 @@ def predict(m: LoadedModel, images: list[Image.Image], task: str, th: Thresholds
             class_queries_logits=outputs.class_queries_logits[i : i + 1],
             masks_queries_logits=outputs.masks_queries_logits[i : i + 1],
         )
-        preds += post_process(m, one, task, [(img.height, img.width)], th)
+        preds.append(post_process(m, one, task, (img.height, img.width), th, m.postprocess))
     _sync(m.spec.device)
     return Timed(preds, time.perf_counter() - started)

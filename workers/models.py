@@ -34,6 +34,7 @@ class LoadedModel:
     spec: DeviceSpec
     labels: labels.LabelSet
     load_seconds: float
+    postprocess: str = "fast"  # "fast" (workers.postprocess) or "reference" (transformers')
 
     @property
     def processor_name(self) -> str:

@@ -89,7 +89,7 @@ def segment_entry(s: Segment, task: str, labels: LabelSet) -> dict:
 
 
 def segments_document(pred: Prediction, labels: LabelSet, *, job_id: str, model: str, checkpoint: str, max_value: int,
-                      processor: str = "") -> dict:
+                      processor: str = "", postprocess: str = "") -> dict:
     h, w = pred.label_map.shape
     encoding = (
         "class id of each pixel"
@@ -103,6 +103,7 @@ def segments_document(pred: Prediction, labels: LabelSet, *, job_id: str, model:
         "model": model,
         "checkpoint": checkpoint,
         "processor": processor,
+        "postprocess": postprocess,
         "label_set": labels.name,
         "width": w,
         "height": h,
@@ -151,11 +152,11 @@ def coco_panoptic(pred: Prediction, labels: LabelSet, *, job_id: str) -> tuple[b
 
 def image_outputs(
     image: np.ndarray, pred: Prediction, labels: LabelSet, *, job_id: str, model: str, checkpoint: str, max_value: int,
-    processor: str = "",
+    processor: str = "", postprocess: str = "",
 ) -> dict[str, tuple[bytes, str]]:
     """Every output file of an image job: name -> (bytes, content type)."""
     doc = segments_document(pred, labels, job_id=job_id, model=model, checkpoint=checkpoint, max_value=max_value,
-                            processor=processor)
+                            processor=processor, postprocess=postprocess)
     files = {
         layout.OVERLAY: (encode_jpeg(overlay(image, pred, labels)), "image/jpeg"),
         layout.LABELS: (label_map_png(pred, max_value), "image/png"),

@@ -54,6 +54,7 @@ class Runtime:
             if checkpoint is None:
                 raise UnknownModel(f"unknown model {name!r}: configured models are {', '.join(self.settings.models)}")
             loaded = models_mod.load(name, checkpoint, self.spec, self.settings.image_processor)
+            loaded.postprocess = self.settings.postprocess
             self.models[name] = loaded
             self.registration.loaded(name, loaded.load_seconds)
 

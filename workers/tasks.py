@@ -27,7 +27,7 @@ def segment_image(ctx: Context) -> dict:
     pred = timed.predictions[0]
     files = render.image_outputs(np.asarray(image), pred, model.labels, job_id=job.job_id, model=model.name,
                                  checkpoint=model.checkpoint, max_value=model.max_label_value,
-                                 processor=model.processor_name)
+                                 processor=model.processor_name, postprocess=model.postprocess)
     keys = []
     for name, (body, content_type) in files.items():
         key = layout.output_key(job.job_id, name)

@@ -121,7 +121,7 @@ def assemble_video(ctx: Context) -> dict:
     model = rt.model(job.model)
     doc = {
         "job_id": job.job_id, "task": job.task, "model": job.model, "checkpoint": model.checkpoint,
-        "processor": model.processor_name, "input": ctx.input.uri, "probe": info.summary(),
+        "processor": model.processor_name, "postprocess": model.postprocess, "input": ctx.input.uri, "probe": info.summary(),
         "chunk_frames": job.chunk_frames, "batch_size": job.batch_size,
         "chunks": [infos[i] for i in sorted(infos)], "metrics": metrics,
         "label_archives": [layout.output_key(job.job_id, layout.chunk_labels_name(i)) for i in range(len(chunks))],

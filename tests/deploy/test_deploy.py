@@ -35,7 +35,7 @@ from segq import defaults
 from segq.protocol import model_queue
 from segq.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE_DIR = DEPLOY / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
@@ -79,10 +79,11 @@ def argv_of(value) -> list[str]:
 
 
 def documented_settings() -> set[str]:
-    """The SEGQ_* variables: the fields of segq.settings.Settings (and SEGQ_ENV_FILE)."""
+    """The SEGQ_* variables a deployment configures: the fields of segq.settings.Settings (and
+    SEGQ_ENV_FILE), less those `segq worker` sets per process from its own options."""
     from segq.settings import variables
 
-    return {v.name for v in variables()}
+    return {v.name for v in variables() if v.side != "launcher"}
 
 
 def deploy_text_files() -> list[Path]:
@@ -488,7 +489,8 @@ def test_compose_segq_services_share_the_settings_and_reach_redis_with_its_passw
         assert not missing, f"service {name} does not pass {sorted(missing)}"
         assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD(:\?[^}]*)?\}@redis:6379/\d+", env["SEGQ_REDIS_URL"])
         assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"]
-    assert "SEGQ_PRECISION" in environment_of(service("worker"))
+    worker_env = environment_of(service("worker"))
+    assert {"SEGQ_PRECISION", "SEGQ_IMAGE_PROCESSOR", "SEGQ_POSTPROCESS"} <= set(worker_env)
 
 
 def test_compose_tools_service_runs_the_cli_on_demand():
@@ -873,7 +875,7 @@ def test_segq_command_lines_in_the_deploy_files_parse():
 
 def test_every_segq_variable_in_the_deploy_files_is_a_documented_setting():
     documented = documented_settings()
-    assert "SEGQ_REDIS_URL" in documented  # the docstring parser works
+    assert "SEGQ_REDIS_URL" in documented  # the field list is read
     allowed = documented | EXTRA_SEGQ_VARIABLES
     unknown = {}
     for path in deploy_text_files():

@@ -1,0 +1,497 @@
+"""Fast post-processing of Mask2Former outputs, equivalent to transformers' own.
+
+``semantic``, ``instance`` and ``panoptic`` reproduce, for ONE image, what
+``Mask2FormerImageProcessor.post_process_{semantic,instance,panoptic}_segmentation`` return with
+``target_sizes=[(H, W)]`` (same dtypes, same segment ids, same ``segments_info``), without ever
+building a (classes or queries) x H x W tensor. They run on the device of their inputs.
+
+What transformers computes (transformers 5.x, ``image_processing_mask2former.py``):
+
+- every task first resizes the mask logits (Q, h, w) to 384 x 384 (bilinear, align_corners=False);
+- semantic: S = einsum(softmax(class)[:, :-1], sigmoid(mask384)) (C, 384, 384), resized bilinearly
+  to (H, W), arg-max over classes (first index on ties);
+- instance: top-Q (``sorted=False``) of the (Q*C) class probabilities; per entry the binary mask
+  ``mask384 > 0``, the score class-prob x mean sigmoid inside the mask; masks resized to (H, W)
+  with *nearest*; entries are painted in top-k order (later ones overwrite) into a float32 map
+  initialised to -1 when ``score >= threshold`` and the resized mask is not empty; ids 0, 1, 2...;
+- panoptic: queries whose best class (null included) is not null and whose probability is
+  ``> threshold``; their sigmoid masks (384 x 384) resized bilinearly to (H, W), times the score;
+  arg-max over queries; a query becomes a segment when its arg-max area is > 0 and the ratio of
+  that area to its own area ``prob x score >= mask_threshold`` is > ``overlap``; ids count up from
+  1, a fused (stuff) class reuses its first id *and resets the counter to it* (so later ids can
+  repeat earlier ones, a transformers quirk kept here); an int32 map, 0 where nothing won; with no
+  query kept at all, a float32 map of -1.
+
+How it avoids the full-resolution tensors:
+
+- the 384 x 384 grid is computed in bands of rows (the 96 -> 384 resize is an integer ratio, so a
+  crop of the input with one row of margin gives bit-identical rows);
+- a bilinear value is a convex combination of its cell's four corners, and the difference of two
+  bilinear interpolants is the interpolant of the differences: where the same channel wins at
+  the four corners of a grid cell with a clear margin, it wins at every pixel of that cell, and
+  those pixels are filled by indexing. Only the pixels of the other ("boundary") cells are
+  evaluated, for the few channels whose largest corner reaches the best smallest corner;
+- thresholded areas (panoptic ``original_area``) count whole cells whose corners are all clearly
+  above the threshold and evaluate pixels only in cells that straddle it;
+- instance needs no bilinear step at full size: nearest resizing is a gather, so masks are
+  painted on the 384 grid and the result gathered once.
+
+The pixel evaluator uses torch's weights exactly (same source index and lambdas) but its own
+order of float operations, which can differ from ``F.interpolate`` by an ulp; a decision can only
+differ where the reference's own decision is a float near-tie (see ``workers/equivalence.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+GRID = 384  # transformers resizes mask logits to this size before anything else
+EPS = 1e-5  # relative margin under which a cell is evaluated pixel by pixel
+BAND = 32  # grid rows per band
+
+
+# ---------------------------------------------------------------------------------------------
+# Bilinear geometry (torch's align_corners=False source indices and weights)
+
+
+def axis_weights(n_in: int, n_out: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per output index: the two source indices and their weights, as ``F.interpolate`` computes
+    them (scale = float32(in) / out; src = max(scale * (dst + 0.5) - 0.5, 0), fused multiply-add)."""
+    if n_in == n_out:
+        i = torch.arange(n_out, device=device)
+        return i, i, torch.ones(n_out, device=device), torch.zeros(n_out, device=device)
+    scale = torch.tensor(n_in, dtype=torch.float32) / n_out
+    d = torch.arange(n_out, dtype=torch.float32) + 0.5
+    src = (scale.double() * d.double() - 0.5).float()  # exact product, one rounding: an FMA
+    src = torch.where(src < 0, torch.zeros_like(src), src)
+    i0 = torch.clamp(torch.floor(src).long(), max=n_in - 1)
+    l1 = torch.clamp(src - i0.float(), 0, 1)
+    i1 = i0 + (i0 < n_in - 1).long()
+    l0 = 1.0 - l1
+    return i0.to(device), i1.to(device), l0.to(device), l1.to(device)
+
+
+def nearest_index(n_in: int, n_out: int, device) -> torch.Tensor:
+    """Source index of every output index of ``F.interpolate(mode="nearest")``, from torch itself."""
+    ramp = torch.arange(n_in, dtype=torch.float32, device=device).view(1, 1, n_in, 1)
+    return F.interpolate(ramp, size=(n_out, 1), mode="nearest")[0, 0, :, 0].long()
+
+
+def grid_rows(logits: torch.Tensor, r0: int, r1: int, size: int = GRID) -> torch.Tensor:
+    """Rows [r0, r1) of ``F.interpolate(logits[None], (size, size), bilinear)[0]``, bit-identical.
+
+    With an integer ratio, a crop of the input (one row of margin) resized by the same ratio
+    computes the same source indices and weights for its inner rows; otherwise the full plane."""
+    n, h, w = logits.shape
+    if size % h or size == h:
+        return F.interpolate(logits[None], size=(size, size), mode="bilinear", align_corners=False)[0, :, r0:r1]
+    ratio = size // h
+    a = max(0, r0 // ratio - 1)
+    b = min(h, (r1 - 1) // ratio + 2)
+    out = F.interpolate(logits[None, :, a:b], size=((b - a) * ratio, size), mode="bilinear", align_corners=False)[0]
+    return out[:, r0 - a * ratio : r1 - a * ratio]
+
+
+def _eval_points(g: torch.Tensor, ch, r0, r1, rl0, rl1, c0, c1, cl0, cl1) -> torch.Tensor:
+    """Bilinear value of band ``g`` (n, rows, gw) at points: channel, local rows, cols, weights."""
+    n, rows, gw = g.shape
+    flat = g.reshape(-1)
+    plane = ch * (rows * gw)
+    top = plane + r0 * gw
+    bot = plane + r1 * gw
+    a = flat.take(top + c0)
+    b = flat.take(top + c1)
+    c = flat.take(bot + c0)
+    d = flat.take(bot + c1)
+    t0 = a * cl0 + b * cl1
+    t1 = c * cl0 + d * cl1
+    return t0 * rl0 + t1 * rl1
+
+
+class _Geometry:
+    """Row and column maps from output pixels to grid cells for one (grid, target) pair."""
+
+    def __init__(self, gh: int, gw: int, H: int, W: int, device):
+        self.gh, self.gw, self.H, self.W = gh, gw, H, W
+        self.y0, self.y1, self.yl0, self.yl1 = axis_weights(gh, H, device)
+        self.x0, self.x1, self.xl0, self.xl1 = axis_weights(gw, W, device)
+        # output rows/cols per cell row/col, and where they start (the maps are non-decreasing)
+        self.rc = torch.bincount(self.y0, minlength=gh)
+        self.cc = torch.bincount(self.x0, minlength=gw)
+        self.ys = torch.cumsum(self.rc, 0) - self.rc
+        self.xs = torch.cumsum(self.cc, 0) - self.cc
+        self.xnext = torch.clamp(torch.arange(gw, device=device) + 1, max=gw - 1)
+
+
+def _rows(v: torch.Tensor, ncell: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top and bottom corner rows of the cells whose top row is 0..ncell-1 of band ``v``."""
+    top = v[:, :ncell]
+    bot = v[:, 1 : ncell + 1] if v.shape[1] > ncell else torch.cat([v[:, 1:ncell], v[:, ncell - 1 : ncell]], 1)
+    return top, bot
+
+
+def _corners(v: torch.Tensor, ncell: int, xnext: torch.Tensor) -> torch.Tensor:
+    """(n, ncell, gw, 4) corner values of the cells whose top row is 0..ncell-1 of band ``v``
+    (``v`` holds ncell + 1 rows, or ncell rows at the bottom of the grid)."""
+    top = v[:, :ncell]
+    bot = v[:, 1 : ncell + 1] if v.shape[1] > ncell else torch.cat([v[:, 1:ncell], v[:, ncell - 1 : ncell]], 1)
+    return torch.stack([top, _right(top), bot, _right(bot)], -1)
+
+
+def _right(x: torch.Tensor) -> torch.Tensor:
+    """``x`` shifted left by one column, the last column repeated: the right corner of a cell."""
+    return torch.cat([x[..., 1:], x[..., -1:]], -1)
+
+
+def _corner_flat(cell: torch.Tensor, gw: int, rows: int, xnext: torch.Tensor) -> torch.Tensor:
+    """(u, 4) flat indices into a band of ``rows`` x ``gw`` of the corners of cells ``i * gw + j``."""
+    i, j = cell // gw, cell % gw
+    i1 = torch.clamp(i + 1, max=rows - 1)
+    j1 = xnext[j]
+    return torch.stack([i * gw + j, i * gw + j1, i1 * gw + j, i1 * gw + j1], -1)
+
+
+def resized_argmax(
+    band_fn,
+    n: int,
+    geo: _Geometry,
+    scale: torch.Tensor | None = None,
+    threshold: float | None = None,
+    out_dtype=torch.int64,
+    band: int = BAND,
+):
+    """Arg-max over ``n`` channels of ``F.interpolate(G, (H, W), bilinear) * scale`` at every
+    pixel (first index on ties), where ``band_fn(r0, r1)`` returns rows [r0, r1) of G (n, gh, gw).
+
+    With ``threshold``, also bounds on the number of pixels of each channel whose value is
+    >= threshold: the pixels of cells clearly above it, and those of cells that straddle it
+    (``count_above`` counts those exactly, for the channels where it matters).
+    Returns (argmax map (H, W), (sure, unsure) (n,) int64 each or None, pixels evaluated)."""
+    gh, gw, H, W = geo.gh, geo.gw, geo.H, geo.W
+    device = geo.y0.device
+    out = torch.empty((H, W), dtype=out_dtype, device=device)
+    sure = torch.zeros(n, dtype=torch.float64, device=device)
+    unsure = torch.zeros(n, dtype=torch.float64, device=device)
+    evaluated = 0
+    for i0 in range(0, gh, band):
+        i1 = min(gh, i0 + band)
+        ncell = i1 - i0
+        g = band_fn(i0, min(gh, i1 + 1)).contiguous()  # (n, rows, gw)
+        v = g * scale.view(-1, 1, 1) if scale is not None else g
+        ya, yb = int(geo.ys[i0]), int(geo.ys[i1 - 1] + geo.rc[i1 - 1])
+        if n == 1:
+            pure = torch.ones((ncell, gw), dtype=torch.bool, device=device)
+            best = torch.zeros((ncell, gw), dtype=torch.long, device=device)
+            corners = None
+        else:
+            top, idx = v.max(0)
+            # a clear winner: no other channel within EPS of the best at that grid point
+            alone = (v >= top * (1 - EPS) - 1e-30).sum(0, dtype=torch.int32) == 1
+            it, ib = _rows(idx[None], ncell)
+            at, ab = _rows(alone[None], ncell)
+            same = (it == ib) & at & ab
+            same = same & _right(same) & (it == _right(it))
+            pure = same[0]
+            best = it[0]
+        if yb > ya:
+            ly = geo.y0[ya:yb] - i0
+            out[ya:yb] = best[:, geo.x0].to(out_dtype).index_select(0, ly)
+            # boundary cells that hold pixels
+            bad = ~pure & (geo.rc[i0:i1, None] > 0) & (geo.cc[None, :] > 0)
+            ucell = bad.reshape(-1).nonzero()[:, 0]
+            if ucell.numel():
+                corners = v.reshape(n, -1)[:, _corner_flat(ucell, gw, v.shape[1], geo.xnext)]  # (n, u, 4)
+                floor_ = corners.amin(-1).amax(0)  # (u,) best smallest corner
+                cand = corners.amax(-1) >= floor_ * (1 - EPS) - 1e-30  # (n, u)
+                del corners
+                npx = (yb - ya) * W
+                cellpx = geo.rc[i0 + ucell // gw] * geo.cc[ucell % gw]
+                if int((cand.sum(0) * cellpx).sum()) > 2 * npx:
+                    # boundaries everywhere (noise-like outputs): evaluate the band densely
+                    # for the channels that are candidates somewhere, one at a time
+                    chans = cand.any(1).nonzero()[:, 0]
+                    win = _dense_band(g, chans, ya, yb, i0, geo, scale)
+                    imp = bad[:, geo.x0].index_select(0, ly)
+                    evaluated += int(imp.sum())
+                    out[ya:yb][imp] = win[imp].to(out_dtype)
+                    ucell = ucell[:0]
+                    cand = cand[:, :0]
+                ch, cu = cand.nonzero(as_tuple=True)
+                ch, yy, xx = _expand(ch, ucell[cu] // gw, ucell[cu] % gw, i0, geo)
+                local = (yy - ya) * W + xx
+                step = 1 << 22
+                best_v = torch.full((npx,), float("-inf"), device=device)
+                vals = []
+                for s in range(0, ch.numel(), step):
+                    c, y, x = ch[s : s + step], yy[s : s + step], xx[s : s + step]
+                    val = _eval_points(
+                        g, c, geo.y0[y] - i0, geo.y1[y] - i0, geo.yl0[y], geo.yl1[y],
+                        geo.x0[x], geo.x1[x], geo.xl0[x], geo.xl1[x],
+                    )
+                    if scale is not None:
+                        val = val * scale[c]
+                    best_v.scatter_reduce_(0, local[s : s + step], val, "amax")
+                    vals.append(val)
+                if vals:
+                    val = torch.cat(vals)
+                    top_ = val == best_v[local]
+                    win = torch.full((npx,), n, dtype=torch.long, device=device)
+                    win.scatter_reduce_(0, local[top_], ch[top_], "amin")
+                    hit = win < n
+                    evaluated += int(hit.sum())
+                    out[ya:yb].view(-1)[hit] = win[hit].to(out_dtype)
+        if threshold is not None:
+            _count_above(g, v, ncell, i0, geo, scale, threshold, sure, unsure)
+    bounds = (sure.long(), unsure.long()) if threshold is not None else None
+    return out, bounds, evaluated
+
+
+def _dense_band(g, chans, ya, yb, i0, geo: _Geometry, scale, chunk: int = 16) -> torch.Tensor:
+    """Arg-max over ``chans`` (ascending; first on ties) of the resized values at output rows
+    [ya, yb), a few channels at a time (the same arithmetic as ``_eval_points``)."""
+    y = torch.arange(ya, yb, device=g.device)
+    r0, r1 = geo.y0[y] - i0, geo.y1[y] - i0
+    rl0, rl1 = geo.yl0[y, None], geo.yl1[y, None]
+    best = win = None
+    for s in range(0, chans.numel(), chunk):
+        cs = chans[s : s + chunk]
+        sub = g.index_select(0, cs)  # (k, rows, gw)
+        cols = sub[:, :, geo.x0] * geo.xl0 + sub[:, :, geo.x1] * geo.xl1  # (k, rows, W)
+        val = cols.index_select(1, r0) * rl0 + cols.index_select(1, r1) * rl1  # (k, nY, W)
+        if scale is not None:
+            val = val * scale[cs].view(-1, 1, 1)
+        v, i = val.max(0)
+        i = cs[i]
+        if best is None:
+            best, win = v, i
+        else:
+            better = v > best
+            best = torch.where(better, v, best)
+            win = torch.where(better, i, win)
+    return win
+
+
+def count_above(band_fn, n: int, geo: _Geometry, scale: torch.Tensor | None, threshold: float, band: int = BAND):
+    """Exact number of pixels of each of the ``n`` channels of ``band_fn`` whose resized value
+    (times ``scale``) is >= threshold."""
+    sure = torch.zeros(n, dtype=torch.float64, device=geo.y0.device)
+    for i0 in range(0, geo.gh, band):
+        i1 = min(geo.gh, i0 + band)
+        g = band_fn(i0, min(geo.gh, i1 + 1)).contiguous()
+        v = g * scale.view(-1, 1, 1) if scale is not None else g
+        _count_above(g, v, i1 - i0, i0, geo, scale, threshold, sure, None)
+    return sure.long()
+
+
+def _count_above(g, v, ncell, i0, geo: _Geometry, scale, threshold, counts, unsure):
+    """Add, per channel, the pixels of cell rows [i0, i0 + ncell) whose value is >= threshold:
+    to ``counts`` those surely above; those of straddling cells to ``unsure`` if given, else
+    evaluated and the ones above added to ``counts``."""
+    top, bot = _rows(v, ncell)
+    lo = torch.minimum(top, bot)
+    lo = torch.minimum(lo, _right(lo))
+    hi = torch.maximum(top, bot)
+    hi = torch.maximum(hi, _right(hi))
+    npx = (geo.rc[i0 : i0 + ncell, None] * geo.cc[None, :]).double()  # pixels per cell
+    above = lo >= threshold * (1 + EPS) + 1e-30
+    counts += (above.double() * npx).sum((1, 2))
+    mixed = ~above & (hi >= threshold * (1 - EPS) - 1e-30) & (npx > 0)
+    if unsure is not None:
+        unsure += (mixed.double() * npx).sum((1, 2))
+        return
+    k, ci, cj = mixed.nonzero(as_tuple=True)
+    if not k.numel():
+        return
+    k, yy, xx = _expand(k, ci, cj, i0, geo)
+    step = 1 << 22
+    for s in range(0, k.numel(), step):
+        kk, y, x = k[s : s + step], yy[s : s + step], xx[s : s + step]
+        val = _eval_points(
+            g, kk, geo.y0[y] - i0, geo.y1[y] - i0, geo.yl0[y], geo.yl1[y], geo.x0[x], geo.x1[x], geo.xl0[x], geo.xl1[x]
+        )
+        if scale is not None:
+            val = val * scale[kk]
+        counts += torch.bincount(kk[val >= threshold], minlength=counts.numel()).double()
+
+
+def _expand(k, ci, cj, i0, geo: _Geometry):
+    """Expand (channel, cell row - i0, cell col) triples to one (channel, y, x) per pixel."""
+    # expand (channel, cell) to its pixels: rows then columns
+    nr = geo.rc[i0 + ci]
+    k, ci, cj = k.repeat_interleave(nr), ci.repeat_interleave(nr), cj.repeat_interleave(nr)
+    first = torch.cumsum(nr, 0) - nr
+    yy = geo.ys[i0 + ci] + (torch.arange(k.numel(), device=k.device) - first.repeat_interleave(nr))
+    ncol = geo.cc[cj]
+    k, yy, cj = k.repeat_interleave(ncol), yy.repeat_interleave(ncol), cj.repeat_interleave(ncol)
+    first = torch.cumsum(ncol, 0) - ncol
+    xx = geo.xs[cj] + (torch.arange(k.numel(), device=k.device) - first.repeat_interleave(ncol))
+    return k, yy, xx
+
+
+# ---------------------------------------------------------------------------------------------
+# The three tasks
+
+
+def _one(class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor):
+    cls, masks = class_queries_logits, masks_queries_logits
+    if cls.dim() == 3:
+        if cls.shape[0] != 1:
+            raise ValueError("one image at a time: a leading batch dimension must be 1")
+        cls, masks = cls[0], masks[0]
+    return cls.float(), masks.float()
+
+
+@torch.no_grad()
+def semantic(class_queries_logits, masks_queries_logits, target_size: tuple[int, int]) -> torch.Tensor:
+    """(H, W) int64 class map, as ``post_process_semantic_segmentation(..., target_sizes=[(H, W)])[0]``."""
+    cls, masks = _one(class_queries_logits, masks_queries_logits)
+    probs = cls.softmax(-1)[:, :-1]  # (Q, C)
+    probs_t = probs.t().contiguous()
+    H, W = target_size
+
+    def band_fn(r0, r1):
+        m = grid_rows(masks, r0, r1).sigmoid_()  # (Q, rows, 384)
+        q, rows, gw = m.shape
+        return (probs_t @ m.reshape(q, -1)).reshape(-1, rows, gw)
+
+    geo = _Geometry(GRID, GRID, H, W, cls.device)
+    label, _, _ = resized_argmax(band_fn, probs.shape[1], geo)
+    return label
+
+
+@torch.no_grad()
+def instance(
+    class_queries_logits,
+    masks_queries_logits,
+    target_size: tuple[int, int],
+    threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    overlap_mask_area_threshold: float = 0.8,
+) -> dict:
+    """As ``post_process_instance_segmentation(...)[0]``: float32 map (-1 = none), segments_info.
+
+    (``mask_threshold`` and ``overlap_mask_area_threshold`` are accepted and, as in transformers,
+    unused: the binary masks are ``logit > 0``.)"""
+    cls, masks = _one(class_queries_logits, masks_queries_logits)
+    device = cls.device
+    num_queries, num_classes = cls.shape[0], cls.shape[1] - 1
+    H, W = target_size
+    scores = torch.nn.functional.softmax(cls, dim=-1)[:, :-1]
+    scores_per_image, topk = scores.flatten(0, 1).topk(num_queries, sorted=False)
+    labels_per_image = topk % num_classes
+    queries = torch.div(topk, num_classes, rounding_mode="floor")
+    ridx = nearest_index(GRID, H, device)
+    cidx = nearest_index(GRID, W, device)
+    rows_u, cols_u = torch.unique(ridx), torch.unique(cidx)
+
+    cache: dict[int, tuple[torch.Tensor, float]] = {}
+
+    def mask_of(q: int):
+        if q not in cache:
+            # two rows: torch reduces a (1, N) tensor in another order than the rows of (Q, N)
+            m = F.interpolate(masks[[q, q]][None], size=(GRID, GRID), mode="bilinear", align_corners=False)[0]
+            pm = (m > 0).float()
+            ms = (m.sigmoid().flatten(1) * pm.flatten(1)).sum(1) / (pm.flatten(1).sum(1) + 1e-6)
+            cache[q] = (pm[0] > 0, ms[:1])
+        return cache[q]
+
+    grid = torch.full((GRID, GRID), -1.0, device=device)
+    segments = []
+    current = 0
+    sp = scores_per_image.tolist()
+    for j in range(num_queries):
+        if not sp[j] >= threshold:  # the score is sp[j] x a mean probability <= 1
+            continue
+        pm, ms = mask_of(int(queries[j]))
+        score = (scores_per_image[j : j + 1] * ms)[0].item()
+        if score >= threshold and bool(pm[rows_u][:, cols_u].any()):
+            grid[pm] = current
+            segments.append(
+                {"id": current, "label_id": int(labels_per_image[j]), "was_fused": False, "score": round(score, 6)}
+            )
+            current += 1
+    segmentation = grid[ridx][:, cidx]
+    return {"segmentation": segmentation, "segments_info": segments}
+
+
+@torch.no_grad()
+def panoptic(
+    class_queries_logits,
+    masks_queries_logits,
+    target_size: tuple[int, int],
+    threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    overlap_mask_area_threshold: float = 0.8,
+    label_ids_to_fuse=None,
+) -> dict:
+    """As ``post_process_panoptic_segmentation(...)[0]``: int32 map (float32 -1 when nothing is
+    kept), segments_info with was_fused."""
+    cls, masks = _one(class_queries_logits, masks_queries_logits)
+    device = cls.device
+    fuse = set(label_ids_to_fuse or ())
+    H, W = target_size
+    num_labels = cls.shape[-1] - 1
+    pred_scores, pred_labels = torch.nn.functional.softmax(cls, dim=-1).max(-1)
+    keep = pred_labels.ne(num_labels) & (pred_scores > threshold)
+    if not bool(keep.any()):
+        return {"segmentation": torch.zeros((H, W), device=device) - 1, "segments_info": []}
+    kept = keep.nonzero()[:, 0]
+    kmasks = masks[kept]
+    kscores = pred_scores[kept]
+    klabels = pred_labels[kept].tolist()
+    n = kept.numel()
+
+    def band_fn(r0, r1):
+        return grid_rows(kmasks, r0, r1).sigmoid_()
+
+    geo = _Geometry(GRID, GRID, H, W, device)
+    dtype = torch.int16 if n < 32767 else torch.int32
+    winner, (sure, unsure), _ = resized_argmax(band_fn, n, geo, scale=kscores, threshold=mask_threshold, out_dtype=dtype)
+    area = torch.bincount(winner.reshape(-1).long(), minlength=n)
+    # original_area lies in [sure, sure + unsure]; the ratio test is monotonic in it, so count
+    # exactly only where the bounds disagree
+    hi, lo = sure + unsure, sure
+    undecided = []
+    for k in range(n):
+        a, h, l_ = int(area[k]), int(hi[k]), int(lo[k])
+        if a == 0 or h == 0:
+            continue
+        r_hi = (torch.tensor(a) / torch.tensor(max(l_, 1))).item()  # smallest area -> largest ratio
+        r_lo = (torch.tensor(a) / torch.tensor(h)).item()
+        if l_ == 0 or (r_lo > overlap_mask_area_threshold) != (r_hi > overlap_mask_area_threshold):
+            undecided.append(k)
+    original = lo.clone()
+    if undecided:
+        sub = torch.tensor(undecided, device=device)
+        exact = count_above(
+            lambda r0, r1: grid_rows(kmasks[sub], r0, r1).sigmoid_(), len(undecided), geo, kscores[sub], mask_threshold
+        )
+        original[sub] = exact
+
+    lut = torch.zeros(n, dtype=torch.int32, device=device)
+    segments = []
+    current = 0
+    stuff: dict[int, int] = {}
+    area_l, orig_l = area.tolist(), original.tolist()
+    for k in range(n):
+        pred_class = klabels[k]
+        should_fuse = pred_class in fuse
+        exists = area_l[k] > 0 and orig_l[k] > 0
+        if exists:
+            ratio = torch.tensor(area_l[k]) / torch.tensor(orig_l[k])
+            if not ratio.item() > overlap_mask_area_threshold:
+                exists = False
+        if exists:
+            if pred_class in stuff:
+                current = stuff[pred_class]
+            else:
+                current += 1
+            lut[k] = current
+            segments.append(
+                {"id": current, "label_id": pred_class, "was_fused": should_fuse, "score": round(kscores[k].item(), 6)}
+            )
+            if should_fuse:
+                stuff[pred_class] = current
+    segmentation = lut[winner.long()]
+    return {"segmentation": segmentation, "segments_info": segments}
