@@ -67,6 +67,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.article import draw_segmentation_map, image_overlay
+
 TARGET_RATIO = 8.0
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 STAGES = ("decode", "preprocess+forward", "post-process", "render", "encode")
@@ -229,32 +231,6 @@ def save_checkpoint(checkpoints, folder: Path, tiny: bool) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # (a) the article's loop
-
-
-def draw_segmentation_map(labels, palette):
-    """The article's utils.py: one pass over the label map per palette class."""
-    red_map = np.zeros_like(labels).astype(np.uint8)
-    green_map = np.zeros_like(labels).astype(np.uint8)
-    blue_map = np.zeros_like(labels).astype(np.uint8)
-    for label_num in range(0, len(palette)):
-        index = labels == label_num
-        red_map[index] = np.array(palette)[label_num, 0]
-        green_map[index] = np.array(palette)[label_num, 1]
-        blue_map[index] = np.array(palette)[label_num, 2]
-    segmentation_map = np.stack([red_map, green_map, blue_map], axis=2)
-    return segmentation_map
-
-
-def image_overlay(image, segmented_image):
-    """The article's utils.py."""
-    alpha = 0.2
-    beta = 1.0
-    gamma = 0
-    segmented_image = cv2.cvtColor(segmented_image, cv2.COLOR_RGB2BGR)
-    image = np.array(image)
-    image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    cv2.addWeighted(image, alpha, segmented_image, beta, gamma, image)
-    return image
 
 
 def load_article(folder: Path, device: torch.device, backend: str):

@@ -39,56 +39,6 @@ SPEED_TARGET = 10.0
 MEMORY_TARGET = 0.1
 
 
-# --- the article's rendering (copied as published) --------------------------------------------
-
-def draw_segmentation_map(labels, palette):
-    """
-    :param labels: Label array from the model.Should be of shape
-        <height x width>. No channel information required.
-    :param palette: List containing color information.
-        e.g. [[0, 255, 0], [255, 255, 0]]
-    """
-    import numpy as np
-
-    # create Numpy arrays containing zeros
-    # later to be used to fill them with respective red, green, and blue pixels
-    red_map = np.zeros_like(labels).astype(np.uint8)
-    green_map = np.zeros_like(labels).astype(np.uint8)
-    blue_map = np.zeros_like(labels).astype(np.uint8)
-
-    for label_num in range(0, len(palette)):
-        index = labels == label_num
-        red_map[index] = np.array(palette)[label_num, 0]
-        green_map[index] = np.array(palette)[label_num, 1]
-        blue_map[index] = np.array(palette)[label_num, 2]
-
-    segmentation_map = np.stack([red_map, green_map, blue_map], axis=2)
-
-    return segmentation_map
-
-
-def image_overlay(image, segmented_image):
-    """
-    :param image: Image in RGB format.
-    :param segmented_image: Segmentation map in RGB format.
-    """
-    import cv2
-    import numpy as np
-
-    alpha = 0.2  # transparency for the original image
-    beta = 1.0  # transparency for the segmentation map
-    gamma = 0  # scalar added to each sum
-
-    segmented_image = cv2.cvtColor(segmented_image, cv2.COLOR_RGB2BGR)
-    image = np.array(image)
-    image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    cv2.addWeighted(image, alpha, segmented_image, beta, gamma, image)
-
-    return image
-
-
-# --- setup --------------------------------------------------------------------------------------
-
 def setup(task: str, size: tuple[int, int]):
     import numpy as np
     import torch
@@ -155,6 +105,8 @@ def baseline_path(s):
             res = s.proc.post_process_panoptic_segmentation(outputs, label_ids_to_fuse=s.stuff, target_sizes=[s.size])[0]
             mask = res["segmentation"]
     palette = s.labels.colors.tolist()
+    from bench.article import draw_segmentation_map, image_overlay
+
     seg_map = draw_segmentation_map(mask, palette)
     return image_overlay(s.image, seg_map), res
 

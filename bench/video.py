@@ -53,27 +53,11 @@ def article(ckpt: str, src: Path, out: Path, threads: int) -> float:
     from PIL import Image
     from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
+    from bench.article import draw_segmentation_map, image_overlay
     from workers.labels import load
 
     torch.set_num_threads(threads)
     ade = load("ade20k").colors.tolist()  # the article's ADE_CATEGORIES palette
-
-    def draw_segmentation_map(labels, palette):  # the article's utils.py
-        red_map = np.zeros_like(labels).astype(np.uint8)
-        green_map = np.zeros_like(labels).astype(np.uint8)
-        blue_map = np.zeros_like(labels).astype(np.uint8)
-        for label_num in range(0, len(palette)):
-            index = labels == label_num
-            red_map[index] = np.array(palette)[label_num, 0]
-            green_map[index] = np.array(palette)[label_num, 1]
-            blue_map[index] = np.array(palette)[label_num, 2]
-        return np.stack([red_map, green_map, blue_map], axis=2)
-
-    def image_overlay(image, segmented_image):
-        segmented_image = cv2.cvtColor(segmented_image, cv2.COLOR_RGB2BGR)
-        image = cv2.cvtColor(np.array(image), cv2.COLOR_RGB2BGR)
-        cv2.addWeighted(image, 0.2, segmented_image, 1.0, 0, image)
-        return image
 
     processor = AutoImageProcessor.from_pretrained(ckpt)
     model = Mask2FormerForUniversalSegmentation.from_pretrained(ckpt).eval()
