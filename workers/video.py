@@ -287,10 +287,3 @@ def assemble(parts: list[Path], fps: Fraction, out_path: Path, audio_source: IO[
             audio_in.close()
     return written
 
-
-def count_frames(path: Path) -> tuple[int, Fraction, int, int]:
-    """Frames (by decoding), frame rate and size of a video file."""
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        n = sum(1 for _ in c.decode(s))
-        return n, s.average_rate, s.codec_context.width, s.codec_context.height
