@@ -39,6 +39,8 @@ SPEED_TARGET = 10.0
 MEMORY_TARGET = 0.1
 
 
+# --- the article's rendering (copied as published) --------------------------------------------
+
 def setup(task: str, size: tuple[int, int]):
     import numpy as np
     import torch

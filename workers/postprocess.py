@@ -28,17 +28,26 @@ How it avoids the full-resolution tensors:
   crop of the input with one row of margin gives bit-identical rows);
 - a bilinear value is a convex combination of its cell's four corners, and the difference of two
   bilinear interpolants is the interpolant of the differences: where the same channel wins at
-  the four corners of a grid cell with a clear margin, it wins at every pixel of that cell, and
-  those pixels are filled by indexing. Only the pixels of the other ("boundary") cells are
-  evaluated, for the few channels whose largest corner reaches the best smallest corner;
+  the four corners of a grid cell, it wins at every pixel of that cell (up to float rounding at
+  an exact or near tie), and those pixels are filled by indexing. Only the pixels of the other
+  ("boundary") cells are evaluated, for the few channels whose largest corner reaches the best
+  smallest corner; a band where that would be most of its pixels (noise-like outputs) is
+  evaluated densely, a few channels at a time;
 - thresholded areas (panoptic ``original_area``) count whole cells whose corners are all clearly
-  above the threshold and evaluate pixels only in cells that straddle it;
+  above the threshold; the pixels of cells that straddle it give bounds, and they are evaluated
+  (in a second pass, for those queries only) when the overlap-ratio decision differs between
+  the bounds;
 - instance needs no bilinear step at full size: nearest resizing is a gather, so masks are
   painted on the 384 grid and the result gathered once.
 
-The pixel evaluator uses torch's weights exactly (same source index and lambdas) but its own
-order of float operations, which can differ from ``F.interpolate`` by an ulp; a decision can only
-differ where the reference's own decision is a float near-tie (see ``workers/equivalence.py``).
+The pixel evaluator uses torch's weights exactly (same source indices and lambdas; the source
+index is computed with a fused multiply-add as torch's kernel does) but its own order of float
+operations, which can differ from ``F.interpolate`` by an ulp (we could not find torch's exact
+order: no tested order matched bit for bit); a decision can therefore only differ where the
+reference's own decision is a float near-tie (see ``workers/equivalence.py``). The 384 x 384
+intermediates are bit-identical to transformers' (crops of the same ``F.interpolate``; the class
+x query product, a matrix product per band, matched einsum bit for bit on CPU/MKL with 1 and 2
+threads, though another BLAS could sum in another order).
 """
 
 from __future__ import annotations
@@ -81,16 +90,31 @@ def nearest_index(n_in: int, n_out: int, device) -> torch.Tensor:
 def grid_rows(logits: torch.Tensor, r0: int, r1: int, size: int = GRID) -> torch.Tensor:
     """Rows [r0, r1) of ``F.interpolate(logits[None], (size, size), bilinear)[0]``, bit-identical.
 
-    With an integer ratio, a crop of the input (one row of margin) resized by the same ratio
-    computes the same source indices and weights for its inner rows; otherwise the full plane."""
+    With a power-of-two ratio, a crop of the input resized by the same ratio computes the same
+    source indices and weights for its inner rows; otherwise the full plane (see ``grid_source``)."""
     n, h, w = logits.shape
-    if size % h or size == h:
-        return F.interpolate(logits[None], size=(size, size), mode="bilinear", align_corners=False)[0, :, r0:r1]
     ratio = size // h
-    a = max(0, r0 // ratio - 1)
-    b = min(h, (r1 - 1) // ratio + 2)
+    if size % h or ratio < 2 or ratio & (ratio - 1):
+        # only a power-of-two ratio gives exact (dyadic) source indices that a crop reproduces
+        return F.interpolate(logits[None], size=(size, size), mode="bilinear", align_corners=False)[0, :, r0:r1]
+    # output rows whose source index is clamped at a crop edge differ from the full resize:
+    # the first and last ratio // 2 of the crop (unless the crop reaches the input's edge)
+    half = ratio // 2
+    a = max(0, (r0 - half) // ratio)
+    b = min(h, -((-(r1 + half)) // ratio))
     out = F.interpolate(logits[None, :, a:b], size=((b - a) * ratio, size), mode="bilinear", align_corners=False)[0]
     return out[:, r0 - a * ratio : r1 - a * ratio]
+
+
+def grid_source(logits: torch.Tensor):
+    """``rows(r0, r1)`` -> rows of the 384 x 384 resize of ``logits``: by crops when the ratio
+    allows it, else from one full resize computed once."""
+    h = logits.shape[1]
+    ratio = GRID // h
+    if GRID % h == 0 and ratio >= 2 and not ratio & (ratio - 1):
+        return lambda r0, r1: grid_rows(logits, r0, r1)
+    full = F.interpolate(logits[None], size=(GRID, GRID), mode="bilinear", align_corners=False)[0]
+    return lambda r0, r1: full[:, r0:r1].clone()
 
 
 def _eval_points(g: torch.Tensor, ch, r0, r1, rl0, rl1, c0, c1, cl0, cl1) -> torch.Tensor:
@@ -129,14 +153,6 @@ def _rows(v: torch.Tensor, ncell: int) -> tuple[torch.Tensor, torch.Tensor]:
     top = v[:, :ncell]
     bot = v[:, 1 : ncell + 1] if v.shape[1] > ncell else torch.cat([v[:, 1:ncell], v[:, ncell - 1 : ncell]], 1)
     return top, bot
-
-
-def _corners(v: torch.Tensor, ncell: int, xnext: torch.Tensor) -> torch.Tensor:
-    """(n, ncell, gw, 4) corner values of the cells whose top row is 0..ncell-1 of band ``v``
-    (``v`` holds ncell + 1 rows, or ncell rows at the bottom of the grid)."""
-    top = v[:, :ncell]
-    bot = v[:, 1 : ncell + 1] if v.shape[1] > ncell else torch.cat([v[:, 1:ncell], v[:, ncell - 1 : ncell]], 1)
-    return torch.stack([top, _right(top), bot, _right(bot)], -1)
 
 
 def _right(x: torch.Tensor) -> torch.Tensor:
@@ -183,25 +199,25 @@ def resized_argmax(
         if n == 1:
             pure = torch.ones((ncell, gw), dtype=torch.bool, device=device)
             best = torch.zeros((ncell, gw), dtype=torch.long, device=device)
-            corners = None
         else:
-            top, idx = v.max(0)
-            # a clear winner: no other channel within EPS of the best at that grid point
-            alone = (v >= top * (1 - EPS) - 1e-30).sum(0, dtype=torch.int32) == 1
+            # the same channel wins at the four corners: it wins inside (a difference of two
+            # bilinear interpolants is the interpolant of the corner differences, >= 0 here);
+            # only a float near-tie inside the cell can round the other way
+            idx = v.max(0).indices  # (faster than argmax on CPU; first index on ties too)
             it, ib = _rows(idx[None], ncell)
-            at, ab = _rows(alone[None], ncell)
-            same = (it == ib) & at & ab
+            same = it == ib
             same = same & _right(same) & (it == _right(it))
             pure = same[0]
             best = it[0]
         if yb > ya:
             ly = geo.y0[ya:yb] - i0
-            out[ya:yb] = best[:, geo.x0].to(out_dtype).index_select(0, ly)
+            out[ya:yb] = best.index_select(1, geo.x0).to(out_dtype).index_select(0, ly)
             # boundary cells that hold pixels
             bad = ~pure & (geo.rc[i0:i1, None] > 0) & (geo.cc[None, :] > 0)
             ucell = bad.reshape(-1).nonzero()[:, 0]
             if ucell.numel():
-                corners = v.reshape(n, -1)[:, _corner_flat(ucell, gw, v.shape[1], geo.xnext)]  # (n, u, 4)
+                flat_idx = _corner_flat(ucell, gw, v.shape[1], geo.xnext).reshape(-1)
+                corners = v.reshape(n, -1).index_select(1, flat_idx).view(n, -1, 4)  # (n, u, 4)
                 floor_ = corners.amin(-1).amax(0)  # (u,) best smallest corner
                 cand = corners.amax(-1) >= floor_ * (1 - EPS) - 1e-30  # (n, u)
                 del corners
@@ -212,7 +228,7 @@ def resized_argmax(
                     # for the channels that are candidates somewhere, one at a time
                     chans = cand.any(1).nonzero()[:, 0]
                     win = _dense_band(g, chans, ya, yb, i0, geo, scale)
-                    imp = bad[:, geo.x0].index_select(0, ly)
+                    imp = bad.index_select(1, geo.x0).index_select(0, ly)
                     evaluated += int(imp.sum())
                     out[ya:yb][imp] = win[imp].to(out_dtype)
                     ucell = ucell[:0]
@@ -257,7 +273,7 @@ def _dense_band(g, chans, ya, yb, i0, geo: _Geometry, scale, chunk: int = 16) ->
     for s in range(0, chans.numel(), chunk):
         cs = chans[s : s + chunk]
         sub = g.index_select(0, cs)  # (k, rows, gw)
-        cols = sub[:, :, geo.x0] * geo.xl0 + sub[:, :, geo.x1] * geo.xl1  # (k, rows, W)
+        cols = sub.index_select(2, geo.x0) * geo.xl0 + sub.index_select(2, geo.x1) * geo.xl1  # (k, rows, W)
         val = cols.index_select(1, r0) * rl0 + cols.index_select(1, r1) * rl1  # (k, nY, W)
         if scale is not None:
             val = val * scale[cs].view(-1, 1, 1)
@@ -293,12 +309,17 @@ def _count_above(g, v, ncell, i0, geo: _Geometry, scale, threshold, counts, unsu
     lo = torch.minimum(lo, _right(lo))
     hi = torch.maximum(top, bot)
     hi = torch.maximum(hi, _right(hi))
-    npx = (geo.rc[i0 : i0 + ncell, None] * geo.cc[None, :]).double()  # pixels per cell
+    rc, cc = geo.rc[i0 : i0 + ncell].float(), geo.cc.float()
+
+    def pixels(cells: torch.Tensor) -> torch.Tensor:
+        # sum over cells of rows x cols per cell; integers below 2^24 add exactly in float32
+        return ((cells.float() @ cc) @ rc).double()
+
     above = lo >= threshold * (1 + EPS) + 1e-30
-    counts += (above.double() * npx).sum((1, 2))
-    mixed = ~above & (hi >= threshold * (1 - EPS) - 1e-30) & (npx > 0)
+    counts += pixels(above)
+    mixed = ~above & (hi >= threshold * (1 - EPS) - 1e-30) & (rc[:, None] > 0) & (cc[None, :] > 0)
     if unsure is not None:
-        unsure += (mixed.double() * npx).sum((1, 2))
+        unsure += pixels(mixed)
         return
     k, ci, cj = mixed.nonzero(as_tuple=True)
     if not k.numel():
@@ -350,10 +371,12 @@ def semantic(class_queries_logits, masks_queries_logits, target_size: tuple[int,
     probs_t = probs.t().contiguous()
     H, W = target_size
 
+    rows = grid_source(masks)
+
     def band_fn(r0, r1):
-        m = grid_rows(masks, r0, r1).sigmoid_()  # (Q, rows, 384)
-        q, rows, gw = m.shape
-        return (probs_t @ m.reshape(q, -1)).reshape(-1, rows, gw)
+        m = rows(r0, r1).sigmoid_()  # (Q, rows, 384)
+        q, nrows, gw = m.shape
+        return (probs_t @ m.reshape(q, -1)).reshape(-1, nrows, gw)
 
     geo = _Geometry(GRID, GRID, H, W, cls.device)
     label, _, _ = resized_argmax(band_fn, probs.shape[1], geo)
@@ -442,13 +465,14 @@ def panoptic(
     klabels = pred_labels[kept].tolist()
     n = kept.numel()
 
+    rows = grid_source(kmasks)
+
     def band_fn(r0, r1):
-        return grid_rows(kmasks, r0, r1).sigmoid_()
+        return rows(r0, r1).sigmoid_()
 
     geo = _Geometry(GRID, GRID, H, W, device)
-    dtype = torch.int16 if n < 32767 else torch.int32
-    winner, (sure, unsure), _ = resized_argmax(band_fn, n, geo, scale=kscores, threshold=mask_threshold, out_dtype=dtype)
-    area = torch.bincount(winner.reshape(-1).long(), minlength=n)
+    winner, (sure, unsure), _ = resized_argmax(band_fn, n, geo, scale=kscores, threshold=mask_threshold)
+    area = torch.bincount(winner.reshape(-1), minlength=n)
     # original_area lies in [sure, sure + unsure]; the ratio test is monotonic in it, so count
     # exactly only where the bounds disagree
     hi, lo = sure + unsure, sure
@@ -464,9 +488,8 @@ def panoptic(
     original = lo.clone()
     if undecided:
         sub = torch.tensor(undecided, device=device)
-        exact = count_above(
-            lambda r0, r1: grid_rows(kmasks[sub], r0, r1).sigmoid_(), len(undecided), geo, kscores[sub], mask_threshold
-        )
+        sub_rows = grid_source(kmasks[sub])
+        exact = count_above(lambda r0, r1: sub_rows(r0, r1).sigmoid_(), len(undecided), geo, kscores[sub], mask_threshold)
         original[sub] = exact
 
     lut = torch.zeros(n, dtype=torch.int32, device=device)
@@ -493,5 +516,5 @@ def panoptic(
             )
             if should_fuse:
                 stuff[pred_class] = current
-    segmentation = lut[winner.long()]
+    segmentation = lut[winner]
     return {"segmentation": segmentation, "segments_info": segments}

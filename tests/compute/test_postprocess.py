@@ -33,8 +33,8 @@ def _panoptic_data(seed: int, duplicates: int = 0):
     """Structured COCO-panoptic-like outputs where three confident queries share stuff class 100."""
     cls, masks = synthetic.structured(seed, 133, duplicates=duplicates)
     probs = cls[0].softmax(-1)
-    flat = masks[0].flatten(1)
-    twins = {q for q in range(flat.shape[0]) if (flat == flat[q]).all(1).sum() > 1}
+    _, inverse, counts = torch.unique(masks[0].flatten(1), dim=0, return_inverse=True, return_counts=True)
+    twins = set((counts[inverse] > 1).nonzero()[:, 0].tolist())
     conf = [q for q in (probs[:, :-1].max(-1).values > 0.9).nonzero()[:, 0].tolist() if q not in twins][-3:]
     # (not a duplicated query: permuting its logits changes its softmax by an ulp, and a pair of
     # masks one ulp apart everywhere is a near-tie over a whole region)
@@ -88,7 +88,7 @@ def test_semantic_structured(size):
     print(c)
 
 
-@pytest.mark.parametrize("size", [(479, 641), (37, 53)])
+@pytest.mark.parametrize("size", [(200, 90), (37, 53)])
 def test_semantic_noise(size):
     cls, masks = synthetic.noise(12, 150)
     print(_check_semantic(cls, masks, size))
@@ -194,7 +194,7 @@ def test_count_above_exact():
     g = torch.Generator().manual_seed(61)
     grid = torch.nn.functional.interpolate(torch.randn(1, 5, 12, 12, generator=g), size=(384, 384), mode="bicubic")[0].sigmoid()
     scale = torch.tensor([0.9, 0.7, 1.0, 0.55, 0.8])
-    for size in [(200, 90), (479, 641), (37, 53)]:
+    for size in [(200, 90), (37, 53)]:
         geo = postprocess._Geometry(384, 384, *size, "cpu")
         got = postprocess.count_above(lambda r0, r1: grid[:, r0:r1], 5, geo, scale, 0.5)
         full = torch.nn.functional.interpolate(grid[None], size=size, mode="bilinear", align_corners=False)[0]
@@ -229,3 +229,41 @@ def test_panoptic_overlap_ratio_at_the_threshold(monkeypatch):
         segments_match(ref["segments_info"], got["segments_info"])
         assert_equivalent("panoptic", cls, m, size, ref["segmentation"], got["segmentation"])
     assert calls, "the exact count was not needed: the test does not cover it"
+
+
+@pytest.mark.parametrize("side", [96, 48, 128, 100])
+def test_grid_rows_bit_identical(side):
+    # bands of the 384 x 384 resize from a crop of the input (power-of-two ratios) or the full plane
+    x = torch.randn(3, side, side, generator=torch.Generator().manual_seed(side))
+    full = torch.nn.functional.interpolate(x[None], size=(384, 384), mode="bilinear", align_corners=False)[0]
+    for r0 in range(0, 384, 29):
+        for r1 in (r0 + 1, r0 + 33, 384):
+            r1 = min(r1, 384)
+            assert torch.equal(postprocess.grid_rows(x, r0, r1), full[:, r0:r1]), (r0, r1)
+
+
+def test_other_mask_resolution():
+    # mask logits that are not 96 x 96 (a 100 x 100 grid: no crop, one full 384 resize)
+    cls, masks = synthetic.structured(81, 150, size=100)
+    _check_semantic(cls, masks, (200, 90))
+    cls, masks = _panoptic_data(82)
+    small = torch.nn.functional.interpolate(masks, size=(100, 100), mode="bilinear", align_corners=False)
+    _check_panoptic(cls, small, (37, 53))
+
+
+def test_equivalence_flags_a_dropped_segment():
+    # a candidate that drops a segment (not at any near-tie) renumbers the later ids: unexplained
+    cls, masks = _panoptic_data(91)
+    size = (37, 53)
+    ref = PROC.post_process_panoptic_segmentation(_outputs(cls, masks), label_ids_to_fuse=STUFF, target_sizes=[size])[0]
+    segs = [s for s in ref["segments_info"] if not s["was_fused"]]
+    victim = segs[len(segs) // 2]
+    cand_map = ref["segmentation"].clone()
+    cand_map[cand_map == victim["id"]] = 0
+    cand_segs = [s for s in ref["segments_info"] if s is not victim]
+    c = compare(
+        "panoptic", cls, masks, size, ref["segmentation"], cand_map,
+        reference_segments=ref["segments_info"], candidate_segments=cand_segs,
+    )
+    assert c.differing > 0 and c.other == c.differing, c
+    assert any("not at a near-tie" in n for n in c.notes)
