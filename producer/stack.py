@@ -58,6 +58,32 @@ def weed_binary() -> str:
     return find_binary("weed", [Path(sysconfig.get_path("scripts")) / "weed", Path(sys.prefix) / "bin" / "weed"])
 
 
+#: The parts of ``weed mini`` that listen (WebDAV is disabled).
+INTERNAL_PARTS = ("master", "volume", "filer", "s3", "admin")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created 0600, never world-readable in between)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def seaweedfs_security_toml() -> str:
+    """SeaweedFS's security.toml with fresh random JWT keys: the volume server and the filer then
+    refuse every HTTP read and write that the master or the S3 gateway did not sign."""
+    def section(name: str) -> str:
+        return f'[{name}]\nkey = "{secrets.token_hex(32)}"\nexpires_after_seconds = 10\n'
+
+    return "\n".join([
+        section("jwt.signing"), section("jwt.signing.read"),
+        section("jwt.filer_signing"), section("jwt.filer_signing.read"),
+        "[access]\nui = false\n", "[filer.expose_directory_metadata]\nenabled = false\n",
+    ])
+
+
 def _wait(check, what: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -128,12 +154,15 @@ class RedisServer(Service):
         self.password = self.password or secrets.token_hex(16)
         assert self.data_dir is not None
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.spawn([
-            redis_binary(),
-            "--bind", *dict.fromkeys([LOOPBACK, self.host]), "--port", str(self.port), "--requirepass", self.password,
-            "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
-            "--maxmemory-policy", "noeviction", "--daemonize", "no", "--protected-mode", "yes",
-        ])
+        # The password goes into a config file only its owner reads, never onto the command line
+        # (which every local user sees in `ps`).
+        config = self.data_dir / "redis.conf"
+        write_private(config, "\n".join([
+            f"bind {' '.join(dict.fromkeys([LOOPBACK, self.host]))}", f"port {self.port}",
+            f"requirepass {self.password}", f'dir "{self.data_dir}"', "appendonly yes", 'save ""',
+            "maxmemory-policy noeviction", "daemonize no", "protected-mode yes",
+        ]) + "\n")
+        self.spawn([redis_binary(), str(config)])
         client = redis.Redis.from_url(self.url)
         _wait(client.ping, f"redis-server on port {self.port}", timeout, self.proc, self.log_path)
         return self
@@ -171,17 +200,24 @@ class SeaweedS3(Service):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.access_key = self.access_key or "segq" + secrets.token_hex(6)
         self.secret_key = self.secret_key or secrets.token_hex(20)
-        for part in ("master", "volume", "filer", "s3", "webdav", "admin"):
+        for part in INTERNAL_PARTS:
             self.ports.setdefault(part, free_port())
             self.ports.setdefault(part + ".grpc", free_port())
+        # Locked down (see README, Security): only the S3 API, with the credentials, serves data.
+        # security.toml (read from the working directory) makes the volume server and the filer
+        # demand JWTs signed with keys only this process knows, for reads and writes; the master
+        # and the filer serve no HTTP API (-disableHttp: the S3 gateway talks gRPC to them);
+        # WebDAV is off and the admin server has no UI.
+        write_private(self.data_dir / "security.toml", seaweedfs_security_toml())
         argv = [
             weed_binary(), "mini", f"-dir={self.data_dir}", f"-ip={self.host}", f"-ip.bind={self.host}",
             f"-bucket={self.bucket}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+            "-webdav=false", "-admin.ui=false", "-disableHttp", "-filer.disableDirListing",
+            "-filer.exposeDirectoryData=false", "-filer.ui.deleteDir=false",
         ]
-        for part in ("master", "volume", "filer", "s3", "webdav", "admin"):
-            argv += [f"-{part}.port={self.ports[part]}"]
-            if part != "webdav":
-                argv += [f"-{part}.port.grpc={self.ports[part + '.grpc']}"]
+        for part in INTERNAL_PARTS:
+            argv += [f"-{part}.port={self.ports[part]}", f"-{part}.port.grpc={self.ports[part + '.grpc']}"]
+        # The S3 identity comes from the environment (weed mini reads AWS_*), never the command line.
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         self.spawn(argv, env=env, cwd=self.data_dir)
         s3 = boto3.client(
@@ -191,6 +227,19 @@ class SeaweedS3(Service):
         _wait(lambda: s3.head_bucket(Bucket=self.bucket) or True, f"SeaweedFS S3 on port {self.ports['s3']}",
               timeout, self.proc, self.log_path)
         return self
+
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+
+    def apply_retention(self, days: int) -> None:
+        """Lifecycle rules: inputs/ and outputs/ expire after ``days`` (``segq.retention``)."""
+        from segq import retention
+
+        retention.apply(self.client(), self.bucket, days)
 
 
 @dataclass
@@ -241,10 +290,14 @@ class FlowerService(Service):
         import urllib.request
 
         self.port = self.port or free_port()
-        argv = [sys.executable, "-m", "celery", "--broker", redis_url, "flower",
+        # Secrets by environment, never on the command line (`ps` shows it to every local user):
+        # Celery reads the broker from CELERY_BROKER_URL, Flower its options from FLOWER_*.
+        argv = [sys.executable, "-m", "celery", "flower",
                 f"--address={LOOPBACK}", f"--port={self.port}", "--persistent=False"]
+        env = {**env, "CELERY_BROKER_URL": redis_url}
+        env.pop("FLOWER_BASIC_AUTH", None)
         if basic_auth:
-            argv.append(f"--basic-auth={basic_auth}")
+            env["FLOWER_BASIC_AUTH"] = basic_auth
         self.spawn(argv, env=env)
         # /healthcheck answers without authentication.
         _wait(lambda: urllib.request.urlopen(f"{self.url}/healthcheck", timeout=2).status == 200,
@@ -256,13 +309,20 @@ class LocalStack:
     """Redis + SeaweedFS S3 + one segq worker + Flower, all on loopback, data under ``data_dir``."""
 
     def __init__(self, data_dir: Path, *, models: dict[str, str] | None = None, worker: bool = True,
-                 flower: bool = True, gpus: str = "auto", flower_auth: str | None = None):
+                 flower: bool = True, gpus: str = "auto", flower_auth: str | None = None,
+                 retention_days: int | None = None):
         self.data_dir = data_dir.resolve()
         self.models = models
         self.with_worker = worker
         self.with_flower = flower
         self.gpus = gpus
         self.flower_auth = flower_auth
+        if retention_days is None:  # SEGQ_RETENTION_DAYS, as every segq process reads it
+            from segq.settings import _parse_count
+
+            raw = os.environ.get("SEGQ_RETENTION_DAYS", "").strip()
+            retention_days = _parse_count("SEGQ_RETENTION_DAYS", raw) if raw else 0
+        self.retention_days = retention_days
         logs = self.data_dir / "logs"
         self.redis = RedisServer("redis", logs / "redis.log", data_dir=self.data_dir / "redis")
         self.s3 = SeaweedS3("s3", logs / "seaweedfs.log", data_dir=self.data_dir / "s3")
@@ -285,6 +345,8 @@ class LocalStack:
         try:
             self.redis.start()
             self.s3.start()
+            if self.retention_days:
+                self.s3.apply_retention(self.retention_days)
             env = self.child_env()
             if self.with_worker:
                 self.worker.start(env, gpus=self.gpus)

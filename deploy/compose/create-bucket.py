@@ -27,6 +27,13 @@ while True:
             extra = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
             s3.create_bucket(Bucket=bucket, **extra)
             print(f"bucket {bucket} created")
+        # SEGQ_RETENTION_DAYS: inputs/ and outputs/ expire (lifecycle rules, as segq.retention).
+        days = int(os.environ.get("SEGQ_RETENTION_DAYS") or 0)
+        if days > 0:
+            s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
+                {"ID": f"segq-{prefix.rstrip('/')}-{days}d", "Filter": {"Prefix": prefix}, "Status": "Enabled",
+                 "Expiration": {"Days": days}} for prefix in ("inputs/", "outputs/")]})
+            print(f"inputs/ and outputs/ expire after {days} days")
         sys.exit(0)
     except (BotoCoreError, ClientError) as exc:
         if time.monotonic() > deadline:

@@ -461,9 +461,25 @@ def test_compose_redis_is_persistent_password_protected_and_never_evicts():
     redis = service("redis")
     command = " ".join(argv_of(redis["command"]))
     assert re.search(r"--appendonly\s+yes\b", command)
-    assert re.search(r"--requirepass\s+\$\{REDIS_PASSWORD(:\?[^}]*)?\}", command)
     assert re.search(r"--maxmemory-policy\s+noeviction\b", command)
     assert any(str(v).endswith(":/data") for v in redis["volumes"]), "Redis data must be on a volume"
+    # The password comes from a config file, never the command line (`ps` shows it to everyone).
+    assert "REDIS_PASSWORD" not in command and "requirepass" not in command
+    [config] = [c for c in redis["configs"] if c["target"] in command.split()]
+    content = compose()["configs"][config["source"]]["content"]
+    assert re.search(r"^requirepass \$\{REDIS_PASSWORD:\?[^}]+\}$", content.strip())
+
+
+def test_compose_seaweedfs_serves_only_s3_with_jwt_security():
+    s3 = service("s3")
+    command = argv_of(s3["command"])
+    assert "-disableHttp" in command and "-s3.config=/etc/seaweedfs/s3.json" in command
+    targets = {c["target"]: c["source"] for c in s3["configs"]}
+    security = compose()["configs"][targets["/etc/seaweedfs/security.toml"]]["content"]
+    for section in ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read"):
+        assert f"[{section}]" in security
+    assert security.count("${SEAWEEDFS_JWT_KEY:?") == 4
+    assert [target for _, target in published_ports(s3)] == ["8333"], "only the S3 port is published"
 
 
 def test_compose_flower_has_basic_auth_and_listens_on_loopback_only():
@@ -472,8 +488,10 @@ def test_compose_flower_has_basic_auth_and_listens_on_loopback_only():
     if words[:2] == ["sh", "-c"]:
         words = shlex.split(words[2])
     words = [w.replace("$$", "$") for w in words if w != "exec"]  # $$ is Compose's escaped $
-    assert words[0] == "celery" and "flower" in words and "--broker" in words
-    assert words[words.index("--broker") + 1] == "$SEGQ_REDIS_URL"
+    assert words[0] == "celery" and "flower" in words
+    # No secret on the command line: the broker (with its password) comes from the environment.
+    assert "--broker" not in words and not any("REDIS" in w or "@" in w or "auth" in w for w in words)
+    assert "${REDIS_PASSWORD" in environment_of(flower)["CELERY_BROKER_URL"]
     auth = environment_of(flower).get("FLOWER_BASIC_AUTH", "")
     assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", auth), "basic auth from .env, required"
     ports = published_ports(flower)
@@ -713,18 +731,22 @@ def test_k8s_redis_is_persistent_password_protected_and_never_evicts():
     c = container(redis)
     args = " ".join(c.get("command", []) + c.get("args", []))
     assert re.search(r"--appendonly\s+yes\b", args)
-    assert re.search(r"--requirepass\s+\$\(REDIS_PASSWORD\)", args)
     assert re.search(r"--maxmemory-policy\s+noeviction\b", args)
+    # The password reaches redis-server through a file: the shell expands $REDIS_PASSWORD (not
+    # Kubernetes' $(REDIS_PASSWORD), which would put the value into the argv) and execs.
+    assert "$(REDIS_PASSWORD)" not in args and "--requirepass" not in args
+    assert "requirepass" in args and "exec redis-server /run/redis/auth.conf" in args
     data_mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/data")
     assert data_mount["name"] in {t["metadata"]["name"] for t in redis["spec"]["volumeClaimTemplates"]}
 
 
 def test_k8s_flower_has_basic_auth_and_is_fenced_in():
-    flower = workload_running(["celery", "--broker"])
+    flower = workload_running(["celery", "flower"])
     c = container(flower)
     argv = c.get("command", []) + c.get("args", [])
-    assert "flower" in argv and argv[argv.index("--broker") + 1] == "$(SEGQ_REDIS_URL)"
+    assert "--broker" not in argv and not any("$(" in a for a in argv), "no secret on the command line"
     env = {e["name"]: e for e in c["env"]}
+    assert env["CELERY_BROKER_URL"]["value"] == "$(SEGQ_REDIS_URL)"
     assert "secretKeyRef" in env["FLOWER_BASIC_AUTH"]["valueFrom"]
     labels = flower["spec"]["template"]["metadata"]["labels"]
     policies = [p for p in objects("NetworkPolicy")
