@@ -7,7 +7,9 @@
 (b) segq: producer -> Redis -> one worker process -> S3 (upload, queue, fetch, infer, render,
     upload outputs, job record), from the first submit to the last job done.
 
-Both use every core of the machine (torch threads = cores). Prints images/s and the ratio.
+Both use every core of the machine (torch threads = cores). Prints images/s and the ratio, and
+how busy the worker's model stage was during the queued rounds (its forward seconds / the round's
+wall time, from the worker's registry record).
 """
 
 from __future__ import annotations
@@ -79,13 +81,24 @@ class Queued:
         self.workers = start_workers(root, env, 1, threads)
         self.client = Client(Settings.from_env())
 
-    def run(self, paths: list[Path]) -> tuple[float, list]:
+    def stage(self) -> tuple[float, int]:
+        """The worker's model stage so far: busy seconds, items."""
+        from segq import registry
+
+        rec = registry.get(self.client.store.r, self.workers[0][1])
+        return (rec.model_busy_s, rec.model_items) if rec else (0.0, 0)
+
+    def run(self, paths: list[Path]) -> tuple[float, list, float]:
+        busy0, items0 = self.stage()
         started = time.perf_counter()
         jobs = self.client.submit([str(p) for p in paths], task="semantic")
         records = self.client.wait([j.id for j in jobs], timeout=3600, poll=0.5)
         elapsed = time.perf_counter() - started
         assert all(r.state == "done" for r in records), [r.error for r in records if r.state != "done"]
-        return len(paths) / elapsed, records
+        deadline = time.monotonic() + 5  # the record is written as each task ends: the last one's may lag
+        while (busy := self.stage())[1] - items0 < len(paths) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(paths) / elapsed, records, (busy[0] - busy0) / elapsed
 
     def close(self) -> None:
         stop_workers(self.workers)
@@ -111,12 +124,13 @@ def main() -> None:
             try:
                 direct.run(paths[:2])  # warm-up of both paths
                 queued.run(paths[:2])
-                d_runs, q_runs, records = [], [], []
+                d_runs, q_runs, records, busy = [], [], [], []
                 for _ in range(args.rounds):  # alternate, so drifts of the machine hit both
                     d_runs.append(direct.run(paths))
-                    ips, recs = queued.run(paths)
+                    ips, recs, fraction = queued.run(paths)
                     q_runs.append(ips)
                     records += recs
+                    busy.append(fraction)
             finally:
                 queued.close()
     d, q = statistics.median(d_runs), statistics.median(q_runs)
@@ -130,7 +144,9 @@ def main() -> None:
         ("path", "images/s", "rounds", "ratio"),
     ))
     print(f"\nsegq per job: inference {infer * 1000:.1f} ms, worker total {worker * 1000:.1f} ms "
-          f"(fetch + decode + inference + render + upload)")
+          f"(fetch + decode + inference + render + upload; jobs overlap in the worker's threads)")
+    print(f"segq worker's model stage busy: {statistics.median(busy):.2f} of the wall time "
+          f"(rounds: {' '.join(f'{b:.2f}' for b in busy)})")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ register their tasks on it. Reliability settings for long GPU tasks:
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only after
   the task returns, so a worker that dies mid-task (OOM, node lost) does not lose the job;
   Redis redelivers it after the visibility timeout.
-- ``worker_prefetch_multiplier = 1`` and the solo pool: a worker holds one message at a time and
-  runs it in the very process where the models were loaded, so a long task never holds back
-  jobs another worker could start.
+- the ``threads`` pool with ``SEGQ_WORKER_CONCURRENCY`` threads (3 by default) and
+  ``worker_prefetch_multiplier = 1``: a worker holds as many messages as it runs, no more, so a
+  long task never holds back jobs another worker could start. The tasks run in the very process
+  where the models were loaded, side by side: while one is in the model, the next is fetched and
+  decoded and the previous one rendered and uploaded; every forward pass still runs on the
+  process's one model thread (``workers.pipeline``).
 - one ``visibility_timeout`` for broker and result backend, longer than the longest task.
 - task events on, so Flower sees every task.
 """
@@ -23,10 +26,10 @@ from segq import defaults
 from segq.settings import Settings
 
 #: How every segq worker process runs its tasks. The worker app applies it; nothing else
-#: restates it (the launcher passes no pool or prefetch options of its own).
+#: restates it (the launcher passes no pool or prefetch options of its own). The concurrency is
+#: ``SEGQ_WORKER_CONCURRENCY`` (``celery_config``).
 WORKER_POLICY = {
-    "worker_pool": "solo",
-    "worker_concurrency": 1,
+    "worker_pool": "threads",
     "worker_prefetch_multiplier": 1,
     "task_acks_late": True,
     "task_reject_on_worker_lost": True,
@@ -60,6 +63,7 @@ def celery_config(settings: Settings) -> dict:
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": False,
         **WORKER_POLICY,
+        "worker_concurrency": settings.worker_concurrency,
     }
     if settings.redis_uses_tls:
         tls = {"ssl_cert_reqs": ssl.CERT_REQUIRED}

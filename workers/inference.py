@@ -45,20 +45,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def forward(m: LoadedModel, images: list[Image.Image]):
-    """Preprocess and run the model on a batch. Returns outputs with float32 logits."""
+def preprocess(m: LoadedModel, images: list[Image.Image]) -> dict:
+    """The image processor on a batch: the model's inputs as CPU tensors (any thread may run it)."""
     inputs = m.processor(images=images, return_tensors="pt")
-    pixel_values = inputs["pixel_values"].to(m.spec.device, dtype=m.spec.dtype, non_blocking=True)
-    pixel_mask = inputs.get("pixel_mask")
-    kwargs = {"pixel_values": pixel_values}
-    if pixel_mask is not None:
-        kwargs["pixel_mask"] = pixel_mask.to(m.spec.device, non_blocking=True)
+    kwargs = {"pixel_values": inputs["pixel_values"]}
+    if inputs.get("pixel_mask") is not None:
+        kwargs["pixel_mask"] = inputs["pixel_mask"]
+    return kwargs
+
+
+def run_model(m: LoadedModel, inputs: dict):
+    """The model on preprocessed inputs (``preprocess``), on its device. Returns outputs with
+    float32 logits. In a worker only the model stage (``workers.pipeline``) calls it."""
+    kwargs = {"pixel_values": inputs["pixel_values"].to(m.spec.device, dtype=m.spec.dtype, non_blocking=True)}
+    if inputs.get("pixel_mask") is not None:
+        kwargs["pixel_mask"] = inputs["pixel_mask"].to(m.spec.device, non_blocking=True)
     with torch.inference_mode():
         out = m.model(**kwargs)
     return SimpleNamespace(
         class_queries_logits=out.class_queries_logits.float(),
         masks_queries_logits=out.masks_queries_logits.float(),
     )
+
+
+def forward(m: LoadedModel, images: list[Image.Image]):
+    """Preprocess and run the model on a batch. Returns outputs with float32 logits."""
+    return run_model(m, preprocess(m, images))
 
 
 def _raw(m: LoadedModel, outputs, task: str, size: tuple[int, int], th: Thresholds, impl: str):
@@ -121,12 +133,19 @@ def predict(m: LoadedModel, images: list[Image.Image], task: str, th: Thresholds
     _sync(m.spec.device)
     started = time.perf_counter()
     outputs = forward(m, images)
+    preds = post_process_batch(m, outputs, [(img.height, img.width) for img in images], task, th)
+    _sync(m.spec.device)
+    return Timed(preds, time.perf_counter() - started)
+
+
+def post_process_batch(m: LoadedModel, outputs, sizes: list[tuple[int, int]], task: str,
+                       th: Thresholds = Thresholds()) -> list[Prediction]:
+    """``post_process`` of each image of a batch's ``outputs``, image by image (``predict``)."""
     preds = []
-    for i, img in enumerate(images):
+    for i, size in enumerate(sizes):
         one = SimpleNamespace(
             class_queries_logits=outputs.class_queries_logits[i : i + 1],
             masks_queries_logits=outputs.masks_queries_logits[i : i + 1],
         )
-        preds.append(post_process(m, one, task, (img.height, img.width), th, m.postprocess))
-    _sync(m.spec.device)
-    return Timed(preds, time.perf_counter() - started)
+        preds.append(post_process(m, one, task, size, th, m.postprocess))
+    return preds

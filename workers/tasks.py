@@ -1,6 +1,10 @@
 """The image task: fetch, decode, segment, render, upload, finish. Idempotent: a redelivered
 message for a finished job does nothing, and a re-run writes the same outputs to the same keys.
-The skeleton (parsing, skipping, errors to job states) is ``workers.skeleton``."""
+The skeleton (parsing, skipping, errors to job states) is ``workers.skeleton``.
+
+Several image tasks run at once in a worker's pool threads; the forward pass runs on the
+process's model stage (``workers.pipeline``), everything else in the task's own thread, so one
+job's fetch, decode, post-processing, rendering and uploads overlap another's forward pass."""
 
 from __future__ import annotations
 
@@ -10,9 +14,8 @@ import numpy as np
 
 from segq import layout, registry
 from segq.protocol import SEGMENT_IMAGE, ImageJob
-from workers import render
+from workers import pipeline, render
 from workers.decode import decode_image
-from workers.inference import predict
 from workers.skeleton import Context, job_task
 
 
@@ -23,7 +26,7 @@ def segment_image(ctx: Context) -> dict:
     model = rt.model(job.model)
     data = rt.storage.get_bytes(ctx.input, max_bytes=rt.settings.max_input_bytes)
     image = decode_image(data, rt.settings.max_image_pixels)
-    timed = predict(model, [image], job.task)
+    timed = pipeline.predict(rt.stage, model, [image], job.task)
     pred = timed.predictions[0]
     files = render.image_outputs(np.asarray(image), pred, model.labels, job_id=job.job_id, model=model.name,
                                  checkpoint=model.checkpoint, max_value=model.max_label_value,

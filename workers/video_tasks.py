@@ -67,10 +67,12 @@ def segment_chunk(ctx: Context) -> dict:
     with tempfile.TemporaryDirectory(prefix="segq-chunk-") as tmp:
         part = Path(tmp) / "part.mp4"
         encoder = video.PartEncoder(part, info.fps)
-        renderer = ChunkRenderer(model, job.task, job.batch_size, encoder.write, annotate_fps=job.annotate_fps)
-        for rgb in video.decode_range(reader, info, job.start, job.end):
-            renderer.add(rgb)
-        archive = renderer.archive(job.start, job.end)
+        # Frames decoded ahead, the model on the worker's model stage, overlays rendered and
+        # encoded behind, each in a thread of its own (workers.chunk_render); errors surface here.
+        with ChunkRenderer(model, job.task, job.batch_size, encoder.write, annotate_fps=job.annotate_fps,
+                           stage=rt.stage) as renderer:
+            renderer.add_all(video.decode_range(reader, info, job.start, job.end))
+            archive = renderer.archive(job.start, job.end)
         frames = encoder.close()
         rt.storage.put_bytes(layout.part_key(job.job_id, job.chunk), part.read_bytes(), "video/mp4")
     rt.storage.put_bytes(layout.output_key(job.job_id, layout.chunk_labels_name(job.chunk)), archive,
@@ -135,4 +137,5 @@ def assemble_video(ctx: Context) -> dict:
     rt.count(registry.JOBS_DONE)
     for index in range(len(chunks)):  # the parts were intermediate
         rt.storage.delete(layout.part_key(job.job_id, index))
+    rt.storage.delete(layout.frames_key(job.job_id))  # and so was the frame table
     return {"job_id": job.job_id, "state": "done", "frames": written, **metrics}

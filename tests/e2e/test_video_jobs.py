@@ -13,6 +13,7 @@ from PIL import Image
 
 from segq import layout
 from segq.protocol import SEGMENT_CHUNK, VideoJob, model_queue
+from segq.settings import Settings
 
 from support.media import audio_only, video
 from support.reference import assert_matches
@@ -36,7 +37,11 @@ def test_a_video_on_two_workers_comes_back_as_h264_with_every_frame(client, seco
     assert (done.frames_total, done.frames_done, done.chunks_total, done.chunks_done) == (91, 91, 8, 8)
     assert done.assemblies == 1
     assert done.fps == pytest.approx(91 / done.inference_s, rel=1e-3)
-    assert 0 < done.e2e_fps < done.fps * 2  # two workers at most double the single-worker rate
+    # Inference seconds are summed per batch (preprocessing, forward, post-processing). Each of the
+    # two workers runs up to SEGQ_WORKER_CONCURRENCY chunks at once, and within a chunk the next
+    # forward pass overlaps the previous batch's post-processing: at most 2 x 2 x concurrency
+    # inference seconds per second of wall time.
+    assert 0 < done.e2e_fps < done.fps * 2 * 2 * Settings().worker_concurrency
     assert done.split_s > 0 and done.assemble_s > 0
 
     out = tmp_path / "overlay.mp4"

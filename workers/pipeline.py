@@ -1,0 +1,357 @@
+"""The worker's pipeline: one model stage, and threads that keep it fed.
+
+A worker process runs several tasks at once (Celery's ``threads`` pool, ``SEGQ_WORKER_CONCURRENCY``)
+so that while the model runs on one item, the next is fetched and decoded and the previous one is
+post-processed, rendered, encoded and uploaded. What makes that safe and keeps the model busy:
+
+- :class:`ModelStage`: ONE thread owns every forward pass of the process (so CUDA work is issued
+  by one thread, in order, and the models are used by one thread), fed by a bounded queue;
+  ``submit(model, inputs)`` returns a future of the forward outputs. It counts the seconds it was
+  busy and the items (images, frames) it processed: the worker publishes the busy fraction.
+  Preprocessing and post-processing run in the submitting thread, so the next forward pass
+  starts while the previous outputs are post-processed.
+- :class:`Ahead`: a thread that runs an iterator ahead of its consumer into a bounded queue
+  (a video chunk's decoder).
+- :class:`Behind`: a thread that consumes items behind their producer from a bounded queue
+  (a video chunk's renderer and encoder).
+
+Errors travel to the thread that owns the work: a forward pass's exception to its future, a
+decoder's to the consumer at the item where it happened, an encoder's to the next ``put`` or
+``close``. So the task's own thread raises them, and the task skeleton maps them to the job as
+before. This module imports no torch; the stage's default forward does, when first called.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+log = logging.getLogger(__name__)
+
+#: Items waiting for the model stage, at most: a submit beyond it blocks (back-pressure).
+STAGE_QUEUE = 4
+#: Seconds over which the published busy fraction is computed.
+BUSY_WINDOW_SECONDS = 30.0
+
+_STOP = object()
+
+
+class StageFuture(Future):
+    """A forward pass's future; ``seconds``: how long the pass itself ran (set before the result)."""
+
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class StageStats:
+    busy_s: float  # seconds the stage ran forward passes, since it started
+    wall_s: float  # seconds since it started
+    items: int  # images / frames processed
+    passes: int  # forward passes (batches)
+    recent: float  # busy fraction over the last ``window`` seconds (or since the start, if shorter)
+
+    @property
+    def busy_fraction(self) -> float:
+        return self.busy_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def _default_forward(model, inputs):
+    from workers import inference
+
+    outputs = inference.run_model(model, inputs)
+    inference._sync(model.spec.device)  # the busy time is the device's, not the launch's
+    return outputs
+
+
+class ModelStage:
+    """One thread that runs every forward pass, in submission order (module docstring).
+
+    ``forward(model, inputs)`` runs a pass (default: ``workers.inference.run_model``, synchronised
+    on CUDA). ``submit`` blocks while ``maxsize`` passes are waiting. ``init`` runs once on the
+    stage's thread before its first pass, ``caller_init`` once on each thread that submits (the
+    worker sets torch's thread counts with them: all of the worker's threads for the forward
+    passes, a share for each task thread's pre- and post-processing).
+    """
+
+    def __init__(self, forward: Callable[[Any, Any], Any] | None = None, maxsize: int = STAGE_QUEUE,
+                 window: float = BUSY_WINDOW_SECONDS, name: str = "segq-model",
+                 clock: Callable[[], float] = time.monotonic, init: Callable[[], None] | None = None,
+                 caller_init: Callable[[], None] | None = None):
+        self._forward = forward or _default_forward
+        self._init, self._caller_init = init, caller_init
+        self._callers = threading.local()
+        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._clock = clock
+        self._window = window
+        self._lock = threading.Lock()
+        self._started = clock()
+        self._busy = 0.0
+        self._items = 0
+        self._passes = 0
+        self._recent: collections.deque[tuple[float, float]] = collections.deque()  # (start, end) of passes
+        self._running_since: float | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -- the submitting side --------------------------------------------------------------
+    def submit(self, model, inputs, items: int = 1) -> StageFuture:
+        """Queue a forward pass of ``model`` on ``inputs`` (``items`` images or frames)."""
+        if self._closed:
+            raise RuntimeError("the model stage is closed")
+        if self._caller_init is not None and not getattr(self._callers, "ready", False):
+            self._callers.ready = True
+            try:
+                self._caller_init()
+            except Exception:  # a tuning hook, as ``init``
+                log.exception("model stage: caller init failed")
+        future = StageFuture()
+        self._queue.put((future, model, inputs, items))
+        return future
+
+    def run(self, model, inputs, items: int = 1):
+        """``submit`` and wait: the outputs (or the pass's exception)."""
+        return self.submit(model, inputs, items).result()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Run what was submitted, then stop the thread."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stats(self) -> StageStats:
+        now = self._clock()
+        with self._lock:
+            busy, items, passes = self._busy, self._items, self._passes
+            spans = list(self._recent)
+            if self._running_since is not None:
+                busy += now - self._running_since
+                spans.append((self._running_since, now))
+        window_start = max(self._started, now - self._window)
+        recent = sum(max(0.0, min(end, now) - max(start, window_start)) for start, end in spans)
+        span = now - window_start
+        return StageStats(busy_s=busy, wall_s=now - self._started, items=items, passes=passes,
+                          recent=min(1.0, recent / span) if span > 0 else 0.0)
+
+    def fields(self) -> dict:
+        """The stage's figures as the worker's registry record holds them."""
+        s = self.stats()
+        return {"model_busy": round(s.recent, 4), "model_busy_s": round(s.busy_s, 3),
+                "model_wall_s": round(s.wall_s, 3), "model_items": s.items}
+
+    # -- the stage thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        if self._init is not None:
+            try:
+                self._init()
+            except Exception:  # a tuning hook: the stage must run without it
+                log.exception("model stage: init failed")
+        while True:
+            job = self._queue.get()
+            if job is _STOP:
+                return
+            future, model, inputs, items = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            start = self._clock()
+            with self._lock:
+                self._running_since = start
+            try:
+                outputs = self._forward(model, inputs)
+            except BaseException as exc:  # noqa: BLE001 - it belongs to the submitter
+                future.seconds = self._account(start, 0)
+                future.set_exception(exc)
+            else:
+                future.seconds = self._account(start, items)
+                future.set_result(outputs)
+            job = model = inputs = outputs = future = None  # hold no batch between passes
+
+    def _account(self, start: float, items: int) -> float:
+        end = self._clock()
+        with self._lock:
+            self._running_since = None
+            self._busy += end - start
+            self._items += items
+            self._passes += 1
+            self._recent.append((start, end))
+            while self._recent and self._recent[0][1] < end - self._window:
+                self._recent.popleft()
+        return end - start
+
+
+class Ahead:
+    """Iterate ``source`` in a thread of its own, up to ``maxsize`` items ahead of the consumer.
+
+    Iterating this object yields the source's items in order; an exception of the source is
+    raised to the consumer where it happened. ``close()`` (or leaving the ``with`` block) stops
+    the thread early and closes the source (in its thread).
+    """
+
+    def __init__(self, source: Iterable, maxsize: int = 8, name: str = "segq-ahead"):
+        self._source = source
+        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        it = iter(self._source)
+        try:
+            for item in it:
+                if not self._put(("item", item)):
+                    return
+            self._put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - raised in the consumer
+            self._put(("error", exc))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> Iterator:
+        while not self._done:
+            kind, value = self._queue.get()
+            if kind == "item":
+                yield value
+                continue
+            self._done = True
+            self._thread.join()
+            if kind == "error":
+                raise value
+
+    def close(self) -> None:
+        self._stop.set()
+        self._done = True
+        self._thread.join()
+
+    def __enter__(self) -> "Ahead":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Behind:
+    """Run ``consume(item)`` on every ``put`` item, in order, in a thread of its own, with at most
+    ``maxsize`` items waiting. The first exception of ``consume`` is raised by the next ``put`` or
+    by ``close``; the items after it are dropped."""
+
+    def __init__(self, consume: Callable[[Any], None], maxsize: int = 8, name: str = "segq-behind"):
+        self._consume = consume
+        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._dropping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if self._error is not None or self._dropping:
+                continue  # drain, so the producer never blocks
+            try:
+                self._consume(item)
+            except BaseException as exc:  # noqa: BLE001 - raised in the producer
+                self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, item) -> None:
+        if self._closed:
+            raise RuntimeError("put after close")
+        self._raise()
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Wait until every item is consumed; raise the consumer's exception, if any."""
+        self._finish()
+        self._raise()
+
+    def abort(self) -> None:
+        """Stop after the item being consumed; drop the rest (errors are kept, not raised)."""
+        self._dropping = True
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+        self._thread.join()
+
+    def __enter__(self) -> "Behind":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class InlineStage:
+    """A ``ModelStage`` stand-in that runs each pass at once in the submitting thread (code that
+    runs outside a worker: tests, benchmarks)."""
+
+    def __init__(self, forward: Callable[[Any, Any], Any] | None = None):
+        self._forward = forward or _default_forward
+
+    def submit(self, model, inputs, items: int = 1) -> StageFuture:
+        future = StageFuture()
+        future.set_running_or_notify_cancel()
+        start = time.monotonic()
+        try:
+            outputs = self._forward(model, inputs)
+        except BaseException as exc:  # noqa: BLE001
+            future.seconds = time.monotonic() - start
+            future.set_exception(exc)
+        else:
+            future.seconds = time.monotonic() - start
+            future.set_result(outputs)
+        return future
+
+    def run(self, model, inputs, items: int = 1):
+        return self.submit(model, inputs, items).result()
+
+
+# -- inference through the stage ------------------------------------------------------------
+
+def predict(stage: ModelStage, m, images: list, task: str):
+    """``workers.inference.predict`` with the forward pass on ``stage``: preprocessing and
+    post-processing in the calling thread. ``seconds`` counts preprocessing, the pass itself and
+    post-processing, not the wait for the stage."""
+    from workers import inference
+
+    t0 = time.perf_counter()
+    inputs = inference.preprocess(m, images)
+    pre = time.perf_counter() - t0
+    future = stage.submit(m, inputs, items=len(images))
+    outputs = future.result()
+    t1 = time.perf_counter()
+    preds = inference.post_process_batch(m, outputs, [(img.height, img.width) for img in images], task)
+    return inference.Timed(preds, pre + future.seconds + time.perf_counter() - t1)
