@@ -33,7 +33,13 @@ PRESIGN_SECONDS = 3600
 #: but that wastes a GPU).
 VISIBILITY_TIMEOUT_SECONDS = 4 * 3600
 #: Retries of a task that failed for a transient reason (storage unreachable, ...).
-TASK_RETRIES = 3
+TASK_RETRIES = 8
+#: How long, from the first transient failure, a job keeps retrying before it fails.
+RETRY_BUDGET_SECONDS = 600
+#: Seconds between worker heartbeats (the registry record and the leases are renewed).
+HEARTBEAT_SECONDS = 10
+#: Times a task may lose its worker (killed mid-task) before its job fails.
+MAX_WORKER_LOSSES = 3
 #: How long Celery keeps task results in Redis.
 RESULT_EXPIRES_SECONDS = 24 * 3600
 

@@ -40,9 +40,22 @@ class UnknownModel(UsageError):
 
 
 class ServiceUnavailable(SegqError):
-    """Redis or S3 cannot be reached, or refused us."""
+    """Redis or S3 cannot be reached, or refused us.
+
+    ``transient``: whether trying again later may succeed (unreachable, timeouts, 5xx,
+    throttling). Workers retry transient errors with backoff up to ``SEGQ_RETRY_BUDGET`` and fail
+    the job at once on the others.
+    """
 
     exit_code = 3
+    transient = True
+
+
+class ServiceRefused(ServiceUnavailable):
+    """A deterministic refusal: no such bucket, access denied, invalid request. Retrying will
+    not help."""
+
+    transient = False
 
 
 class JobNotFound(SegqError):

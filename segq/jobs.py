@@ -26,13 +26,14 @@ class JobState(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELED = "canceled"
 
     @property
     def final(self) -> bool:
         return self in FINAL_STATES
 
 
-FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED})
+FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELED})
 
 
 class JobKind(StrEnum):
@@ -40,6 +41,22 @@ class JobKind(StrEnum):
 
     IMAGE = "image"
     VIDEO = "video"
+
+
+def redis_client(url: str, *, patient: bool = True) -> redis.Redis:
+    """A Redis client for job records and worker state. ``patient``: every command rides out a
+    short outage (a Redis restart, a failover) by reconnecting with exponential backoff for about
+    half a minute before it raises, instead of failing at the first refused connection."""
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.retry import Retry
+
+    options: dict = {"decode_responses": True, "health_check_interval": 30, "socket_keepalive": True}
+    if patient:
+        options["retry"] = Retry(ExponentialBackoff(cap=4.0, base=0.25), 10)
+        options["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
+    return redis.Redis.from_url(url, **options)
 
 
 def new_job_id() -> str:
@@ -85,9 +102,13 @@ class JobRecord:
     split_s: float | None = None
     assemble_s: float | None = None
     assemblies: int | None = None  # times assembly ran (1 unless a worker died during it)
+    retry: int | None = None  # `segq retry` count: 0 for the first run
+    requeues: int | None = None  # tasks of the job put back after their worker died
+    note: str = ""  # the last thing that happened to the job besides its state (requeue, retry...)
+    payload: str = ""  # the first task's message (JSON), as sent: `segq retry` sends it again
 
     _INTS = ("frames", "width", "height", "segments", "attempts", "frames_total", "frames_done",
-             "chunks_total", "chunks_done", "chunk_frames", "batch_size", "assemblies")
+             "chunks_total", "chunks_done", "chunk_frames", "batch_size", "assemblies", "retry", "requeues")
     _FLOATS = ("created_at", "started_at", "finished_at", "queue_wait_s", "inference_s", "total_s", "fps",
                "video_fps", "e2e_fps", "split_s", "assemble_s")
 
@@ -134,7 +155,7 @@ class JobRecord:
 _START = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
-if state == 'done' or state == 'failed' then return 0 end
+if state == 'done' or state == 'failed' or state == 'canceled' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1], 'worker', ARGV[2],
            'device', ARGV[3], 'queue_wait_s', ARGV[4], 'error', '')
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -168,6 +189,38 @@ return added
 CHUNK_DUPLICATE, CHUNK_RECORDED, START_ASSEMBLY, RESEND_ASSEMBLY = 0, 1, 2, 3
 
 
+# Move a job to a final state unless it already is in one (a canceled job stays canceled even if
+# its last task finishes afterwards), and let the record expire TTL seconds after its end.
+# KEYS: job hash. ARGV: state, ttl, then field/value pairs. Returns 1 if moved, 0 if already
+# final, -1 if there is no record.
+_END = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state == 'done' or state == 'failed' or state == 'canceled' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# Back to queued for `segq retry`: only from failed or canceled. Clears the progress of the
+# last run. KEYS: job hash, chunk set, chunk info, losses. ARGV: now. Returns the new retry
+# number, or 0 when the job is not failed or canceled, -1 when there is no record.
+_RETRY = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state ~= 'failed' and state ~= 'canceled' then return 0 end
+local n = redis.call('HINCRBY', KEYS[1], 'retry', 1)
+redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'started_at', 'outputs', 'frames_done', 'chunks_done',
+           'inference_s', 'fps', 'e2e_fps', 'total_s', 'assembly_claimed', 'assembly_sent', 'assemblies',
+           'split_s', 'assemble_s', 'segments', 'worker', 'device', 'queue_wait_s')
+redis.call('HSET', KEYS[1], 'state', 'queued', 'created_at', ARGV[1],
+           'note', 'retry ' .. n .. ' (was ' .. state .. ')')
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+return n
+"""
+
+
 class JobStore:
     """Reads and writes job records. Used by the producer and by the workers."""
 
@@ -176,10 +229,12 @@ class JobStore:
         self.ttl = ttl_seconds
         self._start = self.r.register_script(_START)
         self._chunk_done = self.r.register_script(_CHUNK_DONE)
+        self._end = self.r.register_script(_END)
+        self._retry = self.r.register_script(_RETRY)
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int) -> "JobStore":
-        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_seconds)
+        return cls(redis_client(url), ttl_seconds)
 
     # -- producer side -------------------------------------------------------------------
     def create(self, record: JobRecord) -> None:
@@ -258,13 +313,53 @@ class JobStore:
         if mapping:
             self.r.hset(keys.job(job_id), mapping=mapping)
 
-    def finish(self, job_id: str, **metrics: Any) -> None:
-        self.update(job_id, state=JobState.DONE.value, finished_at=time.time(), **metrics)
-        self._count(job_id, JobState.DONE, metrics)
+    def _to_final(self, job_id: str, state: JobState, **values: Any) -> bool:
+        args: list = [state.value, self.ttl]
+        for k, v in values.items():
+            if v is not None:
+                args += [k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)]
+        moved = self._end(keys=[keys.job(job_id)], args=args) == 1
+        if moved:
+            for key in (keys.job_chunks(job_id), keys.job_chunk_info(job_id)):
+                self.r.expire(key, self.ttl)
+        return moved
 
-    def fail(self, job_id: str, error: str) -> None:
-        self.update(job_id, state=JobState.FAILED.value, finished_at=time.time(), error=error)
-        self._count(job_id, JobState.FAILED, {})
+    def finish(self, job_id: str, **metrics: Any) -> bool:
+        """Mark done (unless already final, e.g. canceled meanwhile). True if it was marked."""
+        moved = self._to_final(job_id, JobState.DONE, finished_at=time.time(), **metrics)
+        if moved:
+            self._count(job_id, JobState.DONE, metrics)
+        return moved
+
+    def fail(self, job_id: str, error: str) -> bool:
+        """Mark failed with ``error`` (unless already final). True if it was marked."""
+        moved = self._to_final(job_id, JobState.FAILED, finished_at=time.time(), error=error)
+        if moved:
+            self._count(job_id, JobState.FAILED, {})
+        return moved
+
+    def cancel(self, job_id: str) -> bool:
+        """Mark canceled unless final. True if it was canceled now (False: it already ended)."""
+        moved = self._to_final(job_id, JobState.CANCELED, finished_at=time.time(), note="canceled by the user")
+        if moved:
+            self._count(job_id, JobState.CANCELED, {})
+        return moved
+
+    def reset_for_retry(self, job_id: str) -> int:
+        """Back to queued for another run; the new retry number, 0 if the job is not failed or
+        canceled, -1 if there is no record."""
+        n = int(self._retry(keys=[keys.job(job_id), keys.job_chunks(job_id), keys.job_chunk_info(job_id),
+                                  keys.job_losses(job_id)], args=[time.time()]))
+        if n > 0:
+            self.r.expire(keys.job(job_id), self.ttl)
+        return n
+
+    def requeued(self, job_id: str, note: str) -> None:
+        """A task of the job was put back on its queue after its worker died."""
+        pipe = self.r.pipeline()
+        pipe.hincrby(keys.job(job_id), "requeues", 1)
+        pipe.hset(keys.job(job_id), "note", note)
+        pipe.execute()
 
     def _count(self, job_id: str, state: str, metrics: dict) -> None:
         """Fleet-wide counters behind the Prometheus metrics (keys.STATS)."""

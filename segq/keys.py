@@ -53,3 +53,25 @@ def job_chunks(job_id: str) -> str:
 def job_chunk_info(job_id: str) -> str:
     """Hash: chunk index -> JSON of that chunk's frames, timings and worker."""
     return f"{PREFIX}:job:{job_id}:chunkinfo"
+
+
+def job_losses(job_id: str) -> str:
+    """Hash: task id -> how many times a worker died while running it (``segq.leases``)."""
+    return f"{PREFIX}:job:{job_id}:losses"
+
+
+#: Sorted set of the delivery tags of every message a worker holds, scored by lease expiry.
+LEASES = f"{PREFIX}:leases"
+
+
+def lease(tag: str) -> str:
+    """Hash of one lease: task id, job id, task name, worker, received/started times."""
+    return f"{PREFIX}:lease:{tag}"
+
+
+#: Lock taken by the one worker that runs the reaper at a time.
+REAPER_LOCK = f"{PREFIX}:reaper:lock"
+
+#: kombu's Redis transport: messages delivered to a consumer and not yet acknowledged.
+KOMBU_UNACKED = "unacked"
+KOMBU_UNACKED_INDEX = "unacked_index"

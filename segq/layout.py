@@ -76,12 +76,17 @@ def output_names(task: str) -> list[str]:
     return names
 
 
+def work_prefix(job_id: str) -> str:
+    """Intermediate files of a job (frame table, encoded parts)."""
+    return f"{WORK}/{job_id}/"
+
+
 def frames_key(job_id: str) -> str:
-    return f"{WORK}/{job_id}/frames.json"
+    return f"{work_prefix(job_id)}frames.json"
 
 
 def part_key(job_id: str, chunk: int) -> str:
-    return f"{WORK}/{job_id}/parts/{chunk:05d}.mp4"
+    return f"{work_prefix(job_id)}parts/{chunk:05d}.mp4"
 
 
 def chunk_labels_name(chunk: int) -> str:

@@ -15,10 +15,18 @@ from typing import Callable
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
 
 from segq import limits
-from segq.errors import InputError, ObjectNotFound, ServiceUnavailable
+from segq.errors import InputError, ObjectNotFound, ServiceRefused, ServiceUnavailable
 from segq.settings import Settings
 
 _AUTH_CODES = {
@@ -30,6 +38,8 @@ _AUTH_CODES = {
     "403",
 }
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+                   "ServiceUnavailable", "InternalError", "RequestTimeout"}
 
 
 @dataclass(frozen=True)
@@ -86,23 +96,31 @@ class Storage:
         self.client.meta.events.register("before-send.s3", _no_expect_on_empty_body)
 
     def _explain(self, exc: Exception, what: str) -> Exception:
+        """A boto error as a segq error: transient (``ServiceUnavailable``: unreachable, timeouts,
+        5xx, throttling) or deterministic (``ServiceRefused``, ``ObjectNotFound``)."""
         where = self.endpoint or "AWS S3"
         if isinstance(exc, NoCredentialsError):
-            return ServiceUnavailable(
+            return ServiceRefused(
                 f"{what}: no S3 credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
             )
-        if isinstance(exc, EndpointConnectionError):
+        if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError)):
             return ServiceUnavailable(f"{what}: cannot reach S3 at {where}")
+        if isinstance(exc, ReadTimeoutError):
+            return ServiceUnavailable(f"{what}: S3 at {where} did not answer in time")
         if isinstance(exc, ClientError):
-            code = str(exc.response.get("Error", {}).get("Code", ""))
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             if code in _MISSING_CODES:
                 return ObjectNotFound(f"not found: {what}")
             if code == "NoSuchBucket":
-                return ServiceUnavailable(f"{what}: bucket does not exist at {where}")
+                return ServiceRefused(f"{what}: bucket does not exist at {where}")
             if code in _AUTH_CODES:
-                return ServiceUnavailable(f"{what}: S3 at {where} refused the credentials ({code})")
-            return ServiceUnavailable(f"{what}: S3 error {code}: {exc}")
-        return ServiceUnavailable(f"{what}: S3 at {where} failed: {exc}")
+                return ServiceRefused(f"{what}: S3 at {where} refused the credentials ({code})")
+            if code in _THROTTLE_CODES or status == 429 or status >= 500:
+                return ServiceUnavailable(f"{what}: S3 at {where} answered {code or status} (will retry)")
+            return ServiceRefused(f"{what}: S3 refused the request ({code or status})")
+        return ServiceUnavailable(f"{what}: S3 at {where} failed: {type(exc).__name__}")
 
     # -- writes --------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> S3Object:
@@ -161,6 +179,23 @@ class Storage:
             self.client.delete_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
             raise self._explain(exc, f"delete of s3://{self.bucket}/{key}") from exc
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix`` in the segq bucket; how many there were."""
+        if not prefix or not prefix.endswith("/"):
+            raise ValueError(f"refusing to delete under {prefix!r}: a folder prefix ending in / is required")
+        deleted = 0
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                for i in range(0, len(objects), 1000):
+                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects[i:i + 1000],
+                                                                           "Quiet": True})
+                deleted += len(objects)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._explain(exc, f"delete of s3://{self.bucket}/{prefix}") from exc
+        return deleted
 
     def presign(self, key: str, expires: int) -> str:
         return self.client.generate_presigned_url(

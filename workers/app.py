@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import worker_init, worker_shutdown
+from celery.signals import task_postrun, task_prerun, task_received, task_rejected, task_revoked, worker_init, worker_shutdown
 
 from segq.broker import make_celery
 from segq.settings import Settings
@@ -36,10 +36,42 @@ def _forget(sender=None, **_):
     runtime.shutdown()
 
 
+def _received(sender=None, request=None, **_):
+    """A message reached this worker (to run now, or held reserved or for a retry's countdown):
+    lease it, so that it is put back if this worker dies (``segq.leases``)."""
+    from workers import runtime
+
+    if request is None or not str(request.name).startswith("segq."):
+        return
+    tag = getattr(request.message, "delivery_tag", None)
+    if tag:
+        kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
+        runtime.get().lease_received(str(tag), request.id, str(kwargs.get("job_id", "")), request.name)
+
+
+def _started(task_id=None, **_):
+    from workers import runtime
+
+    runtime.get().lease_started(task_id)
+
+
+def _finished(task_id=None, request=None, **_):
+    from workers import runtime
+
+    task_id = task_id or getattr(request, "id", None)
+    if task_id:
+        runtime.get().lease_done(task_id)
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     app = make_celery(settings or Settings.from_env(), name="segq-worker", include=TASK_MODULES)
     worker_init.connect(_boot, weak=False, dispatch_uid="segq-boot")
     worker_shutdown.connect(_forget, weak=False, dispatch_uid="segq-forget")
+    task_received.connect(_received, weak=False, dispatch_uid="segq-lease")
+    task_prerun.connect(_started, weak=False, dispatch_uid="segq-lease-start")
+    task_postrun.connect(_finished, weak=False, dispatch_uid="segq-lease-end")
+    task_revoked.connect(_finished, weak=False, dispatch_uid="segq-lease-revoked")
+    task_rejected.connect(_finished, weak=False, dispatch_uid="segq-lease-rejected")
     return app
 
 

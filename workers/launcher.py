@@ -123,14 +123,29 @@ def environment(proc: WorkerProcess, threads: int | None = None, precision: str 
     return env
 
 
+#: A worker process that dies is started again, up to this many times in RESTART_WINDOW seconds;
+#: past that the launcher stops the others and exits non-zero, for its supervisor to act.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 600.0
+
+
 def run(procs: list[WorkerProcess], loglevel: str = "info", threads: int | None = None, precision: str | None = None) -> int:
-    """Start the worker processes and supervise them until a signal or a child exits."""
+    """Start the worker processes and supervise them until a signal.
+
+    A process that dies (killed, out of memory, or Celery giving up after losing Redis: kombu can
+    fail while restoring its messages on a broken connection) is started again in place after a
+    short pause; its lost work comes back through the leases (``segq.leases``). A process that
+    keeps dying (``MAX_RESTARTS`` in ``RESTART_WINDOW`` s) stops the unit with its exit code, for
+    the supervisor (systemd, Kubernetes, Compose) to act.
+    """
     if threads is None and procs and not procs[0].cuda_visible_devices:
         threads = max(1, (os.cpu_count() or 1) // len(procs))
-    children = [
-        subprocess.Popen(command(p, loglevel), env=environment(p, threads, precision), preexec_fn=die_with_parent)
-        for p in procs
-    ]
+
+    def spawn(p: WorkerProcess) -> subprocess.Popen:
+        return subprocess.Popen(command(p, loglevel), env=environment(p, threads, precision), preexec_fn=die_with_parent)
+
+    children = [spawn(p) for p in procs]
+    restarts: list[list[float]] = [[] for _ in procs]
     stopping = False
 
     def stop(signum, _frame):
@@ -145,12 +160,23 @@ def run(procs: list[WorkerProcess], loglevel: str = "info", threads: int | None 
     code = 0
     try:
         while True:
-            exited = [c for c in children if c.poll() is not None]
-            if exited and not stopping:
-                # One GPU process died: stop the rest and exit, so the supervisor
-                # (systemd, Kubernetes, Compose) restarts the whole unit.
-                code = exited[0].returncode or 1
-                stop(signal.SIGTERM, None)
+            for i, child in enumerate(children):
+                if child.poll() is None or stopping:
+                    continue
+                now = time.monotonic()
+                restarts[i] = [t for t in restarts[i] if now - t < RESTART_WINDOW]
+                if len(restarts[i]) >= MAX_RESTARTS:
+                    print(f"segq worker: {procs[i].hostname} died {MAX_RESTARTS + 1} times in "
+                          f"{RESTART_WINDOW:.0f}s; stopping", file=sys.stderr, flush=True)
+                    code = child.returncode or 1
+                    stop(signal.SIGTERM, None)
+                    break
+                restarts[i].append(now)
+                print(f"segq worker: {procs[i].hostname} exited with {child.returncode}; starting it again",
+                      file=sys.stderr, flush=True)
+                time.sleep(min(10.0, 2.0 ** len(restarts[i])))
+                if not stopping:
+                    children[i] = spawn(procs[i])
             if all(c.poll() is not None for c in children):
                 break
             time.sleep(0.5)

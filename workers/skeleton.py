@@ -16,8 +16,14 @@ Failure policy:
 
 - bad input (``InputError``, ``UsageError``: empty, corrupt, wrong type, too large, missing,
   unknown task or model): the job is marked ``failed`` with the reason at once, never retried;
-- transient (S3 or Redis unreachable): retried with backoff, ``SEGQ_TASK_RETRIES`` times, then
-  ``failed``;
+- transient (S3 unreachable, timeouts, 5xx, throttling): the task is sent again with a countdown
+  (exponential backoff with jitter) while the job is inside ``SEGQ_RETRY_BUDGET`` (from its first
+  transient failure) and ``SEGQ_TASK_RETRIES``; then ``failed``. Nothing sleeps in the worker;
+- deterministic storage answers (no such bucket, access denied, invalid request): ``failed`` at
+  once;
+- Redis away: the Redis client rides out short outages; a longer one is waited out here (Redis
+  is where the task would be retried or failed), then the idempotent work runs once more;
+- the job was canceled meanwhile: its partial outputs are removed and the task ends quietly;
 - anything else (a bug, out of memory): ``failed`` with the exception; the worker goes on.
 
 The task then raises ``JobFailure``, so Flower shows it as failed too.
@@ -26,6 +32,8 @@ The task then raises ``JobFailure``, so Flower shows it as failed too.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -33,8 +41,10 @@ import redis
 from celery import Task, shared_task
 from celery.exceptions import Retry
 
-from segq import registry
+from segq import keys, layout, registry
+from segq.access import require_input
 from segq.errors import InputError, ObjectNotFound, ServiceUnavailable, UsageError
+from segq.jobs import JobState
 from segq.protocol import ImageJob, PayloadError, VideoJob, model_queue, valid_job_id
 from segq.storage import S3Object
 from workers import runtime
@@ -93,24 +103,94 @@ def skip_reason(rt: Runtime, job_id: str, starts_job: bool) -> str | None:
     return "job finished or gone" if rt.store.final_or_gone(job_id) else None
 
 
+class Canceled(Exception):
+    """The job was canceled while this task ran: stop, and leave nothing behind."""
+
+
+def check_canceled(rt: Runtime, job_id: str) -> None:
+    """Raise ``Canceled`` when the job was canceled (cheap: one HGET). Long tasks call it between
+    batches, so a canceled video stops after its current batch."""
+    if rt.store.state(job_id) == JobState.CANCELED:
+        raise Canceled(job_id)
+
+
+def _transient(exc: Exception) -> bool:
+    if isinstance(exc, ServiceUnavailable):
+        return exc.transient
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+
+
+def _wait_for_redis(rt: Runtime, budget: float) -> bool:
+    """Wait (with backoff) until Redis answers again; False when the budget ran out."""
+    deadline = time.monotonic() + budget
+    delay = 0.5
+    while time.monotonic() < deadline:
+        try:
+            rt.store.r.ping()
+            return True
+        except redis.RedisError:
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    return False
+
+
+def _retry_later(task: Task, rt: Runtime, job_id: str, exc: Exception):
+    """A transient failure: send the task again with a countdown (exponential, with jitter), as
+    long as the job is inside its retry budget; else fail the job."""
+    now = time.time()
+    since = rt.store.r.hget(keys.job(job_id), "transient_since")
+    first = float(since) if since else now
+    elapsed = now - first
+    retries = task.request.retries
+    budget = rt.settings.retry_budget_seconds
+    if elapsed >= budget or retries >= rt.settings.task_retries:
+        why = f"{elapsed:.0f}s of transient failures" if elapsed >= budget else f"{retries} retries"
+        raise fail(rt, job_id, f"gave up after {why}: {exc}") from None
+    countdown = min(60.0, 2.0 ** (retries + 1), max(1.0, budget - elapsed)) * random.uniform(0.8, 1.2)
+    rt.store.update(job_id, transient_since=first if since else now,
+                    note=f"retry {retries + 1} in {countdown:.0f}s: {exc}")
+    log.warning("job %s: transient failure, retry in %.0fs: %s", job_id, countdown, exc)
+    raise task.retry(exc=exc, countdown=countdown, max_retries=rt.settings.task_retries) from None
+
+
+def _clean_up_canceled(rt: Runtime, job_id: str) -> None:
+    for prefix in (layout.output_prefix(job_id), layout.work_prefix(job_id)):
+        try:
+            rt.storage.delete_prefix(prefix)
+        except ServiceUnavailable as exc:
+            log.warning("job %s canceled: could not remove %s: %s", job_id, prefix, exc)
+
+
 def guarded(task: Task, rt: Runtime, job_id: str, input_uri: str, work: Callable[[], Any]) -> Any:
     """Run ``work``; map its errors to the job's state as the module docstring says."""
     rt.set_active(f"{task.name}[{task.request.id}] job {job_id}")
     try:
-        result = work()
+        for attempt in range(2):
+            try:
+                result = work()
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # Redis was away longer than the client rides out: nothing can be sent or recorded
+                # until it is back, so wait for it here and run the (idempotent) work once more.
+                log.warning("job %s: Redis unreachable (%s); waiting for it", job_id, exc)
+                if attempt or not _wait_for_redis(rt, rt.settings.retry_budget_seconds):
+                    raise
+        if rt.store.state(job_id) == JobState.CANCELED:
+            raise Canceled(job_id)
         rt.count(registry.TASKS_DONE)
         return result
+    except Canceled:
+        _clean_up_canceled(rt, job_id)
+        log.info("job %s was canceled; %s stopped", job_id, task.name)
+        return {"job_id": job_id, "skipped": "canceled"}
     except ObjectNotFound:
         raise fail(rt, job_id, f"input not found: {input_uri}") from None
     except (InputError, UsageError) as exc:
         raise fail(rt, job_id, str(exc)) from None
-    except (ServiceUnavailable, redis.ConnectionError) as exc:
-        retries = task.request.retries
-        if retries < rt.settings.task_retries:
-            countdown = min(60, 2 ** (retries + 1))
-            rt.store.update(job_id, error=f"retry {retries + 1}/{rt.settings.task_retries} in {countdown}s: {exc}")
-            raise task.retry(exc=exc, countdown=countdown, max_retries=rt.settings.task_retries) from None
-        raise fail(rt, job_id, f"gave up after {retries} retries: {exc}") from None
+    except (ServiceUnavailable, redis.ConnectionError, redis.TimeoutError) as exc:
+        if not _transient(exc):
+            raise fail(rt, job_id, str(exc)) from None
+        _retry_later(task, rt, job_id, exc)
     except (Retry, JobFailure):
         raise
     except Exception as exc:  # never let one job take the worker down
@@ -134,7 +214,9 @@ def job_task(name: str, parser: Callable[[dict], Any], *, starts_job: bool):
             if reason:
                 return {"job_id": job.job_id, "skipped": reason}
             ctx = Context(self, rt, job, S3Object(job.input_bucket, job.input_key))
-            return guarded(self, rt, job.job_id, ctx.input.uri, lambda: body(ctx))
+            # SEGQ_INPUT_PREFIXES, before anything is read: a forbidden key fails the job (InputError).
+            return guarded(self, rt, job.job_id, ctx.input.uri,
+                           lambda: require_input(rt.settings, job.input_bucket, job.input_key) or body(ctx))
 
         run.__name__, run.__qualname__, run.__doc__ = body.__name__, body.__qualname__, body.__doc__
         run.__module__ = body.__module__

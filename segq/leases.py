@@ -1,0 +1,172 @@
+"""Leases: how lost work is found and put back, without waiting out the broker's visibility timeout.
+
+Every message a worker takes (a task it runs, or one it holds reserved or scheduled for a retry)
+gets a lease in Redis: the message's delivery tag in ``segq:leases`` scored by an expiry, and a
+small hash (task id, job id, task name, worker, when it was received and started). The worker's
+heartbeat renews the expiry of all its leases. A worker that dies (SIGKILL, OOM, a lost node,
+spot preemption) stops renewing: its leases expire and its registry record disappears.
+
+The reaper (run by live workers, one at a time under a Redis lock, on their heartbeat) takes each
+lease that expired *and* whose worker process is no longer live (no live record with its hostname
+and pid: a process restarted in place has a new pid), and puts the very same message back on
+its queue: it moves it out of kombu's ``unacked`` hash into the queue's consuming end, as kombu's
+own restore does, so the broker will not deliver it a second time later. A lease of a task that
+had started counts as one loss of its worker for that task; a task that lost its worker
+``SEGQ_MAX_WORKER_LOSSES`` times fails its job with that reason instead of being put back (a task
+that kills its worker is not retried forever). The job record notes each requeue.
+
+Compare dramatiq's Redis broker (worker heartbeats; a maintenance pass requeues the unacked
+messages of dead workers) and rq's started-job registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import redis
+
+from segq import keys, registry
+
+
+@dataclass
+class Lease:
+    tag: str
+    task_id: str = ""
+    job_id: str = ""
+    task: str = ""
+    worker: str = ""
+    pid: int = 0  # the worker process (a restarted process keeps its hostname, not its pid)
+    received_at: float = 0.0
+    started_at: float = 0.0
+    expires: float = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.started_at > 0
+
+
+class LeaseBook:
+    """One worker's leases."""
+
+    def __init__(self, r: redis.Redis, worker: str, ttl: float):
+        self.r, self.worker, self.ttl = r, worker, ttl
+        self.pid = os.getpid()
+        self.held: set[str] = set()
+
+    def take(self, tag: str, task_id: str, job_id: str, task: str) -> None:
+        now = time.time()
+        pipe = self.r.pipeline()
+        pipe.hset(keys.lease(tag), mapping={"task_id": task_id, "job_id": job_id, "task": task,
+                                            "worker": self.worker, "pid": self.pid, "received_at": now})
+        pipe.zadd(keys.LEASES, {tag: now + self.ttl})
+        pipe.execute()
+        self.held.add(tag)
+
+    def started(self, tag: str) -> None:
+        self.r.hset(keys.lease(tag), "started_at", time.time())
+
+    def release(self, tag: str) -> None:
+        self.held.discard(tag)
+        pipe = self.r.pipeline()
+        pipe.zrem(keys.LEASES, tag)
+        pipe.delete(keys.lease(tag))
+        pipe.execute()
+
+    def renew(self) -> None:
+        """Push every held lease's expiry forward (the heartbeat)."""
+        if not self.held:
+            return
+        expiry = time.time() + self.ttl
+        self.r.zadd(keys.LEASES, {tag: expiry for tag in list(self.held)}, xx=True)
+
+
+def get(r: redis.Redis, tag: str) -> Lease | None:
+    d = r.hgetall(keys.lease(tag))
+    if not d:
+        return None
+    score = r.zscore(keys.LEASES, tag) or 0.0
+    return Lease(tag, d.get("task_id", ""), d.get("job_id", ""), d.get("task", ""), d.get("worker", ""),
+                 int(d.get("pid") or 0), float(d.get("received_at") or 0), float(d.get("started_at") or 0),
+                 float(score))
+
+
+def leases(r: redis.Redis) -> list[Lease]:
+    return [lease for tag in r.zrange(keys.LEASES, 0, -1) if (lease := get(r, tag))]
+
+
+@dataclass
+class Reaped:
+    lease: Lease
+    outcome: str  # "requeued", "failed" (too many losses), "dropped" (no message left to restore)
+    losses: int = 0
+
+
+def _restore(r: redis.Redis, tag: str, job_failed: bool) -> bool:
+    """Move the message of ``tag`` from kombu's unacked hash back to its queue (or drop it when
+    its job was failed). False when the message is no longer unacknowledged."""
+
+    found = False
+
+    def move(pipe) -> None:
+        nonlocal found
+        raw = pipe.hget(keys.KOMBU_UNACKED, tag)
+        pipe.multi()
+        pipe.zrem(keys.KOMBU_UNACKED_INDEX, tag)
+        pipe.hdel(keys.KOMBU_UNACKED, tag)
+        pipe.zrem(keys.LEASES, tag)
+        pipe.delete(keys.lease(tag))
+        found = raw is not None
+        if raw is not None and not job_failed:
+            message, _exchange, routing_key = json.loads(raw)
+            message.setdefault("headers", {})["redelivered"] = True
+            message.setdefault("properties", {}).setdefault("delivery_info", {})["redelivered"] = True
+            # kombu publishes with LPUSH and consumes with BRPOP: RPUSH puts it next in line.
+            pipe.rpush(routing_key, json.dumps(message))
+
+    r.transaction(move, keys.KOMBU_UNACKED)
+    return found
+
+
+def reap(r: redis.Redis, max_losses: int, now: float | None = None) -> list[Reaped]:
+    """Put back the work of dead workers (module docstring). Safe to run from several places:
+    callers hold ``REAPER_LOCK`` and every move is one Redis transaction."""
+    now = now or time.time()
+    live = {(w.hostname, w.pid) for w in registry.workers(r)}
+    out = []
+    for tag in r.zrangebyscore(keys.LEASES, "-inf", now):
+        lease = get(r, tag)
+        if lease is None:
+            r.zrem(keys.LEASES, tag)
+            continue
+        if (lease.worker, lease.pid) in live:
+            continue  # late heartbeat, not a dead worker
+        losses = 0
+        failed = False
+        if lease.running and lease.job_id:
+            losses = int(r.hincrby(keys.job_losses(lease.job_id), lease.task_id, 1))
+            r.expire(keys.job_losses(lease.job_id), 7 * 24 * 3600)
+            failed = losses >= max_losses
+        restored = _restore(r, tag, job_failed=failed)
+        outcome = "failed" if failed else ("requeued" if restored else "dropped")
+        out.append(Reaped(lease, outcome, losses))
+    return out
+
+
+def try_reap(r: redis.Redis, max_losses: int, hold_seconds: float = 30.0) -> list[Reaped] | None:
+    """Run the reaper if no other worker is running it right now (None when it is)."""
+    token = f"{time.time()}"
+    if not r.set(keys.REAPER_LOCK, token, nx=True, px=int(hold_seconds * 1000)):
+        return None
+    try:
+        return reap(r, max_losses)
+    finally:
+        if r.get(keys.REAPER_LOCK) == token:
+            r.delete(keys.REAPER_LOCK)
+
+
+def unacknowledged(r: redis.Redis) -> int:
+    """Messages delivered to some worker and not yet acknowledged (running, reserved, scheduled)."""
+    return int(r.hlen(keys.KOMBU_UNACKED))
