@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -66,6 +67,7 @@ class Client:
         batch_size: int = DEFAULT_BATCH_SIZE,
         annotate_fps: bool = False,
         on_upload: Callable[[Input, int], None] | None = None,
+        follow_symlinks: bool = False,
     ) -> list[JobRecord]:
         """Queue one job per image or video in ``paths`` (files, directories, globs, s3:// URIs).
 
@@ -78,7 +80,7 @@ class Client:
         if chunk_frames < 1 or batch_size < 1:
             raise UsageError("--chunk-frames and --batch-size must be at least 1")
         video_options = {"chunk_frames": chunk_frames, "batch_size": batch_size, "annotate_fps": annotate_fps}
-        inputs = expand(list(paths))
+        inputs = expand(list(paths), self.settings, follow_symlinks=follow_symlinks)
         for item in inputs:
             if item.path is not None:
                 limits.check_bytes(item.path.stat().st_size, self.settings.max_input_bytes, what=item.display)
@@ -98,6 +100,7 @@ class Client:
         )
         common = dict(job_id=job_id, task=task, model=model, input_bucket=obj.bucket, input_key=obj.key)
         payload = VideoJob(**common, **video_options) if item.kind == JobKind.VIDEO else ImageJob(**common)
+        record.payload = json.dumps(payload.to_message())
         if item.kind == JobKind.VIDEO:
             record.chunk_frames = video_options["chunk_frames"]
             record.batch_size = video_options["batch_size"]
@@ -108,14 +111,15 @@ class Client:
         self.send(payload)
         return record
 
-    def send(self, payload: ImageJob | VideoJob) -> None:
-        """Put a message on the model's queue. The Celery task id is the job id (Flower shows it)."""
+    def send(self, payload: ImageJob | VideoJob, task_id: str | None = None) -> None:
+        """Put a message on the model's queue. The Celery task id is the job id (Flower shows it;
+        a retry's is ``<job>-r<N>``)."""
         try:
             self.celery.send_task(
                 SPLIT_VIDEO if isinstance(payload, VideoJob) else SEGMENT_IMAGE,
                 kwargs=payload.to_message(),
                 queue=model_queue(payload.model),
-                task_id=payload.job_id,
+                task_id=task_id or payload.job_id,
             )
         except (OperationalError, redis.RedisError) as exc:
             self.store.fail(payload.job_id, f"could not be queued: {exc}")
@@ -161,6 +165,58 @@ class Client:
         """Whether a live worker serves ``model`` (jobs for it would not wait for one)."""
         return registry.serving(self.store.r, model)
 
+    def worker_gone(self, record: JobRecord) -> bool:
+        """A running job whose worker is no longer live (its work is requeued by the leases)."""
+        if record.state != JobState.RUNNING or not record.worker:
+            return False
+        try:
+            rec = registry.get(self.store.r, record.worker)
+        except redis.RedisError:
+            return False
+        return rec is None or not rec.live
+
+    # -- cancel / retry --------------------------------------------------------------------
+    def cancel(self, job_ids: Iterable[str]) -> list[tuple[JobRecord, str]]:
+        """Cancel jobs: queued tasks are skipped, a running video stops after its current batch,
+        no assembly runs, partial outputs are removed. Idempotent. Returns ``(record, outcome)``
+        per job: ``canceled`` now, ``already canceled``, or ``already <state>`` (done/failed:
+        nothing to cancel)."""
+        out = []
+        for job_id in job_ids:
+            record = self.status(job_id)
+            try:
+                moved = self.store.cancel(job_id)
+            except redis.RedisError as exc:
+                raise _redis_down(self.settings, exc) from exc
+            if moved:
+                for prefix in (layout.output_prefix(job_id), layout.work_prefix(job_id)):
+                    self.storage.delete_prefix(prefix)
+                outcome = "canceled"
+            else:
+                outcome = f"already {record.state}"
+            out.append((self.status(job_id), outcome))
+        return out
+
+    def retry(self, job_ids: Iterable[str]) -> list[tuple[JobRecord, str]]:
+        """Run failed or canceled jobs again from their stored input, with a new attempt number.
+        Returns ``(record, outcome)``: ``retry N`` or ``not retried: <state>``."""
+        out = []
+        for job_id in job_ids:
+            record = self.status(job_id)
+            try:
+                n = self.store.reset_for_retry(job_id)
+            except redis.RedisError as exc:
+                raise _redis_down(self.settings, exc) from exc
+            if n <= 0:
+                out.append((record, f"not retried: it is {record.state}"))
+                continue
+            for prefix in (layout.output_prefix(job_id), layout.work_prefix(job_id)):
+                self.storage.delete_prefix(prefix)
+            parser = VideoJob.from_message if record.is_video else ImageJob.from_message
+            self.send(parser(json.loads(record.payload)), task_id=f"{job_id}-r{n}")
+            out.append((self.status(job_id), f"retry {n}"))
+        return out
+
     # -- wait ----------------------------------------------------------------------------
     def wait(
         self,
@@ -174,11 +230,19 @@ class Client:
         for job_id in ids:
             self.status(job_id)  # JobNotFound early
         deadline = None if timeout is None else time.monotonic() + timeout
+        down_since: float | None = None
         while True:
             try:
                 records = [r for r in self.store.get_many(ids) if r is not None]
+                down_since = None
             except redis.RedisError as exc:
-                raise _redis_down(self.settings, exc) from exc
+                # Redis restarting or failing over: keep waiting (the client already retried for
+                # about half a minute) up to the retry budget, then give up.
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > self.settings.retry_budget_seconds:
+                    raise _redis_down(self.settings, exc) from exc
+                time.sleep(min(5.0, poll * 4))
+                continue
             if on_progress:
                 on_progress(records)
             if len(records) == len(ids) and all(r.final for r in records):

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from segq.jobs import JobRecord
 
-STATE_STYLE = {"queued": "yellow", "running": "cyan", "done": "green", "failed": "red"}
+STATE_STYLE = {"queued": "yellow", "running": "cyan", "done": "green", "failed": "red", "canceled": "magenta"}
 
 
 def when(ts: float | None) -> str:
@@ -87,6 +87,12 @@ def job_panel(record: JobRecord) -> Table:
         ("worker", f"{record.worker} on {record.device}" if record.worker else "-"),
         ("attempts", str(record.attempts)),
     ]
+    if record.retry:
+        rows.append(("retry", str(record.retry)))
+    if record.requeues:
+        rows.append(("requeued", f"{record.requeues} time(s) after a worker was lost"))
+    if record.note:
+        rows.append(("note", record.note))
     if record.error:
         rows.append(("error", f"[red]{record.error}[/]"))
     for name, value in rows:

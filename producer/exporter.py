@@ -11,6 +11,9 @@ metric                                 meaning
 ``segq_job_fps{kind,model}``           inference FPS of the last finished job
 ``segq_model_load_seconds{worker,model}``  time each live worker took to load each model
 ``segq_workers{model}``                live workers serving each model
+``segq_model_busy_ratio{worker}``      fraction of the last 30 s each live worker's model stage
+                                       ran forward passes
+``segq_model_items_total{worker}``     images and frames through each live worker's model stage
 =====================================  ====================================================
 """
 
@@ -23,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from segq import keys, registry
+from segq.jobs import redis_client
 from segq.settings import Settings
 
 from producer import fleet
@@ -53,8 +57,15 @@ class SegqCollector(Collector):
         loads = GaugeMetricFamily("segq_model_load_seconds", "Model load time per live worker",
                                   labels=["worker", "model"])
         serving = GaugeMetricFamily("segq_workers", "Live workers serving each model", labels=["model"])
+        busy = GaugeMetricFamily("segq_model_busy_ratio", "Busy fraction of each live worker's model stage "
+                                 "over its last 30 s", labels=["worker"])
+        items = CounterMetricFamily("segq_model_items", "Images and frames through each live worker's model "
+                                    "stage", labels=["worker"])
         count: dict[str, int] = {m: 0 for m in self.settings.models}
         for w in registry.workers(self.r):
+            if w.model_busy is not None:
+                busy.add_metric([w.hostname], w.model_busy)
+                items.add_metric([w.hostname], w.model_items)
             for model, seconds in w.load_seconds.items():
                 loads.add_metric([w.hostname, model], float(seconds))
             for model in w.models:
@@ -63,12 +74,14 @@ class SegqCollector(Collector):
             serving.add_metric([model], n)
         yield loads
         yield serving
+        yield busy
+        yield items
 
 
 def serve(settings: Settings, address: str, port: int) -> None:
     from prometheus_client import REGISTRY, start_http_server
 
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    r = redis_client(settings.redis_url)
     REGISTRY.register(SegqCollector(settings, r))
     start_http_server(port, addr=address)
     while True:

@@ -1,9 +1,10 @@
 """The fleet as the producer sees it: live workers, queue depths, health, Prometheus metrics.
 
 Two sources, joined: each worker's record in the registry (``segq.registry``: device, models,
-loads, counters, current task; refreshed by a heartbeat thread every few seconds even while a
-long task runs) and Celery's remote control (``ping``/``active``/``stats``), which a worker
-answers only between tasks (solo pool).
+loads, counters, the tasks running now, its model stage's busy fraction; refreshed by a heartbeat
+thread every few seconds even while long tasks run) and Celery's remote control
+(``ping``/``active``/``stats``), which a worker answers from its consumer thread while its pool's
+threads run tasks.
 """
 
 from __future__ import annotations
@@ -72,6 +73,32 @@ def queue_depths(settings: Settings, r: redis.Redis) -> dict[str, int]:
     for name in names:
         pipe.llen(name)
     return dict(zip(names, pipe.execute()))
+
+
+def queue_report(settings: Settings, r: redis.Redis) -> dict:
+    """Per queue: messages waiting and messages unacknowledged (held by a worker: running,
+    reserved, or scheduled for a retry); and the leases: running, held, and held by workers that
+    are gone (the reaper puts those back)."""
+    import json
+
+    from segq import keys, leases
+
+    waiting = queue_depths(settings, r)
+    unacked: dict[str, int] = {name: 0 for name in waiting}
+    for raw in r.hvals(keys.KOMBU_UNACKED):
+        try:
+            queue = json.loads(raw)[2]
+        except (ValueError, IndexError, TypeError):
+            continue
+        unacked[queue] = unacked.get(queue, 0) + 1
+    live = {(w.hostname, w.pid) for w in registry.workers(r)}
+    held = leases.leases(r)
+    return {
+        "queues": {name: {"waiting": waiting.get(name, 0), "unacked": unacked.get(name, 0)}
+                   for name in sorted(set(waiting) | set(unacked))},
+        "leases": {"running": sum(lease.running for lease in held), "held": len(held),
+                   "of_lost_workers": sum((lease.worker, lease.pid) not in live for lease in held)},
+    }
 
 
 def local_health(r: redis.Redis, host: str | None = None) -> tuple[bool, str]:

@@ -1,8 +1,8 @@
 """The worker registry: every worker process's record in Redis, owned by this module alone.
 
 Each worker process publishes a hash ``segq:worker:<hostname>`` (device, models, load counts,
-counters, current task) and refreshes it from a heartbeat thread, also while a long task runs
-(a solo-pool Celery worker answers remote control only between tasks). The hash expires after
+counters, current tasks, how busy its model stage is) and refreshes it from a heartbeat thread,
+also while long tasks run. The hash expires after
 ``STALE_SECONDS`` without a beat, so a worker that died without a word disappears by itself,
 like arq's health-check key. Workers write through :class:`WorkerRegistration`; everything that
 reads worker records (``segq workers``, ``segq health``, the exporter, the local stack, tests,
@@ -22,13 +22,15 @@ from typing import Callable
 
 import redis
 
-from segq import keys
+from segq import defaults, keys
 
-#: Seconds between heartbeats.
-HEARTBEAT_SECONDS = 10
-#: The one liveness rule: a worker is live while its last heartbeat is younger than this
-#: (three missed beats). The record expires at the same age.
-STALE_SECONDS = HEARTBEAT_SECONDS * 3
+#: Seconds between heartbeats, unless the worker's settings say otherwise (``SEGQ_HEARTBEAT_SECONDS``;
+#: each record carries its own interval).
+HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
+#: The one liveness rule: a worker is live while its last heartbeat is younger than
+#: ``MISSED_BEATS`` of its intervals. The record expires at the same age.
+MISSED_BEATS = 3
+STALE_SECONDS = HEARTBEAT_SECONDS * MISSED_BEATS
 
 #: Counter fields of a record (``WorkerRegistration.count``).
 JOBS_DONE = "jobs_done"
@@ -46,13 +48,22 @@ class WorkerRecord:
     models: list[str] = field(default_factory=list)
     model_loads: dict = field(default_factory=dict)
     load_seconds: dict = field(default_factory=dict)
-    active: str = ""
+    active: str = ""  # the tasks running now, "; "-joined ("" when idle)
     active_since: float | None = None
+    model_busy: float | None = None  # busy fraction of the model stage over its last 30 s
+    model_busy_s: float = 0.0  # seconds the model stage ran forward passes, since it started
+    model_wall_s: float = 0.0  # seconds since the model stage started
+    model_items: int = 0  # images and frames through the model stage
     started_at: float | None = None
     heartbeat: float | None = None
+    interval: float = HEARTBEAT_SECONDS
     jobs_done: int = 0
     jobs_failed: int = 0
     tasks_done: int = 0
+
+    @property
+    def active_tasks(self) -> list[str]:
+        return [t for t in self.active.split("; ") if t]
 
     @property
     def heartbeat_age(self) -> float | None:
@@ -61,7 +72,7 @@ class WorkerRecord:
     @property
     def live(self) -> bool:
         age = self.heartbeat_age
-        return age is not None and age < STALE_SECONDS
+        return age is not None and age < self.interval * MISSED_BEATS
 
     @property
     def ready(self) -> bool:
@@ -86,8 +97,13 @@ class WorkerRecord:
             load_seconds=_json(d.get("load_seconds"), {}),
             active=d.get("active", ""),
             active_since=num("active_since"),
+            model_busy=num("model_busy"),
+            model_busy_s=num("model_busy_s") or 0.0,
+            model_wall_s=num("model_wall_s") or 0.0,
+            model_items=num("model_items", int) or 0,
             started_at=num("started_at"),
             heartbeat=num("heartbeat"),
+            interval=num("interval") or HEARTBEAT_SECONDS,
             **{c: num(c, int) or 0 for c in COUNTERS},
         )
 
@@ -102,14 +118,17 @@ def _json(raw: str | None, default):
 class WorkerRegistration:
     """A worker process's own record: publish, heartbeat, counters, current task, removal."""
 
-    def __init__(self, r: redis.Redis, hostname: str, device: str):
+    def __init__(self, r: redis.Redis, hostname: str, device: str, interval: float = HEARTBEAT_SECONDS):
         self.r = r
+        self.interval = interval
         self.hostname = hostname
         self.key = keys.worker(hostname)
         self.device = device
         self.models: dict[str, float] = {}  # name -> load seconds
         self.loads: dict[str, int] = {}
         self.started_at = time.time()
+        #: The model stage's figures (``model_*`` fields), written with every publish and set_active.
+        self.stage_stats: Callable[[], dict] | None = None
 
     def loaded(self, name: str, seconds: float) -> None:
         self.models[name] = round(seconds, 3)
@@ -128,10 +147,12 @@ class WorkerRegistration:
             "load_seconds": json.dumps(self.models),
             "started_at": self.started_at,
             "heartbeat": time.time(),
+            "interval": self.interval,
+            **(self.stage_stats() if self.stage_stats else {}),
         }
         pipe = self.r.pipeline()
         pipe.hset(self.key, mapping=mapping)
-        pipe.expire(self.key, STALE_SECONDS)
+        pipe.expire(self.key, max(1, int(self.interval * MISSED_BEATS)))
         pipe.execute()
 
     def count(self, counter: str) -> None:
@@ -141,7 +162,8 @@ class WorkerRegistration:
 
     def set_active(self, description: str) -> None:
         """What the worker does now; "" when idle."""
-        self.r.hset(self.key, mapping={"active": description, "active_since": time.time()})
+        self.r.hset(self.key, mapping={"active": description, "active_since": time.time(),
+                                       **(self.stage_stats() if self.stage_stats else {})})
 
     def remove(self) -> None:
         self.r.delete(self.key)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from segq import defaults
+from segq import access, defaults
 from segq.errors import ConfigError, UnknownModel, UnknownTask
 from segq.protocol import TASKS
 
@@ -169,7 +169,30 @@ class Settings:
         "SEGQ_VISIBILITY_TIMEOUT", defaults.VISIBILITY_TIMEOUT_SECONDS,
         "seconds before Redis redelivers an unacknowledged task", parse=_parse_int)
     task_retries: int = setting(
-        "SEGQ_TASK_RETRIES", defaults.TASK_RETRIES, "retries of transient failures", parse=_parse_count)
+        "SEGQ_TASK_RETRIES", defaults.TASK_RETRIES,
+        "retries of a task after a transient failure (storage or Redis unreachable, 5xx, throttling); "
+        "they also stop at `SEGQ_RETRY_BUDGET`", parse=_parse_count)
+    retry_budget_seconds: int = setting(
+        "SEGQ_RETRY_BUDGET", defaults.RETRY_BUDGET_SECONDS,
+        "seconds a job keeps retrying transient failures, from the first one, before it fails",
+        parse=_parse_int, shown_default="600 (10 min)")
+    heartbeat_seconds: int = setting(
+        "SEGQ_HEARTBEAT_SECONDS", defaults.HEARTBEAT_SECONDS,
+        "seconds between worker heartbeats; a worker silent for 3 of them is dead and its work is requeued",
+        parse=_parse_int)
+    max_worker_losses: int = setting(
+        "SEGQ_MAX_WORKER_LOSSES", defaults.MAX_WORKER_LOSSES,
+        "a task whose worker died this many times fails its job instead of being requeued again",
+        parse=_parse_int)
+    input_prefixes: tuple[str, ...] = setting(
+        "SEGQ_INPUT_PREFIXES", (),
+        "where `s3://` inputs may come from: `bucket/prefix,...` (a bucket alone: all of it); never the "
+        "segq bucket's `outputs/` or `work/`; checked by `segq submit` and by the workers",
+        parse=lambda v, r: access.parse_prefixes(v, r), shown_default="`inputs/` in `SEGQ_S3_BUCKET`")
+    retention_days: int = setting(
+        "SEGQ_RETENTION_DAYS", 0,
+        "days uploaded inputs (`inputs/`) and outputs (`outputs/`) are kept, as S3 lifecycle rules on the "
+        "bucket (`segq up` and Compose's `s3-init` set them); 0: kept forever", parse=_parse_count)
     flower_url: str | None = setting(
         "SEGQ_FLOWER_URL", None, "Flower's address, for links from `segq status`", parse=_parse_url,
         shown_default="none", side="producer")
@@ -180,6 +203,11 @@ class Settings:
     worker_threads: int = setting(
         "SEGQ_WORKER_THREADS", 0, "CPU threads of a worker process (`segq worker --threads`); 0: torch's default",
         parse=_parse_count, side="launcher")
+    worker_concurrency: int = setting(
+        "SEGQ_WORKER_CONCURRENCY", 3,
+        "tasks a worker process runs at once (threads: one fetching and decoding, one in the model, one "
+        "rendering and uploading); every forward pass still runs on the process's one model thread",
+        parse=_parse_int, side="worker")
     precision: str = setting(
         "SEGQ_PRECISION", "auto", "worker precision: `auto` (fp16 on CUDA, fp32 on CPU), `fp32`, `fp16`, `bf16`",
         parse=_choice(PRECISIONS), side="worker")
@@ -218,6 +246,7 @@ class Settings:
             raise ConfigError(f"SEGQ_S3_ENDPOINT_URL: expected an http(s) URL, got {self.s3_endpoint_url!r}")
         if not self.models:
             raise ConfigError("SEGQ_MODELS: no models configured")
+        access.check_prefixes(self.input_prefixes, self.s3_bucket)
         for task in self.task_models:
             if task not in TASKS:
                 raise ConfigError(f"SEGQ_TASK_MODELS: unknown task {task!r} (tasks: {', '.join(TASKS)})")

@@ -34,8 +34,10 @@ from workers.pipeline import Ahead, Behind, InlineStage, ModelStage
 
 class ChunkRenderer:
     def __init__(self, model: LoadedModel, task: str, batch_size: int, write: Callable[[np.ndarray], None],
-                 annotate_fps: bool = False, stage: ModelStage | InlineStage | None = None, ahead: int = 1):
+                 annotate_fps: bool = False, stage: ModelStage | InlineStage | None = None, ahead: int = 1,
+                 check: Callable[[], None] | None = None):
         self.model, self.task, self.batch_size = model, task, batch_size
+        self.check = check  # called before each batch; raises to stop (a canceled job)
         self.write, self.annotate_fps = write, annotate_fps
         self.stage = stage if stage is not None else InlineStage()
         self.ahead = ahead
@@ -60,6 +62,8 @@ class ChunkRenderer:
                 self.add(rgb)
 
     def _submit(self) -> None:
+        if self.check is not None:
+            self.check()
         frames, self._batch = self._batch, []
         t0 = time.perf_counter()
         inputs = inference.preprocess(self.model, [Image.fromarray(f) for f in frames])

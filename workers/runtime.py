@@ -1,8 +1,10 @@
 """Per-process worker state: settings, storage, job store, device, registration and models.
 
 ``boot()`` runs once when the worker process starts (Celery's ``worker_init`` signal), in the
-process that then runs every task: it selects the device and loads every model this worker
-serves. Later jobs reuse them. The worker's record in Redis is owned by ``segq.registry``.
+process that then runs every task: it selects the device, loads every model this worker serves
+and starts the model stage (``workers.pipeline``), the one thread that runs their forward passes
+for the tasks that run at once in the pool's threads. Later jobs reuse them. The worker's record
+in Redis is owned by ``segq.registry``.
 """
 
 from __future__ import annotations
@@ -11,16 +13,20 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import redis
 
 from segq.errors import UnknownModel
 from segq.jobs import JobStore
-from segq.registry import HEARTBEAT_SECONDS, WorkerRegistration
+from segq import leases as leases_mod
+from segq import registry
+from segq.registry import WorkerRegistration
 from segq.settings import Settings
 from segq.storage import Storage
 from workers import device as device_mod
 from workers import models as models_mod
+from workers.pipeline import ModelStage
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,11 @@ class Runtime:
     spec: device_mod.DeviceSpec
     registration: WorkerRegistration
     models: dict[str, models_mod.LoadedModel] = field(default_factory=dict)
+    stage: ModelStage | None = None
+    leases: leases_mod.LeaseBook | None = None
+    _tags: dict[str, list[str]] = field(default_factory=dict)  # task id -> delivery tags held
+    _active: dict[int, str] = field(default_factory=dict)  # pool thread -> its task
+    _active_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def redis(self) -> redis.Redis:
@@ -62,23 +73,92 @@ class Runtime:
         self.registration.count(counter)
 
     def set_active(self, description: str) -> None:
-        """What this worker is doing now (``segq workers``); "" when idle. Kept in Redis, since a
-        worker busy with a long task answers Celery's remote control only between tasks."""
-        self.registration.set_active(description)
+        """What the calling task thread is doing now (``segq workers``); "" when it is done. The
+        record holds the tasks of every thread, in the order they started, joined by "; " ("" when
+        idle). Kept in Redis, where the heartbeat keeps it fresh."""
+        with self._active_lock:
+            if description:
+                self._active[threading.get_ident()] = description
+            else:
+                self._active.pop(threading.get_ident(), None)
+            self.registration.set_active("; ".join(self._active.values()))
 
     def start_heartbeat(self) -> None:
+        """Every ``SEGQ_HEARTBEAT_SECONDS``: refresh the registry record, renew this worker's
+        leases, and run the reaper if no other worker runs it now (``segq.leases``)."""
+
         def beat() -> None:
             while True:
-                time.sleep(HEARTBEAT_SECONDS)
+                time.sleep(self.settings.heartbeat_seconds)
                 try:
                     self.registration.publish()
+                    self.leases.renew()
+                    self.reap()
                 except Exception as exc:  # Redis blip: the next beat retries
                     log.warning("heartbeat failed: %s", exc)
 
         threading.Thread(target=beat, name="segq-heartbeat", daemon=True).start()
 
+    def reap(self) -> None:
+        """Put back the work of dead workers; note it on their jobs."""
+        reaped = leases_mod.try_reap(self.redis, self.settings.max_worker_losses)
+        for r in reaped or []:
+            lease = r.lease
+            if not lease.job_id:
+                continue
+            if r.outcome == "failed":
+                message = (f"{lease.task} lost its worker {r.losses} times (last: {lease.worker}); "
+                           f"not retried again (SEGQ_MAX_WORKER_LOSSES)")
+                if self.store.fail(lease.job_id, message):
+                    self.count(registry.JOBS_FAILED)
+                log.warning("job %s failed: %s", lease.job_id, message)
+            elif r.outcome == "requeued":
+                note = f"requeued: worker {lease.worker} lost" + (f" during {lease.task}" if lease.running else "")
+                self.store.requeued(lease.job_id, note)
+                log.warning("job %s: %s (task %s)", lease.job_id, note, lease.task_id)
+
+    # -- leases of the messages this worker holds (Celery signals, workers.app) ----------
+    def lease_received(self, tag: str, task_id: str, job_id: str, task: str) -> None:
+        self.leases.take(tag, task_id, job_id, task)
+        with self._active_lock:
+            self._tags.setdefault(task_id, []).append(tag)
+
+    def lease_started(self, task_id: str) -> None:
+        with self._active_lock:
+            tags = list(self._tags.get(task_id, ()))
+        if tags:
+            self.leases.started(tags[0])
+
+    def lease_done(self, task_id: str) -> None:
+        with self._active_lock:
+            tags = self._tags.get(task_id, [])
+            tag = tags.pop(0) if tags else None
+            if not tags:
+                self._tags.pop(task_id, None)
+        if tag:
+            self.leases.release(tag)
+
 
 _runtime: Runtime | None = None
+
+
+def _model_stage(settings: Settings) -> ModelStage:
+    """The process's model stage. torch's CPU threads: every one of the worker's for the forward
+    passes; each task thread (pre- and post-processing, concurrently with a pass and with each
+    other) a share of them, so that the threads of the process do not outnumber the cores by far."""
+    import torch
+
+    threads = settings.worker_threads or torch.get_num_threads()
+    share = max(1, threads // settings.worker_concurrency)
+
+    def this_thread(n: int) -> Callable[[], None]:
+        def init() -> None:
+            torch.get_num_threads()  # torch's own lazy per-thread setup first, so it cannot undo ours
+            torch.set_num_threads(n)  # this thread's OpenMP/MKL count (and the default of new threads)
+
+        return init
+
+    return ModelStage(init=this_thread(threads), caller_init=this_thread(share))
 
 
 def boot(hostname: str, settings: Settings | None = None) -> Runtime:
@@ -95,8 +175,11 @@ def boot(hostname: str, settings: Settings | None = None) -> Runtime:
         storage=Storage(settings),
         store=store,
         spec=spec,
-        registration=WorkerRegistration(store.r, hostname, spec.label),
+        registration=WorkerRegistration(store.r, hostname, spec.label, interval=settings.heartbeat_seconds),
     )
+    rt.leases = leases_mod.LeaseBook(store.r, hostname, ttl=settings.heartbeat_seconds * registry.MISSED_BEATS)
+    rt.stage = _model_stage(settings)
+    rt.registration.stage_stats = rt.stage.fields
     rt.registration.publish()
     rt.load_models(settings.served_models())
     rt.start_heartbeat()

@@ -26,7 +26,7 @@ from segq.protocol import ASSEMBLE_VIDEO, SEGMENT_CHUNK, SPLIT_VIDEO, VideoJob
 from segq.storage import S3Object, S3Reader
 from workers import runtime, video
 from workers.chunk_render import ChunkRenderer
-from workers.skeleton import Context, job_task
+from workers.skeleton import Context, check_canceled, job_task
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def segment_chunk(ctx: Context) -> dict:
         # Frames decoded ahead, the model on the worker's model stage, overlays rendered and
         # encoded behind, each in a thread of its own (workers.chunk_render); errors surface here.
         with ChunkRenderer(model, job.task, job.batch_size, encoder.write, annotate_fps=job.annotate_fps,
-                           stage=rt.stage) as renderer:
+                           stage=rt.stage, check=lambda: check_canceled(rt, job.job_id)) as renderer:
             renderer.add_all(video.decode_range(reader, info, job.start, job.end))
             archive = renderer.archive(job.start, job.end)
         frames = encoder.close()

@@ -20,11 +20,12 @@ def _client():
 @click.option("--timeout", default=1.0, show_default=True, help="Seconds to wait for remote-control replies.")
 @click.option("--json", "as_json", is_flag=True)
 def workers(timeout, as_json):
-    """Live workers: device, models loaded, current task, jobs done.
+    """Live workers: device, models loaded, current tasks, model stage, jobs done.
 
-    Joins each worker's own record in Redis (refreshed every few seconds, even during a long
-    task) with Celery's remote control (ping, active tasks, totals), which a worker answers
-    between tasks.
+    Joins each worker's own record in Redis (refreshed every few seconds, even during long
+    tasks) with Celery's remote control (ping, active tasks, totals). A worker runs several tasks
+    at once (one per line under "active"); "model busy" is the fraction of the last 30 s its
+    model stage ran forward passes, "items" the images and frames it has put through the model.
 
     \b
     Example:
@@ -43,12 +44,14 @@ def workers(timeout, as_json):
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for col in ("worker", "device", "models", "active", "jobs done", "failed", "tasks", "heartbeat", "control"):
+    for col in ("worker", "device", "models", "active", "model busy", "items", "jobs done", "failed", "tasks",
+                "heartbeat", "control"):
         table.add_column(col)
     for v in views:
         control = "-" if v.responding is None else ("answers" if v.responding else "[yellow]busy[/]")
-        table.add_row(v.hostname, v.device, ", ".join(v.models), v.active or "idle", str(v.jobs_done),
-                      str(v.jobs_failed), str(v.tasks_done),
+        table.add_row(v.hostname, v.device, ", ".join(v.models), "\n".join(v.active_tasks) or "idle",
+                      f"{v.model_busy:.0%}" if v.model_busy is not None else "-", str(v.model_items),
+                      str(v.jobs_done), str(v.jobs_failed), str(v.tasks_done),
                       f"{v.heartbeat_age:.0f}s ago" if v.heartbeat_age is not None else "-", control)
     out.print(table)
 
@@ -56,7 +59,8 @@ def workers(timeout, as_json):
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
 def queues(as_json):
-    """Messages waiting in each queue (one queue per model).
+    """Messages waiting in each queue (one per model), messages held by workers (unacknowledged:
+    running, reserved, or scheduled for a retry), and the leases on them.
 
     \b
     Example:
@@ -65,12 +69,16 @@ def queues(as_json):
     from producer import fleet
 
     client = _client()
-    depths = fleet.queue_depths(client.settings, client.store.r)
+    report = fleet.queue_report(client.settings, client.store.r)
     if as_json:
-        display.print_json(out, depths)
-    else:
-        for name, n in depths.items():
-            out.print(f"{name:<40} {n}", highlight=False)
+        display.print_json(out, report)
+        return
+    out.print(f"{'queue':<40} {'waiting':>8} {'unacked':>8}", highlight=False)
+    for name, n in report["queues"].items():
+        out.print(f"{name:<40} {n['waiting']:>8} {n['unacked']:>8}", highlight=False)
+    lease = report["leases"]
+    out.print(f"leases: {lease['running']} running, {lease['held']} held in all, "
+              f"{lease['of_lost_workers']} of lost workers (requeued by the reaper)", highlight=False)
 
 
 @click.command()

@@ -75,5 +75,7 @@ def finish(records, as_json: bool, console: Console | None = None) -> None:
                 line += f"  {r.error}"
             console.print(line, highlight=False)
     failed = [r for r in records if r.state == "failed"]
-    if failed:
-        raise JobFailed(f"{len(failed)} of {len(records)} jobs failed")
+    canceled = [r for r in records if r.state == "canceled"]
+    if failed or canceled:
+        parts = [f"{len(failed)} failed"] * bool(failed) + [f"{len(canceled)} canceled"] * bool(canceled)
+        raise JobFailed(f"{' and '.join(parts)} of {len(records)} jobs")

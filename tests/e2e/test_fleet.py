@@ -56,7 +56,8 @@ def test_three_workers_share_one_queue_and_every_view_lists_them(
             assert w["device"].startswith("cpu") and w["responding"] is True
 
     queues = json.loads(segq("queues", "--json").stdout)
-    assert queues["segq.model.ade-semantic"] == 0
+    assert queues["queues"]["segq.model.ade-semantic"]["waiting"] == 0
+    assert set(queues["leases"]) == {"running", "held", "of_lost_workers"}
 
     deadline = time.monotonic() + 30
     while True:  # Flower learns workers from their events and heartbeats
@@ -96,9 +97,9 @@ def test_a_joining_worker_takes_work_and_a_sigtermed_one_finishes_its_chunk(
         while "segq.segment_chunk" not in (redis_client.hget(keys.worker(third_worker), "active") or ""):
             assert time.monotonic() < deadline, "the third worker never took a chunk"
             time.sleep(0.02)
-        active = redis_client.hget(keys.worker(third_worker), "active")
-        chunk_task = active.split("[", 1)[1].split("]", 1)[0]
-        chunk_index = int(chunk_task.rsplit("chunk", 1)[1])
+        active = redis_client.hget(keys.worker(third_worker), "active")  # its running tasks, "; "-joined
+        chunk_indexes = {int(t.split("[", 1)[1].split("]", 1)[0].rsplit("chunk", 1)[1])
+                         for t in active.split("; ") if t.startswith("segq.segment_chunk[")}
         w3.proc.send_signal(signal.SIGTERM)  # to `segq worker`, which passes it to its Celery process
         code = w3.proc.wait(120)
         [done] = client.wait([job.id], timeout=600)
@@ -109,7 +110,7 @@ def test_a_joining_worker_takes_work_and_a_sigtermed_one_finishes_its_chunk(
     assert done.state == "done", done.error
     assert (done.frames_done, done.frames_total, done.assemblies) == (200, 200, 1)
     infos = client.store.chunk_infos(job.id)
-    assert infos[chunk_index]["worker"] == third_worker  # it finished the chunk it held
+    assert chunk_indexes and all(infos[i]["worker"] == third_worker for i in chunk_indexes)  # it finished the chunks it held
     assert joiner_name in {c["worker"] for c in infos.values()}  # the newcomer took work
 
 

@@ -106,7 +106,7 @@ def test_a_directory_becomes_one_job_per_image(client, tmp_path):
 
 
 def test_an_image_already_in_s3_is_segmented_in_place(client, tmp_path):
-    key = "uploads/cam1/frame.png"
+    key = "inputs/cam1/frame.png"
     client.storage.put_file(photo(tmp_path / "frame.png", (128, 96)), key)
     [job] = client.submit([f"s3://{client.settings.s3_bucket}/{key}"], task="panoptic")
     [done] = client.wait([job.id], timeout=60)

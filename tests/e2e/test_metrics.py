@@ -41,10 +41,10 @@ def test_exporter_counts_jobs_frames_and_queues(client, worker, tmp_path):
         done_key = ("segq_jobs_total", (("kind", "image"), ("model", "coco-panoptic"), ("state", "done")))
         failed_key = ("segq_jobs_total", (("kind", "image"), ("model", "coco-panoptic"), ("state", "failed")))
         frames_key = ("segq_frames_processed_total", (("model", "coco-panoptic"),))
-        empty = tmp_path / "e.png"
-        empty.write_bytes(b"")
+        empty = "inputs/metrics/e.png"  # an empty object fails on the worker (the CLI refuses empty files)
+        client.storage.put_bytes(empty, b"")
         jobs = client.submit([str(photo(tmp_path / "m1.png", (64, 48))), str(photo(tmp_path / "m2.png", (64, 48))),
-                              str(empty)], task="panoptic")
+                              f"s3://{client.settings.s3_bucket}/{empty}"], task="panoptic")
         client.wait([j.id for j in jobs], timeout=120)
         after = scrape(port)
         assert after[done_key] - before.get(done_key, 0) == 2
@@ -54,6 +54,14 @@ def test_exporter_counts_jobs_frames_and_queues(client, worker, tmp_path):
         assert after[("segq_workers", (("model", "coco-panoptic"),))] >= 1
         assert after[("segq_model_load_seconds", (("model", "coco-panoptic"), ("worker", worker)))] > 0
         assert after[("segq_job_fps", (("kind", "image"), ("model", "coco-panoptic")))] > 0
+        # the model stages' figures (published as each task ends: poll a moment for the last one)
+        model_items = lambda m: sum(v for (name, _), v in m.items() if name == "segq_model_items_total")  # noqa: E731
+        deadline = time.monotonic() + 10
+        while model_items(after) - model_items(before) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            after = scrape(port)
+        assert model_items(after) - model_items(before) >= 2
+        assert 0 <= after[("segq_model_busy_ratio", (("worker", worker),))] <= 1
     finally:
         proc.terminate()
         proc.wait(10)
@@ -84,7 +92,7 @@ def test_queue_depth_counts_waiting_messages(client, redis_client):
     try:
         import json
 
-        depths = json.loads(segq("queues", "--json").stdout)
-        assert depths[queue] == 3
+        report = json.loads(segq("queues", "--json").stdout)
+        assert report["queues"][queue] == {"waiting": 3, "unacked": 0}
     finally:
         redis_client.delete(queue)

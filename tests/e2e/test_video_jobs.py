@@ -144,16 +144,17 @@ def bad_videos(tmp_path, client) -> dict[str, tuple[str, str]]:
                 o.mux(p)
     cut_indexed = tmp_path / "cut-indexed.mp4"
     cut_indexed.write_bytes(indexed.read_bytes()[: indexed.stat().st_size * 2 // 3])
-    text = tmp_path / "notes.mp4"
-    text.write_text("not a video\n" * 30)
+    # Already in storage (the CLI refuses such local files before upload): the worker must say why.
+    text_key = "inputs/bad-videos/notes.mp4"
+    client.storage.put_bytes(text_key, b"not a video\n" * 30)
     long = video(tmp_path / "long.mp4", frames=310, size=(32, 32), gop=100)
-    big_key = "uploads/big.mp4"
+    big_key = "inputs/bad-videos/big.mp4"
     client.storage.put_bytes(big_key, good.read_bytes() + b"\0" * (client.settings.max_input_bytes + 1))
     return {
         "zero frames": (str(empty_stream), "the video has no frames"),
         "truncated": (str(truncated), "truncated MP4/MOV: the file ends inside its 'mdat' box"),
         "truncated after its index": (str(cut_indexed), "truncated or corrupt video: its index lists 30 frames"),
-        "text named .mp4": (str(text), "not a video container (neither MP4/MOV, Matroska/WebM nor AVI)"),
+        "text named .mp4": (f"s3://{client.settings.s3_bucket}/{text_key}", "not a video container (neither MP4/MOV, Matroska/WebM nor AVI)"),
         "audio only": (str(audio_only(tmp_path / "sound.mp4")), "no video stream in the file (it holds audio)"),
         "too long": (str(long), "more than 300 frames (SEGQ_MAX_VIDEO_FRAMES)"),
         "too large": (f"s3://{client.settings.s3_bucket}/{big_key}", "over the limit of"),

@@ -25,7 +25,7 @@ def test_the_launcher_pins_one_process_per_gpu_with_its_models_queues():
     assert (env["CUDA_VISIBLE_DEVICES"], env["SEGQ_WORKER_MODELS"], env["SEGQ_PRECISION"]) == ("1", "ade-semantic,coco-panoptic", "fp16")
     [cpu] = launcher.plan(s, gpus="cpu")
     assert cpu.cuda_visible_devices == "" and cpu.hostname.startswith("segq-cpu@")
-    # the policy (solo pool, prefetch 1, acks late) comes from the app's config, not the command line
+    # the policy (threads pool, prefetch 1, acks late) comes from the app's config, not the command line
     assert "--pool" not in launcher.command(cpu) and "--prefetch-multiplier" not in launcher.command(cpu)
 
 

@@ -1,0 +1,205 @@
+"""Nothing stuck, nothing lost: workers SIGKILLed mid-chunk and mid-assembly, Redis killed and
+restarted, S3 down under a backlog, a task that kills its worker every time, cancel and retry.
+
+Every fault is real: the test kills real processes of its own stack (its own Redis and SeaweedFS,
+so the session's servers are not disturbed), with a one-second heartbeat so that leases expire
+in seconds. Each wait is bounded; no timing is asserted (``bench/faults.py`` measures them).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from producer.client import Client
+from producer.stack import RedisServer, SeaweedS3
+from segq import layout, leases, registry
+from segq.settings import Settings
+from support.media import photo, video
+from support.servers import start_worker, wait_for_worker
+from support.storage import fetch
+
+pytestmark = pytest.mark.e2e
+
+HEARTBEAT = 1  # seconds: a dead worker's leases expire after 3 of them
+
+
+def wait_for(condition, timeout: float, what: str, poll: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Chaos:
+    """The module's own stack: Redis, S3, workers that can be killed, and a client."""
+
+    def __init__(self, root: Path, s3_keys: tuple[str, str], models: dict[str, str]):
+        self.root = root
+        self.redis = RedisServer("redis", root / "logs" / "redis.log", data_dir=root / "redis").start()
+        self.s3 = SeaweedS3("s3", root / "logs" / "s3.log", data_dir=root / "s3",
+                            access_key=s3_keys[0], secret_key=s3_keys[1]).start()
+        self.env = {
+            "SEGQ_REDIS_URL": self.redis.url, **self.s3.env(),
+            "SEGQ_MODELS": ",".join(f"{k}={v}" for k, v in models.items()),
+            "SEGQ_HEARTBEAT_SECONDS": str(HEARTBEAT), "SEGQ_RETRY_BUDGET": "180",
+            "SEGQ_MAX_WORKER_LOSSES": "3", "SEGQ_ENV_FILE": "/nonexistent/.env",
+        }
+        self.client = Client(Settings.from_env(self.env))
+        self.workers: dict[str, tuple] = {}
+        self.count = 0
+
+    @property
+    def r(self):
+        return self.client.store.r
+
+    def add_worker(self) -> str:
+        self.count += 1
+        service, hostname = start_worker(self.root, self.env, f"c{self.count}")
+        wait_for_worker(self.redis.url, hostname, service)
+        self.workers[hostname] = (service, hostname)
+        return hostname
+
+    def live_workers(self) -> list[str]:
+        return [w.hostname for w in registry.workers(self.r)]
+
+    def kill(self, hostname: str) -> float:
+        """SIGKILL the Celery process of a worker (as the OOM killer would); when it happened."""
+        record = registry.get(self.r, hostname)
+        assert record is not None and record.pid
+        os.kill(record.pid, signal.SIGKILL)
+        killed = time.time()
+        service, _ = self.workers.pop(hostname)
+        service.stop()  # the `segq worker` parent exits when its child dies; reap it
+        return killed
+
+    def running_lease(self, job_id: str, task: str):
+        return next((lease for lease in leases.leases(self.r)
+                     if lease.job_id == job_id and lease.task == task and lease.running), None)
+
+    def close(self) -> None:
+        for service, _ in self.workers.values():
+            service.stop()
+        self.s3.stop()
+        self.redis.stop()
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory, s3_server, tiny_models, stack_env):
+    stack = Chaos(tmp_path_factory.mktemp("chaos"), (s3_server.access_key, s3_server.secret_key), tiny_models)
+    stack.add_worker()
+    stack.add_worker()
+    yield stack
+    stack.close()
+
+
+def frames_of(chaos, job_id: str, tmp_path: Path) -> int:
+    out = tmp_path / f"{job_id}.mp4"
+    out.write_bytes(fetch(chaos.client, layout.output_key(job_id, layout.OVERLAY_VIDEO)))
+    with av.open(str(out)) as c:
+        return sum(1 for _ in c.decode(c.streams.video[0]))
+
+
+def test_a_worker_killed_mid_chunk_loses_no_frame(chaos, tmp_path):
+    src = video(tmp_path / "clip.mp4", frames=48, size=(256, 192))
+    [job] = chaos.client.submit([str(src)], task="semantic", chunk_frames=12, batch_size=2)
+    lease = wait_for(lambda: chaos.running_lease(job.id, "segq.segment_chunk"), 120, "a running chunk")
+    chaos.kill(lease.worker)
+
+    [done] = chaos.client.wait([job.id], timeout=240)
+    assert done.state == "done", done.error
+    assert (done.frames_done, done.chunks_done) == (48, 4)
+    assert done.requeues >= 1 and f"requeued: worker {lease.worker} lost" in (done.note or "")
+    assert frames_of(chaos, job.id, tmp_path) == 48
+    assert not leases.leases(chaos.r), "every lease is released or reaped"
+    chaos.add_worker()
+
+
+def test_a_worker_killed_during_assembly_still_gives_one_whole_output(chaos, tmp_path):
+    src = video(tmp_path / "clip.mp4", frames=60, size=(320, 240), audio=True)
+    [job] = chaos.client.submit([str(src)], task="semantic", chunk_frames=30, batch_size=4)
+    lease = wait_for(lambda: chaos.running_lease(job.id, "segq.assemble_video"), 240, "assembly running",
+                     poll=0.01)
+    chaos.kill(lease.worker)
+
+    [done] = chaos.client.wait([job.id], timeout=240)
+    assert done.state == "done", done.error
+    assert done.assemblies >= 1 and done.requeues >= 1
+    assert frames_of(chaos, job.id, tmp_path) == 60  # at-least-once assembly, exactly-once result
+    chaos.add_worker()
+
+
+def test_redis_killed_and_restarted_mid_chunk(chaos, tmp_path):
+    src = video(tmp_path / "clip.mp4", frames=40, size=(256, 192))
+    [job] = chaos.client.submit([str(src)], task="semantic", chunk_frames=20, batch_size=2)
+    wait_for(lambda: chaos.running_lease(job.id, "segq.segment_chunk"), 120, "a running chunk")
+    chaos.redis.stop(sig=signal.SIGKILL)
+    time.sleep(5)
+    chaos.redis.start()
+
+    [done] = chaos.client.wait([job.id], timeout=240)  # also rides out the outage itself
+    assert done.state == "done", done.error
+    assert done.frames_done == 40 and frames_of(chaos, job.id, tmp_path) == 40
+    wait_for(lambda: len(chaos.live_workers()) >= 2, 60, "the workers to publish their records again")
+
+
+def test_s3_down_for_30_seconds_under_a_backlog_loses_no_job(chaos, tmp_path):
+    images = [str(photo(tmp_path / f"i{i}.png", (160, 120), seed=i)) for i in range(6)]
+    jobs = chaos.client.submit(images, task="semantic")
+    jobs += chaos.client.submit([str(video(tmp_path / "v.mp4", frames=24, size=(160, 120)))], task="semantic",
+                                chunk_frames=8)
+    chaos.s3.stop(sig=signal.SIGKILL)
+    time.sleep(30)
+    chaos.s3.start()
+
+    records = chaos.client.wait([j.id for j in jobs], timeout=300)
+    assert [r.state for r in records] == ["done"] * len(jobs), [r.error for r in records]
+
+
+def test_a_task_that_kills_its_worker_every_time_fails_after_three_losses(chaos, tmp_path):
+    src = video(tmp_path / "poison.mp4", frames=120, size=(320, 240))
+    [job] = chaos.client.submit([str(src)], task="semantic", chunk_frames=120, batch_size=1)
+    for _ in range(3):
+        lease = wait_for(lambda: chaos.running_lease(job.id, "segq.segment_chunk"), 240, "the chunk running")
+        chaos.kill(lease.worker)
+        chaos.add_worker()
+
+    [failed] = chaos.client.wait([job.id], timeout=120)
+    assert failed.state == "failed"
+    assert "segq.segment_chunk lost its worker 3 times" in failed.error
+    assert failed.requeues == 2  # put back twice, then given up
+    assert len(chaos.live_workers()) >= 2
+
+
+def test_cancel_stops_a_video_and_retry_runs_it_again(chaos, tmp_path):
+    src = video(tmp_path / "long.mp4", frames=96, size=(256, 192))
+    [job] = chaos.client.submit([str(src)], task="semantic", chunk_frames=16, batch_size=2)
+    wait_for(lambda: chaos.running_lease(job.id, "segq.segment_chunk"), 120, "a running chunk")
+    [(record, outcome)] = chaos.client.cancel([job.id])
+    assert (record.state, outcome) == ("canceled", "canceled")
+    assert chaos.client.cancel([job.id])[0][1] == "already canceled"  # idempotent
+
+    wait_for(lambda: not [lease for lease in leases.leases(chaos.r) if lease.job_id == job.id], 120,
+             "the job's tasks to stop")
+    time.sleep(2 * HEARTBEAT)
+    final = chaos.client.status(job.id)
+    assert final.state == "canceled" and not final.assemblies
+    listed = chaos.client.storage.client.list_objects_v2(Bucket=chaos.client.settings.s3_bucket,
+                                                         Prefix=layout.output_prefix(job.id))
+    assert listed.get("KeyCount", 0) == 0, "partial outputs are removed"
+
+    [(again, outcome)] = chaos.client.retry([job.id])
+    assert outcome == "retry 1" and again.state in ("queued", "running") and again.retry == 1
+    assert chaos.client.retry([job.id])[0][1].startswith("not retried: it is ")
+    [done] = chaos.client.wait([job.id], timeout=300)
+    assert done.state == "done" and done.frames_done == 96
+    assert frames_of(chaos, job.id, tmp_path) == 96
+    assert chaos.client.cancel([job.id])[0][1] == "already done"
