@@ -54,7 +54,12 @@ def celery_config(settings: Settings) -> dict:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        "task_track_started": True,
+        # No STARTED write before a task runs: the job record tracks progress, and a task must
+        # not fail before it starts because Redis is briefly away. Results are stored with
+        # retries for the same reason.
+        "task_track_started": False,
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
         "result_expires": defaults.RESULT_EXPIRES_SECONDS,
         "result_extended": True,
         # Flower and `segq workers` see what happens.

@@ -75,6 +75,12 @@ class LeaseBook:
         pipe.delete(keys.lease(tag))
         pipe.execute()
 
+    def abandon(self, tag: str) -> None:
+        """Stop renewing a lease without releasing it: its message was neither finished nor put
+        back (its task broke outside the skeleton, e.g. on a Redis outage). The reaper restores it
+        once it has gone unrenewed for a whole extra lease time, even though this worker lives."""
+        self.held.discard(tag)
+
     def renew(self) -> None:
         """Push every held lease's expiry forward (the heartbeat)."""
         if not self.held:
@@ -130,9 +136,16 @@ def _restore(r: redis.Redis, tag: str, job_failed: bool) -> bool:
     return found
 
 
-def reap(r: redis.Redis, max_losses: int, now: float | None = None) -> list[Reaped]:
-    """Put back the work of dead workers (module docstring). Safe to run from several places:
-    callers hold ``REAPER_LOCK`` and every move is one Redis transaction."""
+def restore(r: redis.Redis, tag: str) -> bool:
+    """Put the message of ``tag`` back on its queue now and drop its lease (False: it was no
+    longer unacknowledged)."""
+    return _restore(r, tag, job_failed=False)
+
+
+def reap(r: redis.Redis, max_losses: int, now: float | None = None, ttl: float | None = None) -> list[Reaped]:
+    """Put back the work of dead workers (module docstring), and the abandoned leases of live
+    ones (unrenewed for ``ttl`` past their expiry). Safe to run from several places: callers hold
+    ``REAPER_LOCK`` and every move is one Redis transaction."""
     now = now or time.time()
     live = {(w.hostname, w.pid) for w in registry.workers(r)}
     out = []
@@ -142,7 +155,11 @@ def reap(r: redis.Redis, max_losses: int, now: float | None = None) -> list[Reap
             r.zrem(keys.LEASES, tag)
             continue
         if (lease.worker, lease.pid) in live:
-            continue  # late heartbeat, not a dead worker
+            if ttl is None or now - lease.expires < ttl:
+                continue  # a late heartbeat, not lost work
+            restored = _restore(r, tag, job_failed=False)  # abandoned by a live worker
+            out.append(Reaped(lease, "requeued" if restored else "dropped", 0))
+            continue
         losses = 0
         failed = False
         if lease.running and lease.job_id:
@@ -155,13 +172,14 @@ def reap(r: redis.Redis, max_losses: int, now: float | None = None) -> list[Reap
     return out
 
 
-def try_reap(r: redis.Redis, max_losses: int, hold_seconds: float = 30.0) -> list[Reaped] | None:
+def try_reap(r: redis.Redis, max_losses: int, hold_seconds: float = 30.0, ttl: float | None = None
+             ) -> list[Reaped] | None:
     """Run the reaper if no other worker is running it right now (None when it is)."""
     token = f"{time.time()}"
     if not r.set(keys.REAPER_LOCK, token, nx=True, px=int(hold_seconds * 1000)):
         return None
     try:
-        return reap(r, max_losses)
+        return reap(r, max_losses, ttl=ttl)
     finally:
         if r.get(keys.REAPER_LOCK) == token:
             r.delete(keys.REAPER_LOCK)

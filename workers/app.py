@@ -55,12 +55,28 @@ def _started(task_id=None, **_):
     runtime.get().lease_started(task_id)
 
 
-def _finished(task_id=None, request=None, **_):
-    from workers import runtime
+def _connection_errors() -> tuple[type, ...]:
+    import redis
+    from kombu.exceptions import OperationalError
 
+    return (redis.ConnectionError, redis.TimeoutError, OperationalError, ConnectionError, TimeoutError)
+
+
+_CONNECTION_ERRORS: tuple[type, ...] = ()
+
+
+def _finished(task_id=None, request=None, state=None, retval=None, **_):
+    from workers import runtime
+    from workers.skeleton import JobFailure
+
+    global _CONNECTION_ERRORS
+    _CONNECTION_ERRORS = _CONNECTION_ERRORS or _connection_errors()
     task_id = task_id or getattr(request, "id", None)
     if task_id:
-        runtime.get().lease_done(task_id)
+        # Broken by the infrastructure outside the skeleton (storing the result while Redis
+        # is away): put the message back. Anything else failed for good.
+        broke = state == "FAILURE" and not isinstance(retval, JobFailure) and isinstance(retval, _CONNECTION_ERRORS)
+        runtime.get().lease_done(task_id, broke=broke)
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -101,7 +101,7 @@ class Runtime:
 
     def reap(self) -> None:
         """Put back the work of dead workers; note it on their jobs."""
-        reaped = leases_mod.try_reap(self.redis, self.settings.max_worker_losses)
+        reaped = leases_mod.try_reap(self.redis, self.settings.max_worker_losses, ttl=self.leases.ttl)
         for r in reaped or []:
             lease = r.lease
             if not lease.job_id:
@@ -129,14 +129,25 @@ class Runtime:
         if tags:
             self.leases.started(tags[0])
 
-    def lease_done(self, task_id: str) -> None:
+    def lease_done(self, task_id: str, broke: bool = False) -> None:
+        """The task ended. ``broke``: it failed outside the skeleton (its job was not told, and
+        Celery would drop the message): put the message back instead of releasing it."""
         with self._active_lock:
             tags = self._tags.get(task_id, [])
             tag = tags.pop(0) if tags else None
             if not tags:
                 self._tags.pop(task_id, None)
-        if tag:
+        if not tag:
+            return
+        if not broke:
             self.leases.release(tag)
+            return
+        try:
+            leases_mod.restore(self.redis, tag)
+            self.leases.held.discard(tag)
+            log.warning("task %s broke outside its job's error handling; its message is back on its queue", task_id)
+        except redis.RedisError:
+            self.leases.abandon(tag)  # the reaper restores it once Redis answers
 
 
 _runtime: Runtime | None = None

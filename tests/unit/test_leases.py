@@ -88,3 +88,15 @@ def test_a_message_no_longer_unacknowledged_is_dropped_and_renewal_keeps_leases(
     r.zadd(keys.LEASES, {"tag-5": 0})
     assert [x.outcome for x in leases.reap(r, max_losses=3)] == ["dropped"]
     assert leases.try_reap(r, 3) == [] and r.get(keys.REAPER_LOCK) is None
+
+
+def test_a_lease_a_live_worker_abandoned_is_restored_after_a_grace_period(r):
+    WorkerRegistration(r, "w6@h", "cpu").publish()  # live, this very process
+    book = leases.LeaseBook(r, "w6@h", ttl=5.0)
+    book.take("tag-6", "job6", "job6", "segq.segment_image")
+    held_by_kombu(r, "tag-6", "job6")
+    book.abandon("tag-6")  # its task broke outside the skeleton while Redis was away
+    expiry = r.zscore(keys.LEASES, "tag-6")
+    assert leases.reap(r, max_losses=3, now=expiry + 1, ttl=5.0) == []  # a late beat, maybe
+    [x] = leases.reap(r, max_losses=3, now=expiry + 6, ttl=5.0)
+    assert (x.outcome, x.losses) == ("requeued", 0) and r.llen("segq.model.m") == 1
