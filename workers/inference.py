@@ -46,8 +46,18 @@ def _sync(device: torch.device) -> None:
 
 
 def preprocess(m: LoadedModel, images: list[Image.Image]) -> dict:
-    """The image processor on a batch: the model's inputs as CPU tensors (any thread may run it)."""
-    inputs = m.processor(images=images, return_tensors="pt")
+    """The image processor on a batch: the model's inputs (any thread may run it).
+
+    With the torchvision processor (``SEGQ_IMAGE_PROCESSOR=torchvision``) on a CUDA worker the
+    resize and normalisation run on the GPU (transformers' ``device`` argument), so only the
+    uint8 pixels cross the bus; the PIL processor runs on the CPU and its float output is copied
+    from pinned memory."""
+    if m.spec.device.type == "cuda" and m.processor_backend == "torchvision":
+        inputs = m.processor(images=images, return_tensors="pt", device=m.spec.device)
+    else:
+        inputs = m.processor(images=images, return_tensors="pt")
+        if m.spec.device.type == "cuda":
+            inputs = {k: v.pin_memory() for k, v in inputs.items() if v is not None}
     kwargs = {"pixel_values": inputs["pixel_values"]}
     if inputs.get("pixel_mask") is not None:
         kwargs["pixel_mask"] = inputs["pixel_mask"]

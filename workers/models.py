@@ -37,6 +37,10 @@ class LoadedModel:
     postprocess: str = "fast"  # "fast" (workers.postprocess) or "reference" (transformers')
 
     @property
+    def processor_backend(self) -> str:
+        return processor_backend(self.processor)
+
+    @property
     def processor_name(self) -> str:
         """The processor class, recorded with every output (``segments.json``, ``video.json``)."""
         return type(self.processor).__name__

@@ -196,6 +196,33 @@ def _even(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
+_ENCODER: str | None = None
+
+
+def h264_encoder() -> str:
+    """``h264_nvenc`` when the FFmpeg inside PyAV has it and a GPU takes it (one test encode),
+    else ``libx264``; decided once per process."""
+    global _ENCODER
+    if _ENCODER is None:
+        _ENCODER = "h264_nvenc" if _nvenc_works() else "libx264"
+    return _ENCODER
+
+
+def _nvenc_works() -> bool:
+    if "h264_nvenc" not in av.codecs_available:
+        return False
+    try:
+        ctx = av.CodecContext.create("h264_nvenc", "w")
+        ctx.width, ctx.height, ctx.pix_fmt = 256, 256, "yuv420p"
+        ctx.time_base = Fraction(1, 25)
+        ctx.open()
+        frame = av.VideoFrame.from_ndarray(np.zeros((256, 256, 3), np.uint8), format="rgb24").reformat(format="yuv420p")
+        ctx.encode(frame)
+        return True
+    except Exception:  # no GPU, no driver, no free NVENC session
+        return False
+
+
 class PartEncoder:
     """H.264 (yuv420p, no B-frames) MP4 of RGB frames; timestamps = frame numbers.
 
@@ -203,8 +230,9 @@ class PartEncoder:
     that are inputs (the demo, the benchmarks), so that chunk tasks can seek in them.
     """
 
-    def __init__(self, path: Path, fps: Fraction, crf: int = 20, gop: int | None = None):
+    def __init__(self, path: Path, fps: Fraction, crf: int = 20, gop: int | None = None, codec: str | None = None):
         self.path, self.fps, self.crf, self.gop = path, fps, crf, gop
+        self.codec = codec or h264_encoder()
         self.container = None
         self.stream = None
         self.count = 0
@@ -213,11 +241,14 @@ class PartEncoder:
         rgb = _even(rgb)
         if self.container is None:
             self.container = av.open(str(self.path), mode="w", format="mp4")
-            self.stream = self.container.add_stream("libx264", rate=self.fps)
+            self.stream = self.container.add_stream(self.codec, rate=self.fps)
             self.stream.height, self.stream.width = rgb.shape[:2]
             self.stream.pix_fmt = "yuv420p"
             # No B-frames: decode order = presentation order, so parts join by renumbering.
-            self.stream.options = {"crf": str(self.crf), "preset": "veryfast", "bf": "0"}
+            if self.codec == "libx264":
+                self.stream.options = {"crf": str(self.crf), "preset": "veryfast", "bf": "0"}
+            else:  # NVENC: constant quality, no B-frames
+                self.stream.options = {"rc": "vbr", "cq": str(self.crf + 3), "preset": "p4", "bf": "0"}
             if self.gop:
                 self.stream.options |= {"g": str(self.gop)}
             self.stream.codec_context.time_base = 1 / self.fps

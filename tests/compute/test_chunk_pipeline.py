@@ -142,3 +142,21 @@ def test_a_real_part_encodes_every_frame_in_order(model, stage, tmp_path):
         renderer.archive(2, 11)
     assert part.close() == 9
     assert len(renderer.labels) == 9
+
+
+def test_parts_encode_with_the_chosen_h264_encoder(tmp_path):
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    from workers import video
+
+    enc = video.PartEncoder(tmp_path / "p.mp4", Fraction(25))
+    for i in range(5):
+        enc.write(np.full((64, 96, 3), 40 * i, np.uint8))
+    assert enc.close() == 5
+    with av.open(str(tmp_path / "p.mp4")) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+        assert sum(1 for _ in c.decode(c.streams.video[0])) == 5
+    assert video.h264_encoder() in ("h264_nvenc", "libx264")
