@@ -189,8 +189,7 @@ class Client:
             except redis.RedisError as exc:
                 raise _redis_down(self.settings, exc) from exc
             if moved:
-                for prefix in (layout.output_prefix(job_id), layout.work_prefix(job_id)):
-                    self.storage.delete_prefix(prefix)
+                self.storage.delete_job_files(job_id)
                 outcome = "canceled"
             else:
                 outcome = f"already {record.state}"
@@ -203,6 +202,9 @@ class Client:
         out = []
         for job_id in job_ids:
             record = self.status(job_id)
+            if not record.payload:
+                out.append((record, "not retried: its request was not stored (submitted by an older segq)"))
+                continue
             try:
                 n = self.store.reset_for_retry(job_id)
             except redis.RedisError as exc:
@@ -210,8 +212,7 @@ class Client:
             if n <= 0:
                 out.append((record, f"not retried: it is {record.state}"))
                 continue
-            for prefix in (layout.output_prefix(job_id), layout.work_prefix(job_id)):
-                self.storage.delete_prefix(prefix)
+            self.storage.delete_job_files(job_id)
             parser = VideoJob.from_message if record.is_video else ImageJob.from_message
             self.send(parser(json.loads(record.payload)), task_id=f"{job_id}-r{n}")
             out.append((self.status(job_id), f"retry {n}"))

@@ -25,7 +25,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from segq import limits
+from segq import layout, limits
 from segq.errors import InputError, ObjectNotFound, ServiceRefused, ServiceUnavailable
 from segq.settings import Settings
 
@@ -196,6 +196,10 @@ class Storage:
         except (BotoCoreError, ClientError) as exc:
             raise self._explain(exc, f"delete of s3://{self.bucket}/{prefix}") from exc
         return deleted
+
+    def delete_job_files(self, job_id: str) -> int:
+        """Remove what a job wrote (outputs and work files), e.g. when it is canceled or retried."""
+        return sum(self.delete_prefix(p) for p in (layout.output_prefix(job_id), layout.work_prefix(job_id)))
 
     def presign(self, key: str, expires: int) -> str:
         return self.client.generate_presigned_url(

@@ -41,7 +41,7 @@ import redis
 from celery import Task, shared_task
 from celery.exceptions import Retry
 
-from segq import keys, layout, registry
+from segq import keys, registry
 from segq.access import require_input
 from segq.errors import InputError, ObjectNotFound, ServiceUnavailable, UsageError
 from segq.jobs import JobState
@@ -154,11 +154,10 @@ def _retry_later(task: Task, rt: Runtime, job_id: str, exc: Exception):
 
 
 def _clean_up_canceled(rt: Runtime, job_id: str) -> None:
-    for prefix in (layout.output_prefix(job_id), layout.work_prefix(job_id)):
-        try:
-            rt.storage.delete_prefix(prefix)
-        except ServiceUnavailable as exc:
-            log.warning("job %s canceled: could not remove %s: %s", job_id, prefix, exc)
+    try:
+        rt.storage.delete_job_files(job_id)
+    except ServiceUnavailable as exc:
+        log.warning("job %s canceled: could not remove its files: %s", job_id, exc)
 
 
 def guarded(task: Task, rt: Runtime, job_id: str, input_uri: str, work: Callable[[], Any]) -> Any:
