@@ -154,9 +154,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heartbeat", type=int, default=10, help="SEGQ_HEARTBEAT_SECONDS of the workers")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--workdir", help="keep servers' data and logs in this folder (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="segq-faults-") as tmp:
-        root = Path(tmp)
+        root = Path(args.workdir or tmp)
+        root.mkdir(parents=True, exist_ok=True)
         fleet = Fleet(root, args.heartbeat)
         try:
             fleet.add_worker()

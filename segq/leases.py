@@ -169,6 +169,30 @@ def reap(r: redis.Redis, max_losses: int, now: float | None = None, ttl: float |
         restored = _restore(r, tag, job_failed=failed)
         outcome = "failed" if failed else ("requeued" if restored else "dropped")
         out.append(Reaped(lease, outcome, losses))
+    if ttl is not None:
+        out += _orphans(r, now, 2 * ttl)
+    return out
+
+
+def _orphans(r: redis.Redis, now: float, age: float) -> list[Reaped]:
+    """Unacknowledged messages that nobody leases, delivered more than ``age`` seconds ago.
+
+    A worker leases a message within milliseconds of receiving it, so such a message belongs to
+    a worker that died between the broker's delivery and its lease (kombu writes the delivery
+    first): it goes back on its queue like any lost work."""
+    out = []
+    for tag, _delivered in r.zrangebyscore(keys.KOMBU_UNACKED_INDEX, "-inf", now - age, withscores=True):
+        if r.exists(keys.lease(tag)):
+            continue
+        raw = r.hget(keys.KOMBU_UNACKED, tag)
+        task_id = ""
+        if raw:
+            try:
+                task_id = json.loads(raw)[0].get("headers", {}).get("id", "")
+            except (ValueError, IndexError, AttributeError):
+                pass
+        if _restore(r, tag, job_failed=False):
+            out.append(Reaped(Lease(tag, task_id=task_id, job_id=task_id.split("-")[0]), "requeued", 0))
     return out
 
 

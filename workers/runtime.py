@@ -104,6 +104,8 @@ class Runtime:
         reaped = leases_mod.try_reap(self.redis, self.settings.max_worker_losses, ttl=self.leases.ttl)
         for r in reaped or []:
             lease = r.lease
+            log.info("reaper: lease %s of task %s (worker %s pid %s, %s): %s", lease.tag, lease.task_id,
+                     lease.worker, lease.pid, "running" if lease.running else "held", r.outcome)
             if not lease.job_id:
                 continue
             if r.outcome == "failed":

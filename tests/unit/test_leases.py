@@ -100,3 +100,14 @@ def test_a_lease_a_live_worker_abandoned_is_restored_after_a_grace_period(r):
     assert leases.reap(r, max_losses=3, now=expiry + 1, ttl=5.0) == []  # a late beat, maybe
     [x] = leases.reap(r, max_losses=3, now=expiry + 6, ttl=5.0)
     assert (x.outcome, x.losses) == ("requeued", 0) and r.llen("segq.model.m") == 1
+
+
+def test_an_unleased_message_delivered_long_ago_is_an_orphan_and_goes_back(r):
+    import time
+
+    held_by_kombu(r, "tag-7", "0123456789abcdef-chunk00002")  # delivered at t=1.0, never leased
+    [x] = leases.reap(r, max_losses=3, ttl=5.0)
+    assert (x.outcome, x.lease.task_id, x.lease.job_id) == ("requeued", "0123456789abcdef-chunk00002", "0123456789abcdef")
+    r.hset(keys.KOMBU_UNACKED, "tag-8", "[{}, \"\", \"q\"]")
+    r.zadd(keys.KOMBU_UNACKED_INDEX, {"tag-8": time.time()})  # just delivered: its lease may be on its way
+    assert leases.reap(r, max_losses=3, ttl=5.0) == []
