@@ -116,6 +116,10 @@ def worker_kill(fleet: Fleet, root: Path, what: str) -> dict:
     src = image(root, f"{what}.png") if what == "image" else clip(root, f"{what}.mp4", 48)
     [job] = fleet.client.submit([src], task="semantic", chunk_frames=24 if what == "assembly" else 12)
     lease = wait_for(lambda: fleet.running(job.id, task), 300, f"{task} running", poll=0.005)
+    # Into the task, not at the instant the worker fetches its next message: kombu takes a message
+    # off the queue and records it as unacknowledged in two steps, and a kill between them loses
+    # it (README, Reliability: not guaranteed).
+    time.sleep(0.3 if what == "chunk" else 0.05)
     killed = fleet.kill_worker(lease.worker)
     wait_for(lambda: (fleet.client.status(job.id).requeues or 0) >= 1, 300, "the requeue")
     requeued = time.monotonic()
