@@ -54,3 +54,17 @@ def test_finishing_counts_fleet_stats_with_the_codec(store):
     assert stats[keys.stat_field(keys.STAT_JOBS, "done", "image", "m2")] == "1"
     assert keys.parse_stat_field("last_fps|image|m2") == ("last_fps", ("image", "m2"))
     assert keys.parse_stat_field("nonsense|x") is None
+
+
+def test_a_record_expires_counting_from_the_end_and_a_final_state_is_never_overwritten(store):
+    from segq import keys
+
+    store.create(JobRecord(id="00000000000000d4", kind=JobKind.IMAGE, task="semantic", model="m", input="s3://b/k"))
+    store.r.expire(keys.job("00000000000000d4"), 5)  # as if created long ago
+    assert store.cancel("00000000000000d4") is True
+    assert store.r.ttl(keys.job("00000000000000d4")) > 500  # the full TTL again, from the end
+    assert store.finish("00000000000000d4", frames=1) is False  # a late finish does not undo the cancel
+    assert store.get("00000000000000d4").state == JobState.CANCELED
+    assert store.reset_for_retry("00000000000000d4") == 1
+    assert store.get("00000000000000d4").state == JobState.QUEUED
+    assert store.reset_for_retry("00000000000000d4") == 0  # queued: nothing to retry
