@@ -113,20 +113,26 @@ def image(root: Path, name: str, size=(1280, 960)) -> str:
 
 def worker_kill(fleet: Fleet, root: Path, what: str) -> dict:
     task = {"chunk": "segq.segment_chunk", "image": "segq.segment_image", "assembly": "segq.assemble_video"}[what]
-    src = image(root, f"{what}.png") if what == "image" else clip(root, f"{what}.mp4", 48)
-    [job] = fleet.client.submit([src], task="semantic", chunk_frames=24 if what == "assembly" else 12)
+    src = image(root, f"{what}.png") if what == "image" else clip(root, f"{what}.mp4", 48 if what == "chunk" else 240,
+                                                                  (256, 192) if what == "chunk" else (640, 480))
+    [job] = fleet.client.submit([src], task="semantic", chunk_frames=60 if what == "assembly" else 12)
     lease = wait_for(lambda: fleet.running(job.id, task), 300, f"{task} running", poll=0.005)
     # Into the task, not at the instant the worker fetches its next message: kombu takes a message
     # off the queue and records it as unacknowledged in two steps, and a kill between them loses
     # it (README, Reliability: not guaranteed).
-    time.sleep(0.3 if what == "chunk" else 0.05)
+    time.sleep(0.3 if what == "chunk" else 0.0)
     killed = fleet.kill_worker(lease.worker)
-    wait_for(lambda: (fleet.client.status(job.id).requeues or 0) >= 1, 300, "the requeue")
-    requeued = time.monotonic()
+    def requeued_or_ended():
+        r = fleet.client.status(job.id)
+        return r if (r.requeues or r.final) else None
+
+    record = wait_for(requeued_or_ended, 300, "the requeue (or the job's end)")
+    requeued = time.monotonic() if record.requeues else None
     [done] = fleet.client.wait([job.id], timeout=300)
     fleet.add_worker()
-    return {"fault": f"worker SIGKILLed during {what}", "requeue_s": requeued - killed,
-            "done_s": time.monotonic() - killed, "state": done.state}
+    state = done.state if requeued else f"{done.state} (it ended before the kill took effect)"
+    return {"fault": f"worker SIGKILLed during {what}", "requeue_s": requeued and requeued - killed,
+            "done_s": time.monotonic() - killed, "state": state}
 
 
 def redis_restart(fleet: Fleet, root: Path) -> dict:
