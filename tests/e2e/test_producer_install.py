@@ -50,3 +50,29 @@ def test_a_producer_without_ml_libraries_submits_and_waits(client, tmp_path):
     assert result.returncode == 0, result.stderr
     [record] = json.loads(result.stdout)
     assert record["state"] == "done" and record["task"] == "panoptic"
+
+
+@pytest.mark.e2e
+def test_a_producer_only_virtualenv_submits_and_waits(client, tmp_path):
+    """`pip install segq` (no extras) into a fresh virtualenv without the system's packages: no
+    torch, transformers or OpenCV arrive, and the CLI submits a job and waits for it."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    venv = tmp_path / "producer-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    install = subprocess.run([str(py), "-m", "pip", "install", "-q", str(root)], capture_output=True, text=True,
+                             timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    probe = subprocess.run([str(py), "-c", "import importlib.util as u; print([m for m in ('torch', 'transformers', "
+                            "'cv2', 'av', 'numpy') if u.find_spec(m)])"], capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr
+
+    src = photo(tmp_path / "p.png", (80, 60))
+    result = subprocess.run([str(venv / "bin" / "segq"), "submit", str(src), "--task", "semantic", "--wait", "--json"],
+                            capture_output=True, text=True, timeout=180, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    [record] = json.loads(result.stdout)
+    assert record["state"] == "done"
