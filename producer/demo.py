@@ -15,6 +15,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from producer.cli.config import redact
+
 from segq.protocol import TASKS
 from segq.settings import Settings
 
@@ -73,7 +75,8 @@ def run_demo(data_dir: Path, out_dir: Path, *, offline: bool, keep: bool, out: C
                 out.print(f"  s3://{stack.s3.bucket}/{key}", highlight=False)
             for f in client.download(rec.id, out_dir):
                 out.print(f"  -> {f}", highlight=False)
-        out.print(f"\nflower: {stack.flower.url}   redis: {stack.redis.url}   s3: {stack.s3.endpoint}", highlight=False)
+        out.print(f"\nflower: {stack.flower.url}   redis: {redact(stack.redis.url)}   s3: {stack.s3.endpoint}"
+                  f"   (credentials in {stack.env_file})", highlight=False)
         out.print(f"outputs downloaded under {out_dir.resolve()}/<job id>/", highlight=False)
         if offline:
             out.print("[yellow]offline checkpoints are random-initialised: the segmentations are meaningless; "

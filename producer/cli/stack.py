@@ -9,6 +9,7 @@ import click
 
 from segq.errors import SegqError
 
+from producer.cli.config import redact
 from producer.cli.progress import err, out
 
 
@@ -48,7 +49,7 @@ def up(data_dir, offline, gpus, flower, flower_auth):
                        flower_auth=flower_auth)
     err.print("starting redis, s3, worker" + (", flower" if flower else "") + " ...")
     with stack:
-        out.print(f"redis   {stack.redis.url}", highlight=False)
+        out.print(f"redis   {redact(stack.redis.url)}  (credentials in {stack.env_file})", highlight=False)
         out.print(f"s3      {stack.s3.endpoint}  bucket {stack.s3.bucket}", highlight=False)
         if flower:
             out.print(f"flower  {stack.flower.url}", highlight=False)
