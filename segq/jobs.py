@@ -166,8 +166,11 @@ return 1
 # A chunk of a video job finished. Records it once (a chunk delivered twice counts once) and
 # tells the caller whether it completed the set and so must start assembly: exactly one caller
 # ever gets 2. KEYS: job hash, chunk set, chunk info hash. ARGV: index, frames, info JSON,
-# inference seconds, ttl. Returns 0 (duplicate), 1 (recorded), 2 (recorded, start assembly),
-# 3 (duplicate of a complete set whose assembly was claimed but never sent: send it).
+# inference seconds, ttl, now, grace, task id. Returns 0 (duplicate), 1 (recorded), 2 (recorded,
+# start assembly), 3 (duplicate of a complete set whose assembly was claimed and never sent, and
+# either this is the claiming task run again (its first run died before sending: a requeue) or
+# the claim is over `grace` seconds old: send it). Another task's duplicate arriving while the
+# claimer is still sending gets 0, so assembly is not sent twice.
 _CHUNK_DONE = """
 local added = redis.call('SADD', KEYS[2], ARGV[1])
 if added == 1 then
@@ -181,12 +184,21 @@ local done = redis.call('SCARD', KEYS[2])
 redis.call('HSET', KEYS[1], 'chunks_done', done)
 local total = tonumber(redis.call('HGET', KEYS[1], 'chunks_total') or '-1')
 if done ~= total then return added end
-if redis.call('HSETNX', KEYS[1], 'assembly_claimed', '1') == 1 then return 2 end
-if added == 0 and redis.call('HEXISTS', KEYS[1], 'assembly_sent') == 0 then return 3 end
+if redis.call('HSETNX', KEYS[1], 'assembly_claimed', ARGV[8] .. '|' .. ARGV[6]) == 1 then return 2 end
+if added == 0 and redis.call('HEXISTS', KEYS[1], 'assembly_sent') == 0 then
+  local claim = redis.call('HGET', KEYS[1], 'assembly_claimed')
+  local sep = string.find(claim, '|', 1, true)
+  local by, at = '', 0
+  if sep then by = string.sub(claim, 1, sep - 1); at = tonumber(string.sub(claim, sep + 1)) or 0 end
+  if by == ARGV[8] or tonumber(ARGV[6]) - at > tonumber(ARGV[7]) then return 3 end
+end
 return added
 """
 
 CHUNK_DUPLICATE, CHUNK_RECORDED, START_ASSEMBLY, RESEND_ASSEMBLY = 0, 1, 2, 3
+#: A duplicate of a chunk resends the assembly only when its claim is this old and still unsent
+#: (its sender died between claiming and sending); sooner, the claimer is still sending it.
+RESEND_GRACE_SECONDS = 60
 
 
 # Move a job to a final state unless it already is in one (a canceled job stays canceled even if
@@ -295,12 +307,14 @@ class JobStore:
         """The assembly message was sent (see ``RESEND_ASSEMBLY``)."""
         self.r.hset(keys.job(job_id), "assembly_sent", 1)
 
-    def chunk_done(self, job_id: str, index: int, frames: int, inference_s: float, info: dict) -> int:
+    def chunk_done(self, job_id: str, index: int, frames: int, inference_s: float, info: dict,
+                   task_id: str = "") -> int:
         """Record a finished chunk; returns one of CHUNK_DUPLICATE, CHUNK_RECORDED, START_ASSEMBLY,
-        RESEND_ASSEMBLY (see _CHUNK_DONE)."""
+        RESEND_ASSEMBLY (see _CHUNK_DONE). ``task_id``: the Celery task that ran it."""
         return int(self._chunk_done(
             keys=[keys.job(job_id), keys.job_chunks(job_id), keys.job_chunk_info(job_id)],
-            args=[index, frames, json.dumps(info), inference_s, self.ttl],
+            args=[index, frames, json.dumps(info), inference_s, self.ttl, time.time(), RESEND_GRACE_SECONDS,
+                  task_id or f"chunk{index}"],
         ))
 
     def chunk_infos(self, job_id: str) -> dict[int, dict]:

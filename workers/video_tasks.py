@@ -84,7 +84,8 @@ def segment_chunk(ctx: Context) -> dict:
         "total_s": round(time.perf_counter() - t0, 6), "worker": rt.hostname, "device": rt.spec.label,
         "read_bytes": reader.bytes_fetched, "finished_at": time.time(),
     }
-    outcome = rt.store.chunk_done(job.job_id, job.chunk, frames, inference_s, chunk_info)
+    outcome = rt.store.chunk_done(job.job_id, job.chunk, frames, inference_s, chunk_info,
+                                  task_id=ctx.task.request.id)
     if outcome in (START_ASSEMBLY, RESEND_ASSEMBLY):
         ctx.send(ASSEMBLE_VIDEO, job.for_chunk(-1, 0, 0), f"{job.job_id}-assemble")
         rt.store.assembly_sent(job.job_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from producer.stack import RedisServer
+from segq import keys
 from segq.jobs import (
     CHUNK_DUPLICATE, CHUNK_RECORDED, RESEND_ASSEMBLY, START_ASSEMBLY, JobKind, JobRecord, JobState, JobStore,
 )
@@ -36,10 +37,17 @@ def test_a_job_starts_once_and_a_final_job_is_skipped(store):
 def test_each_chunk_counts_once_and_one_caller_starts_assembly(store):
     job = "00000000000000b2"
     new_job(store, job, chunks_total=3, frames_done=0)
-    outcomes = [store.chunk_done(job, i, 10, 0.5, {"chunk": i}) for i in (0, 1, 1, 2, 2)]
-    assert outcomes == [CHUNK_RECORDED, CHUNK_RECORDED, CHUNK_DUPLICATE, START_ASSEMBLY, RESEND_ASSEMBLY]
+    outcomes = [store.chunk_done(job, i, 10, 0.5, {"chunk": i}, task_id=t)
+                for i, t in ((0, "c0"), (1, "c1"), (1, "c1-dup"), (2, "c2"), (2, "c2-dup"))]
+    # the last duplicate comes while the claimer may still be sending: no second assembly
+    assert outcomes == [CHUNK_RECORDED, CHUNK_RECORDED, CHUNK_DUPLICATE, START_ASSEMBLY, CHUNK_DUPLICATE]
     rec = store.get(job)
     assert (rec.frames_done, rec.chunks_done, rec.inference_s) == (30, 3, 1.5)
+    # the claiming task run again (requeued: it died before sending) sends it at once
+    assert store.chunk_done(job, 2, 10, 0.5, {"chunk": 2}, task_id="c2") == RESEND_ASSEMBLY
+    # another task's duplicate sends it once the claim is a minute old and still unsent
+    store.r.hset(keys.job(job), "assembly_claimed", "c2|1.0")
+    assert store.chunk_done(job, 0, 10, 0.5, {"chunk": 0}, task_id="c0-dup") == RESEND_ASSEMBLY
     store.assembly_sent(job)
     assert store.chunk_done(job, 0, 10, 0.5, {"chunk": 0}) == CHUNK_DUPLICATE  # sent: no resend
     assert sorted(store.chunk_infos(job)) == [0, 1, 2]
