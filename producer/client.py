@@ -33,21 +33,14 @@ from segq.protocol import (
 from segq.settings import Settings
 from segq.storage import Storage
 
+from producer.display import redact
 from producer.inputs import Input, expand
 
 ProgressFn = Callable[[list[JobRecord]], None]
 
 
 def _redis_down(settings: Settings, exc: Exception) -> ServiceUnavailable:
-    return ServiceUnavailable(f"cannot reach Redis at {_safe_url(settings.redis_url)}: {exc}")
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return ServiceUnavailable(f"cannot reach Redis at {redact(settings.redis_url)}: {exc}")
 
 
 class Client:

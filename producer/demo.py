@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from producer.cli.config import redact
+from producer.display import redact
 
 from segq.protocol import TASKS
 from segq.settings import Settings

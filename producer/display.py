@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from rich.console import Console
 from rich.table import Table
@@ -108,3 +109,29 @@ def print_links(console: Console, links: dict[str, str]) -> None:
     width = max(len(name) for name in links)
     for name, url in links.items():
         console.print(f"[bold]{name:<{width}}[/]  {url}", highlight=False, soft_wrap=True, crop=False)
+
+
+REDACTED = "***"
+#: URL query parameters whose values are never shown.
+SECRET_PARAMS = ("password", "passwd", "pass", "secret", "token", "access_token", "api_key", "apikey")
+
+
+def redact(value: str) -> str:
+    """A URL with its password (``scheme://user:PASSWORD@host``, ``?password=``) replaced by ``***``."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return value
+    if not parts.scheme:
+        return value
+    netloc, query = parts.netloc, parts.query
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo and userinfo.split(":", 1)[1]:
+        netloc = f"{userinfo.split(':', 1)[0]}:{REDACTED}@{host}"
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() in SECRET_PARAMS for k, _ in pairs):
+            query = urlencode([(k, REDACTED if k.lower() in SECRET_PARAMS else v) for k, v in pairs], safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return value
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

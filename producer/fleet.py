@@ -9,12 +9,13 @@ threads run tasks.
 
 from __future__ import annotations
 
+import json
 import socket
 from dataclasses import asdict, dataclass, field
 
 import redis
 
-from segq import registry
+from segq import keys, leases, registry
 from segq.protocol import QUEUE_PREFIX, model_queue
 from segq.registry import WorkerRecord
 from segq.settings import Settings
@@ -79,10 +80,6 @@ def queue_report(settings: Settings, r: redis.Redis) -> dict:
     """Per queue: messages waiting and messages unacknowledged (held by a worker: running,
     reserved, or scheduled for a retry); and the leases: running, held, and held by workers that
     are gone (the reaper puts those back)."""
-    import json
-
-    from segq import keys, leases
-
     waiting = queue_depths(settings, r)
     unacked: dict[str, int] = {name: 0 for name in waiting}
     for raw in r.hvals(keys.KOMBU_UNACKED):

@@ -147,7 +147,7 @@ def _retry_later(task: Task, rt: Runtime, job_id: str, exc: Exception):
         why = f"{elapsed:.0f}s of transient failures" if elapsed >= budget else f"{retries} retries"
         raise fail(rt, job_id, f"gave up after {why}: {exc}") from None
     countdown = min(60.0, 2.0 ** (retries + 1), max(1.0, budget - elapsed)) * random.uniform(0.8, 1.2)
-    rt.store.update(job_id, transient_since=first if since else now,
+    rt.store.update(job_id, transient_since=first,
                     note=f"retry {retries + 1} in {countdown:.0f}s: {exc}")
     log.warning("job %s: transient failure, retry in %.0fs: %s", job_id, countdown, exc)
     raise task.retry(exc=exc, countdown=countdown, max_retries=rt.settings.task_retries) from None

@@ -9,7 +9,7 @@ import click
 
 from segq.errors import SegqError
 
-from producer.cli.config import redact
+from producer.display import redact
 from producer.cli.progress import err, out
 
 
