@@ -76,7 +76,7 @@ def run_demo(data_dir: Path, out_dir: Path, *, offline: bool, keep: bool, out: C
             for f in client.download(rec.id, out_dir):
                 out.print(f"  -> {f}", highlight=False)
         out.print(f"\nflower: {stack.flower.url}   redis: {redact(stack.redis.url)}   s3: {stack.s3.endpoint}"
-                  f"   (credentials in {stack.env_file})", highlight=False)
+                  f"   (credentials in {stack.env_file} while the stack runs)", highlight=False)
         out.print(f"outputs downloaded under {out_dir.resolve()}/<job id>/", highlight=False)
         if offline:
             out.print("[yellow]offline checkpoints are random-initialised: the segmentations are meaningless; "
