@@ -70,7 +70,7 @@ def fast_path(s):
     from workers.render import overlay
 
     if s.task == "semantic":
-        seg = postprocess.semantic(s.cls, s.masks, s.size)
+        seg = postprocess.semantic(s.cls, s.masks, s.size, dtype=torch.int32)  # as the worker asks
         pred = Prediction("semantic", seg.to(torch.int32).numpy())
         ref_map = seg
     elif s.task == "instance":

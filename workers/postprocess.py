@@ -24,7 +24,17 @@ What transformers computes (transformers 5.x, ``image_processing_mask2former.py`
 
 How it avoids the full-resolution tensors:
 
-- the 384 x 384 grid is computed in bands of rows (the 96 -> 384 resize is an integer ratio, so a
+- semantic does not compute the 384 x 384 class scores everywhere (that product alone, 150
+  classes x 200 queries x 384^2, costs more than the rest): a resized mask logit lies between
+  the four source values around it, the sigmoid is increasing and class probabilities are
+  >= 0, so inside one source cell every class's score lies between the class-query products
+  of the sigmoid of the smallest and of the largest corner (two small matrix products on the
+  source grid). Where one class's lower bound beats every other's upper bound (with a 1e-4
+  margin), that class wins at every grid point of the cell (``settled_cells``); exact scores
+  are computed only at the corners of the 384-cells that this does not settle, with torch's
+  bilinear indices and weights (an ulp from ``F.interpolate``'s own rounding at most), and
+  noise-like logits that settle little fall back to dense bands;
+- otherwise the 384 x 384 grid is computed in bands of rows (the 96 -> 384 resize is an integer ratio, so a
   crop of the input with one row of margin gives bit-identical rows);
 - a bilinear value is a convex combination of its cell's four corners, and the difference of two
   bilinear interpolants is the interpolant of the differences: where the same channel wins at
@@ -45,9 +55,10 @@ index is computed with a fused multiply-add as torch's kernel does) but its own 
 operations, which can differ from ``F.interpolate`` by an ulp (we could not find torch's exact
 order: no tested order matched bit for bit); a decision can therefore only differ where the
 reference's own decision is a float near-tie (see ``workers/equivalence.py``). The 384 x 384
-intermediates are bit-identical to transformers' (crops of the same ``F.interpolate``; the class
-x query product, a matrix product per band, matched einsum bit for bit on CPU/MKL with 1 and 2
-threads, though another BLAS could sum in another order).
+intermediates of the dense bands are bit-identical to transformers' (crops of the same
+``F.interpolate``; the class x query product, a matrix product per band, matched einsum bit for
+bit on CPU/MKL with 1 and 2 threads, though another BLAS could sum in another order); semantic's
+exact points may differ from them by an ulp, which again matters only at a near-tie.
 """
 
 from __future__ import annotations
@@ -176,6 +187,7 @@ def resized_argmax(
     threshold: float | None = None,
     out_dtype=torch.int64,
     band: int = BAND,
+    index_fn=None,
 ):
     """Arg-max over ``n`` channels of ``F.interpolate(G, (H, W), bilinear) * scale`` at every
     pixel (first index on ties), where ``band_fn(r0, r1)`` returns rows [r0, r1) of G (n, gh, gw).
@@ -183,6 +195,9 @@ def resized_argmax(
     With ``threshold``, also bounds on the number of pixels of each channel whose value is
     >= threshold: the pixels of cells clearly above it, and those of cells that straddle it
     (``count_above`` counts those exactly, for the channels where it matters).
+    ``index_fn(r0, r1)``, if given, returns the arg-max over channels of rows [r0, r1) of G
+    (the caller knows it): G then needs exact values only at the corners of cells whose four
+    corners do not share one arg-max.
     Returns (argmax map (H, W), (sure, unsure) (n,) int64 each or None, pixels evaluated)."""
     gh, gw, H, W = geo.gh, geo.gw, geo.H, geo.W
     device = geo.y0.device
@@ -203,7 +218,8 @@ def resized_argmax(
             # the same channel wins at the four corners: it wins inside (a difference of two
             # bilinear interpolants is the interpolant of the corner differences, >= 0 here);
             # only a float near-tie inside the cell can round the other way
-            idx = v.max(0).indices  # (faster than argmax on CPU; first index on ties too)
+            idx = index_fn(i0, min(gh, i1 + 1)) if index_fn is not None else v.max(0).indices
+            # (max(0) is faster than argmax on CPU; first index on ties too)
             it, ib = _rows(idx[None], ncell)
             same = it == ib
             same = same & _right(same) & (it == _right(it))
@@ -364,23 +380,153 @@ def _one(class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor)
 
 
 @torch.no_grad()
-def semantic(class_queries_logits, masks_queries_logits, target_size: tuple[int, int]) -> torch.Tensor:
-    """(H, W) int64 class map, as ``post_process_semantic_segmentation(..., target_sizes=[(H, W)])[0]``."""
+def semantic(class_queries_logits, masks_queries_logits, target_size: tuple[int, int],
+             dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """(H, W) class map, as ``post_process_semantic_segmentation(..., target_sizes=[(H, W)])[0]``
+    (int64 as there; ``dtype`` writes it as another integer type directly).
+
+    Transformers computes every class's score S_c = sum_q p_qc sigmoid(m_q) on the 384 x 384
+    grid (``m_q``: the mask logits resized bilinearly) and then at every pixel. Most of the grid
+    is decided from the mask logits' own grid instead (``_decided_grid``): a resized logit lies
+    between the four source values around it, the sigmoid is increasing and p >= 0, so within a
+    source cell S_c lies between the class-query products of the sigmoid of the smallest and
+    of the largest corner; a class whose lower bound beats every other class's upper bound wins
+    at every grid point of that cell. S is then computed exactly only at the corners of the
+    384-cells that such cells do not settle, and ``resized_argmax`` resolves the pixels."""
     cls, masks = _one(class_queries_logits, masks_queries_logits)
     probs = cls.softmax(-1)[:, :-1]  # (Q, C)
     probs_t = probs.t().contiguous()
     H, W = target_size
+    geo = _Geometry(GRID, GRID, H, W, cls.device)
+
+    sparse = _decided_grid(probs_t, masks, geo)
+    if sparse is not None:
+        index, band_fn = sparse
+        label, _, _ = resized_argmax(band_fn, probs.shape[1], geo, out_dtype=dtype, index_fn=index)
+        return label
 
     rows = grid_source(masks)
 
-    def band_fn(r0, r1):
+    def dense_fn(r0, r1):
         m = rows(r0, r1).sigmoid_()  # (Q, rows, 384)
         q, nrows, gw = m.shape
         return (probs_t @ m.reshape(q, -1)).reshape(-1, nrows, gw)
 
-    geo = _Geometry(GRID, GRID, H, W, cls.device)
-    label, _, _ = resized_argmax(band_fn, probs.shape[1], geo)
+    label, _, _ = resized_argmax(dense_fn, probs.shape[1], geo, out_dtype=dtype)
     return label
+
+
+#: relative margin by which a class's lower bound must beat the others' upper bounds in a cell
+CELL_MARGIN = 1e-4
+#: above this fraction of grid points needing exact scores, the dense band path is used
+SPARSE_LIMIT = 0.5
+#: grid points whose exact class scores are computed at once (memory: queries x this floats)
+POINT_CHUNK = 8192
+
+
+def _shift(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` shifted by one towards index 0 along ``dim``, the last slice repeated."""
+    n = x.shape[dim]
+    return torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim) if n > 1 else x
+
+
+def _corner_extreme(x: torch.Tensor, op) -> torch.Tensor:
+    """``op`` (``torch.minimum`` / ``maximum``) of the four corners of every cell of ``x`` (n, h, w):
+    cell (i, j) has rows i, min(i + 1, h - 1) and columns j, min(j + 1, w - 1)."""
+    a = torch.empty_like(x)
+    op(x[..., :-1], x[..., 1:], out=a[..., :-1])
+    a[..., -1] = x[..., -1]
+    b = torch.empty_like(x)
+    op(a[:, :-1], a[:, 1:], out=b[:, :-1])
+    b[:, -1] = a[:, -1]
+    return b
+
+
+def settled_cells(probs_t: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(h, w) int64: per source cell of ``masks`` (Q, h, w), the class that wins the semantic
+    score (``probs_t`` (C, Q) class probabilities) at every point of the cell by the bounds, or
+    -1 where the bounds do not settle it."""
+    q, h, w = masks.shape
+    c = probs_t.shape[0]
+    lo = _corner_extreme(masks, torch.minimum).reshape(q, -1).sigmoid_()
+    hi = _corner_extreme(masks, torch.maximum).reshape(q, -1).sigmoid_()
+    low = probs_t @ lo  # (C, h * w): a lower bound of every class's score in the cell
+    del lo
+    high = probs_t @ hi  # an upper bound
+    del hi
+    # settled: one class's lower bound beats every other class's upper bound; the class with
+    # the best lower bound always reaches that bound with its own upper bound (the same sums
+    # of larger terms), so a cell is settled when exactly one class reaches it
+    reach = high * (1 + CELL_MARGIN) >= low.amax(0) * (1 - CELL_MARGIN)
+    del low, high
+    settled = reach.to(torch.int16).sum(0, dtype=torch.int16) == 1
+    best = (reach * torch.arange(c, dtype=torch.int16, device=masks.device)[:, None]).amax(0).long()
+    return torch.where(settled, best, torch.full_like(best, -1)).view(h, w)
+
+
+def _decided_grid(probs_t: torch.Tensor, masks: torch.Tensor, geo: _Geometry):
+    """Semantic scores on the 384 x 384 grid, computed only where they decide a pixel.
+
+    Returns ``(index_fn, band_fn)`` for ``resized_argmax``: the arg-max class of every grid
+    point, and bands of class scores that are exact at every corner of a 384-cell (holding
+    pixels) whose arg-max is not settled by source-cell bounds (zero elsewhere); or None when
+    the bounds settle too little (noise-like logits) or the source grid is larger than the
+    384 grid (no saving), for the dense path."""
+    q, h, w = masks.shape
+    c = probs_t.shape[0]
+    if h * w > GRID * GRID // 4:
+        return None
+    device = masks.device
+    ry0, ry1, ryl0, ryl1 = axis_weights(h, GRID, device)
+    cx0, cx1, cxl0, cxl1 = axis_weights(w, GRID, device)
+    # source cell (i, j): rows i and min(i + 1, h - 1), columns likewise; every grid point with
+    # row source i and column source j is a convex combination of its four corners
+    cell_class = settled_cells(probs_t, masks)
+    # the grid's arg-max where settled, -1 elsewhere; a 384-cell is settled when its four
+    # corners are settled to the same class; the corners of the others need exact scores
+    grid = cell_class.index_select(0, ry0).index_select(1, cx0)  # (384, 384)
+    right, down = _shift(grid, 1), _shift(grid, 0)
+    sure = (grid >= 0) & (grid == right) & (grid == down) & (grid == _shift(down, 1))
+    open_ = ~sure & (geo.rc[:, None] > 0) & (geo.cc[None, :] > 0)
+    need = open_.clone()
+    need[:, 1:] |= open_[:, :-1]
+    need[1:, :] |= open_[:-1, :]
+    need[1:, 1:] |= open_[:-1, :-1]
+    points = need.reshape(-1).nonzero()[:, 0]  # ascending
+    k = points.numel()
+    if k > SPARSE_LIMIT * GRID * GRID:
+        return None
+    # exact scores at those points: bilinear mask logits (torch's indices and weights), sigmoid,
+    # class x query product
+    flat = masks.reshape(q, -1).t().contiguous()  # (h * w, Q): a source point's queries together
+    scores = torch.empty((c, k), device=device)
+    for s in range(0, k, POINT_CHUNK):
+        p = points[s : s + POINT_CHUNK]
+        r, col = p // GRID, p % GRID
+        top, bot = ry0[r] * w, ry1[r] * w
+        x0, x1 = cx0[col], cx1[col]
+        wx0, wx1 = cxl0[col, None], cxl1[col, None]
+        t0 = flat.index_select(0, top + x0) * wx0 + flat.index_select(0, top + x1) * wx1
+        t1 = flat.index_select(0, bot + x0) * wx0 + flat.index_select(0, bot + x1) * wx1
+        m = (t0 * ryl0[r, None] + t1 * ryl1[r, None]).sigmoid_()  # (points, Q)
+        del t0, t1
+        scores[:, s : s + POINT_CHUNK] = probs_t @ m.t()
+    index = grid.view(-1).clone()
+    if k:
+        index[points] = scores.max(0).indices
+    index = index.view(GRID, GRID)
+
+    def index_fn(r0, r1):
+        return index[r0:r1]
+
+    def band_fn(r0, r1):
+        a, b = torch.searchsorted(points, torch.tensor([r0 * GRID, r1 * GRID], device=device)).tolist()
+        band = torch.zeros((c, (r1 - r0) * GRID), device=device)
+        if b > a:
+            band.index_copy_(1, points[a:b] - r0 * GRID, scores[:, a:b])
+        return band.view(c, r1 - r0, GRID)
+
+    return index_fn, band_fn
 
 
 @torch.no_grad()

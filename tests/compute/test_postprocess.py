@@ -94,6 +94,59 @@ def test_semantic_noise(size):
     print(_check_semantic(cls, masks, size))
 
 
+def _semantic_path(monkeypatch) -> list[str]:
+    """Which path each ``postprocess.semantic`` call took: cell bounds ("sparse") or dense bands."""
+    taken: list[str] = []
+    decided = postprocess._decided_grid
+
+    def spy(*args):
+        res = decided(*args)
+        taken.append("dense" if res is None else "sparse")
+        return res
+
+    monkeypatch.setattr(postprocess, "_decided_grid", spy)
+    return taken
+
+
+def test_semantic_paths(monkeypatch):
+    # model-like outputs are settled mostly by the source-cell bounds; noise falls back to bands
+    taken = _semantic_path(monkeypatch)
+    _check_semantic(*synthetic.structured(13, 150), (479, 641))
+    _check_semantic(*synthetic.noise(14, 150), (479, 641))
+    assert taken == ["sparse", "dense"]
+
+
+@pytest.mark.parametrize("size", [(1080, 1920), (479, 641), (37, 53)])
+def test_semantic_non_square_masks(monkeypatch, size):
+    # a 16:9 frame resized to a shortest edge of 384 gives 96 x 171 mask logits; 64 x 48 and
+    # 128 x 128 too (non-integer and downscaling ratios to the 384 grid)
+    taken = _semantic_path(monkeypatch)
+    for seed, shape in [(15, (96, 171)), (16, (64, 48)), (17, (128, 128))]:
+        cls, masks = synthetic.structured(seed, 150)
+        masks = torch.nn.functional.interpolate(masks, size=shape, mode="bilinear", align_corners=False)
+        print(_check_semantic(cls, masks, size))
+    assert taken == ["sparse"] * 3
+
+
+@pytest.mark.parametrize("shape", [(96, 96), (96, 171)])
+def test_semantic_cell_bounds_hold(shape):
+    # every source cell that the bounds settle has that class as the arg-max of transformers'
+    # own 384 x 384 class scores at every grid point in it, and most cells of a model-like
+    # output are settled
+    cls, masks = synthetic.structured(18, 150, regions=40)
+    masks = torch.nn.functional.interpolate(masks, size=shape, mode="bilinear", align_corners=False)
+    probs = cls[0].softmax(-1)[:, :-1]
+    m384 = torch.nn.functional.interpolate(masks, size=(384, 384), mode="bilinear", align_corners=False)[0]
+    exact = torch.einsum("qc,qhw->chw", probs, m384.sigmoid()).max(0).indices  # (384, 384)
+    cells = postprocess.settled_cells(probs.t().contiguous(), masks[0])
+    ry0 = postprocess.axis_weights(shape[0], 384, "cpu")[0]
+    cx0 = postprocess.axis_weights(shape[1], 384, "cpu")[0]
+    per_point = cells[ry0][:, cx0]  # each grid point's source cell's settled class
+    settled = per_point >= 0
+    assert settled.float().mean() > 0.6
+    assert torch.equal(per_point[settled], exact[settled])
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_instance_structured(size):
     cls, masks = synthetic.structured(21, 80)
