@@ -33,9 +33,12 @@ How it avoids the full-resolution tensors:
   margin), that class wins at every grid point of the cell (``settled_cells``); exact scores
   are computed only at the corners of the 384-cells that this does not settle, with torch's
   bilinear indices and weights (an ulp from ``F.interpolate``'s own rounding at most), and
-  noise-like logits that settle little fall back to dense bands;
-- otherwise the 384 x 384 grid is computed in bands of rows (the 96 -> 384 resize is an integer ratio, so a
-  crop of the input with one row of margin gives bit-identical rows);
+  noise-like logits that settle little fall back to dense bands. Panoptic's arg-max over the
+  kept queries' ``score x sigmoid(mask)`` is settled the same way, and its thresholded areas
+  are bounded from source windows (``_window_counts``): a pixel's value lies between the
+  extremes of the 2-3 x 2-3 source values its grid corners draw on;
+- otherwise the 384 x 384 grid is computed in bands of rows (the 96 -> 384 resize is an
+  integer ratio, so a crop of the input with one row of margin gives bit-identical rows);
 - a bilinear value is a convex combination of its cell's four corners, and the difference of two
   bilinear interpolants is the interpolant of the differences: where the same channel wins at
   the four corners of a grid cell, it wins at every pixel of that cell (up to float rounding at
@@ -43,10 +46,10 @@ How it avoids the full-resolution tensors:
   ("boundary") cells are evaluated, for the few channels whose largest corner reaches the best
   smallest corner; a band where that would be most of its pixels (noise-like outputs) is
   evaluated densely, a few channels at a time;
-- thresholded areas (panoptic ``original_area``) count whole cells whose corners are all clearly
-  above the threshold; the pixels of cells that straddle it give bounds, and they are evaluated
-  (in a second pass, for those queries only) when the overlap-ratio decision differs between
-  the bounds;
+- on the dense path, thresholded areas (panoptic ``original_area``) count whole cells whose
+  corners are all clearly above the threshold; the pixels of cells that straddle it give
+  bounds; on either path the areas are counted exactly (in a second pass, for those queries
+  only) when the overlap-ratio decision differs between the bounds;
 - instance needs no bilinear step at full size: nearest resizing is a gather, so masks are
   painted on the 384 grid and the result gathered once.
 
@@ -272,7 +275,8 @@ def resized_argmax(
                     win.scatter_reduce_(0, local[top_], ch[top_], "amin")
                     hit = win < n
                     evaluated += int(hit.sum())
-                    out[ya:yb].view(-1)[hit] = win[hit].to(out_dtype)
+                    band_out = out[ya:yb].view(-1)
+                    band_out.copy_(torch.where(hit, win.to(out_dtype), band_out))
         if threshold is not None:
             _count_above(g, v, ncell, i0, geo, scale, threshold, sure, unsure)
     bounds = (sure.long(), unsure.long()) if threshold is not None else None
@@ -442,21 +446,25 @@ def _corner_extreme(x: torch.Tensor, op) -> torch.Tensor:
     return b
 
 
-def settled_cells(probs_t: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(h, w) int64: per source cell of ``masks`` (Q, h, w), the class that wins the semantic
-    score (``probs_t`` (C, Q) class probabilities) at every point of the cell by the bounds, or
-    -1 where the bounds do not settle it."""
+def settled_cells(probs_t: torch.Tensor | None, masks: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """(h, w) int64: per source cell of ``masks`` (Q, h, w), the channel that wins at every point
+    of the cell by the bounds, or -1 where the bounds do not settle it. The channels are
+    ``probs_t @ sigmoid(m)`` (semantic: ``probs_t`` (C, Q) class probabilities) or, with
+    ``probs_t`` None, ``scale[q] * sigmoid(m_q)`` (panoptic: the kept queries' scores)."""
     q, h, w = masks.shape
-    c = probs_t.shape[0]
     lo = _corner_extreme(masks, torch.minimum).reshape(q, -1).sigmoid_()
     hi = _corner_extreme(masks, torch.maximum).reshape(q, -1).sigmoid_()
-    low = probs_t @ lo  # (C, h * w): a lower bound of every class's score in the cell
-    del lo
-    high = probs_t @ hi  # an upper bound
-    del hi
-    # settled: one class's lower bound beats every other class's upper bound; the class with
-    # the best lower bound always reaches that bound with its own upper bound (the same sums
-    # of larger terms), so a cell is settled when exactly one class reaches it
+    if probs_t is not None:
+        low = probs_t @ lo  # (C, h * w): a lower bound of every class's score in the cell
+        del lo
+        high = probs_t @ hi  # an upper bound
+        del hi
+    else:
+        low, high = lo.mul_(scale[:, None]), hi.mul_(scale[:, None])
+    c = low.shape[0]
+    # settled: one channel's lower bound beats every other channel's upper bound; the channel
+    # with the best lower bound always reaches that bound with its own upper bound (the same
+    # sums of larger terms), so a cell is settled when exactly one channel reaches it
     reach = high * (1 + CELL_MARGIN) >= low.amax(0) * (1 - CELL_MARGIN)
     del low, high
     settled = reach.to(torch.int16).sum(0, dtype=torch.int16) == 1
@@ -464,16 +472,57 @@ def settled_cells(probs_t: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.where(settled, best, torch.full_like(best, -1)).view(h, w)
 
 
-def _decided_grid(probs_t: torch.Tensor, masks: torch.Tensor, geo: _Geometry):
-    """Semantic scores on the 384 x 384 grid, computed only where they decide a pixel.
+def _window_counts(masks: torch.Tensor, scale: torch.Tensor, threshold: float, geo: _Geometry):
+    """Bounds on the number of pixels of each channel ``scale[q] * sigmoid(m_q)`` (bilinear to the
+    384 grid, then to the target) that are >= ``threshold``: (surely, possibly) int64 (n,) each,
+    from the source grid alone, or None when a pixel draws on more than 3 source rows or columns.
 
-    Returns ``(index_fn, band_fn)`` for ``resized_argmax``: the arg-max class of every grid
-    point, and bands of class scores that are exact at every corner of a 384-cell (holding
-    pixels) whose arg-max is not settled by source-cell bounds (zero elsewhere); or None when
-    the bounds settle too little (noise-like logits) or the source grid is larger than the
-    384 grid (no saving), for the dense path."""
+    A pixel is a convex combination of grid points that are convex combinations of source points:
+    its value lies between the extremes of the source window that its two grid rows and columns
+    draw on (2 or 3 rows by 2 or 3 columns). Pixels are grouped in runs that share a window."""
+    n, h, w = masks.shape
+    ry0, ry1 = axis_weights(h, geo.gh, masks.device)[:2]
+    cx0, cx1 = axis_weights(w, geo.gw, masks.device)[:2]
+    ra, rb = ry0[geo.y0], ry1[geo.y1]
+    ca, cb = cx0[geo.x0], cx1[geo.x1]
+    if int((rb - ra).max()) > 2 or int((cb - ca).max()) > 2:
+        return None
+    rkey, rcount = torch.unique_consecutive(ra * 3 + (rb - ra), return_counts=True)
+    ckey, ccount = torch.unique_consecutive(ca * 3 + (cb - ca), return_counts=True)
+    pixels = (ccount[:, None] * rcount[None, :])[..., None]  # (runs of columns, runs of rows, 1)
+    x = masks.permute(1, 2, 0)  # (h, w, n): a window's channels together
+
+    def extremes(op):
+        # windows of 1, 2 and 3 rows at each row run's first source row, then of columns
+        down = _shift(x, 0)
+        r1 = op(x, down)
+        rows = torch.stack([x, r1, op(r1, _shift(down, 0))])[rkey % 3, rkey // 3]  # (row runs, w, n)
+        right = _shift(rows, 1)
+        c1 = op(rows, right)
+        cols = torch.stack([rows, c1, op(c1, _shift(right, 1))])  # (3, row runs, w, n)
+        return cols[ckey % 3, :, ckey // 3]  # (column runs, row runs, n)
+
+    low = extremes(torch.minimum).sigmoid_().mul_(scale)
+    above = low >= threshold * (1 + EPS) + 1e-30
+    del low
+    high = extremes(torch.maximum).sigmoid_().mul_(scale)
+    mixed = ~above & (high >= threshold * (1 - EPS) - 1e-30)
+    del high
+    return (above * pixels).sum((0, 1)), (mixed * pixels).sum((0, 1))
+
+
+def _decided_grid(probs_t: torch.Tensor | None, masks: torch.Tensor, geo: _Geometry, scale: torch.Tensor | None = None):
+    """The channels of ``settled_cells`` on the 384 x 384 grid, computed only where they decide a
+    pixel.
+
+    Returns ``(index_fn, band_fn)`` for ``resized_argmax``: the arg-max channel of every grid
+    point, and bands of the grid (semantic: class scores; panoptic: the sigmoid masks, which
+    ``resized_argmax`` multiplies by ``scale`` as the dense path does) that are exact at every
+    corner of a 384-cell (holding pixels) whose arg-max is not settled by source-cell bounds
+    (zero elsewhere); or None when the bounds settle too little (noise-like logits) or the
+    source grid is larger than the 384 grid (no saving), for the dense path."""
     q, h, w = masks.shape
-    c = probs_t.shape[0]
+    c = probs_t.shape[0] if probs_t is not None else q
     if h * w > GRID * GRID // 4:
         return None
     device = masks.device
@@ -481,7 +530,7 @@ def _decided_grid(probs_t: torch.Tensor, masks: torch.Tensor, geo: _Geometry):
     cx0, cx1, cxl0, cxl1 = axis_weights(w, GRID, device)
     # source cell (i, j): rows i and min(i + 1, h - 1), columns likewise; every grid point with
     # row source i and column source j is a convex combination of its four corners
-    cell_class = settled_cells(probs_t, masks)
+    cell_class = settled_cells(probs_t, masks, scale)
     # the grid's arg-max where settled, -1 elsewhere; a 384-cell is settled when its four
     # corners are settled to the same class; the corners of the others need exact scores
     grid = cell_class.index_select(0, ry0).index_select(1, cx0)  # (384, 384)
@@ -510,10 +559,10 @@ def _decided_grid(probs_t: torch.Tensor, masks: torch.Tensor, geo: _Geometry):
         t1 = flat.index_select(0, bot + x0) * wx0 + flat.index_select(0, bot + x1) * wx1
         m = (t0 * ryl0[r, None] + t1 * ryl1[r, None]).sigmoid_()  # (points, Q)
         del t0, t1
-        scores[:, s : s + POINT_CHUNK] = probs_t @ m.t()
+        scores[:, s : s + POINT_CHUNK] = probs_t @ m.t() if probs_t is not None else m.t()
     index = grid.view(-1).clone()
     if k:
-        index[points] = scores.max(0).indices
+        index[points] = (scores if probs_t is not None else scores * scale[:, None]).max(0).indices
     index = index.view(GRID, GRID)
 
     def index_fn(r0, r1):
@@ -611,13 +660,20 @@ def panoptic(
     klabels = pred_labels[kept].tolist()
     n = kept.numel()
 
-    rows = grid_source(kmasks)
-
-    def band_fn(r0, r1):
-        return rows(r0, r1).sigmoid_()
-
     geo = _Geometry(GRID, GRID, H, W, device)
-    winner, (sure, unsure), _ = resized_argmax(band_fn, n, geo, scale=kscores, threshold=mask_threshold)
+    sparse = _decided_grid(None, kmasks, geo, kscores)
+    counts = _window_counts(kmasks, kscores, mask_threshold, geo) if sparse is not None else None
+    if counts is not None:
+        index, band_fn = sparse
+        winner, _, _ = resized_argmax(band_fn, n, geo, scale=kscores, index_fn=index)
+        sure, unsure = counts
+    else:
+        rows = grid_source(kmasks)
+
+        def band_fn(r0, r1):
+            return rows(r0, r1).sigmoid_()
+
+        winner, (sure, unsure), _ = resized_argmax(band_fn, n, geo, scale=kscores, threshold=mask_threshold)
     area = torch.bincount(winner.reshape(-1), minlength=n)
     # original_area lies in [sure, sure + unsure]; the ratio test is monotonic in it, so count
     # exactly only where the bounds disagree

@@ -94,8 +94,9 @@ def test_semantic_noise(size):
     print(_check_semantic(cls, masks, size))
 
 
-def _semantic_path(monkeypatch) -> list[str]:
-    """Which path each ``postprocess.semantic`` call took: cell bounds ("sparse") or dense bands."""
+def _paths_taken(monkeypatch) -> list[str]:
+    """Which path each ``postprocess.semantic`` / ``panoptic`` call took: source-cell bounds
+    ("sparse") or dense bands."""
     taken: list[str] = []
     decided = postprocess._decided_grid
 
@@ -110,7 +111,7 @@ def _semantic_path(monkeypatch) -> list[str]:
 
 def test_semantic_paths(monkeypatch):
     # model-like outputs are settled mostly by the source-cell bounds; noise falls back to bands
-    taken = _semantic_path(monkeypatch)
+    taken = _paths_taken(monkeypatch)
     _check_semantic(*synthetic.structured(13, 150), (479, 641))
     _check_semantic(*synthetic.noise(14, 150), (479, 641))
     assert taken == ["sparse", "dense"]
@@ -120,7 +121,7 @@ def test_semantic_paths(monkeypatch):
 def test_semantic_non_square_masks(monkeypatch, size):
     # a 16:9 frame resized to a shortest edge of 384 gives 96 x 171 mask logits; 64 x 48 and
     # 128 x 128 too (non-integer and downscaling ratios to the 384 grid)
-    taken = _semantic_path(monkeypatch)
+    taken = _paths_taken(monkeypatch)
     for seed, shape in [(15, (96, 171)), (16, (64, 48)), (17, (128, 128))]:
         cls, masks = synthetic.structured(seed, 150)
         masks = torch.nn.functional.interpolate(masks, size=shape, mode="bilinear", align_corners=False)
@@ -172,6 +173,32 @@ def test_panoptic_structured(size):
     assert len(segs) >= 10
     fused = [s for s in segs if s["was_fused"] and s["label_id"] == 100]
     assert len(fused) >= 2 and len({s["id"] for s in fused}) == 1  # fused stuff segments share an id
+
+
+def test_panoptic_paths(monkeypatch):
+    # structured outputs: the arg-max from source-cell bounds and the threshold counts from
+    # source windows; noise: dense bands; a source grid taller than the 384 grid: the counts
+    # from the bands (a pixel draws on more than 3 source rows)
+    taken = _paths_taken(monkeypatch)
+    windows = []
+    counts = postprocess._window_counts
+    monkeypatch.setattr(postprocess, "_window_counts", lambda *a: windows.append(counts(*a)) or windows[-1])
+    _check_panoptic(*_panoptic_data(33), (479, 641))
+    cls, masks = synthetic.noise(34, 133)
+    cls[0, :40, :-1] *= 3  # some confident queries, so that segments are kept
+    _check_panoptic(cls, masks, (479, 641))
+    cls, masks = _panoptic_data(35)
+    tall = torch.nn.functional.interpolate(masks, size=(400, 48), mode="bilinear", align_corners=False)
+    _check_panoptic(cls, tall, (200, 90))
+    assert taken == ["sparse", "dense", "sparse"]
+    assert [w is not None for w in windows] == [True, False]
+
+
+@pytest.mark.parametrize("size", [(1080, 1920), (37, 53)])
+def test_panoptic_non_square_masks(size):
+    cls, masks = _panoptic_data(36)
+    masks = torch.nn.functional.interpolate(masks, size=(96, 171), mode="bilinear", align_corners=False)
+    print(_check_panoptic(cls, masks, size)[0])
 
 
 def test_panoptic_exact_duplicate_queries():
