@@ -12,6 +12,13 @@ thread of its own (``add_all``, ``workers.pipeline.Ahead``), and keeps the model
   does) and handing it to the part encoder (``write``) run behind, on an encode thread of their
   own (``workers.pipeline.Behind``), in frame order.
 
+With ``device_blend`` (default: on a CUDA device, ``workers.inference.blends_on_device``) the
+overlays are blended on the device in the task's thread right after post-processing
+(``workers.inference.render_on_device``: the label maps stay there until then, and only the uint8
+overlays and the label maps come back), and the encode thread only writes the FPS on them and
+encodes them. Without it (the CPU) the encode thread blends them (``workers.render.overlay``).
+Both give the same bytes. The blend is not counted in the inference time (nor the FPS).
+
 Errors of any stage are raised in the task's thread (``add``, ``archive``), so the task skeleton
 maps them to the job; leaving the ``with`` block on an error stops the encode thread first.
 """
@@ -35,8 +42,9 @@ from workers.pipeline import Ahead, Behind, InlineStage, ModelStage
 class ChunkRenderer:
     def __init__(self, model: LoadedModel, task: str, batch_size: int, write: Callable[[np.ndarray], None],
                  annotate_fps: bool = False, stage: ModelStage | InlineStage | None = None, ahead: int = 1,
-                 check: Callable[[], None] | None = None):
+                 check: Callable[[], None] | None = None, device_blend: bool | None = None):
         self.model, self.task, self.batch_size = model, task, batch_size
+        self.device_blend = inference.blends_on_device(model) if device_blend is None else device_blend
         self.check = check  # called before each batch; raises to stop (a canceled job)
         self.write, self.annotate_fps = write, annotate_fps
         self.stage = stage if stage is not None else InlineStage()
@@ -75,10 +83,13 @@ class ChunkRenderer:
     def _finish(self, frames: list[np.ndarray], future, pre: float) -> None:
         outputs = future.result()
         t0 = time.perf_counter()
-        preds = inference.post_process_batch(self.model, outputs, [f.shape[:2] for f in frames], self.task)
+        preds = inference.post_process_batch(self.model, outputs, [f.shape[:2] for f in frames], self.task,
+                                             keep_on_device=self.device_blend)
         seconds = pre + future.seconds + time.perf_counter() - t0
         self.inference_s += seconds
         fps = len(frames) / seconds if seconds > 0 else 0.0
+        if self.device_blend:
+            inference.render_on_device(self.model, preds, frames)
         for rgb, pred in zip(frames, preds):
             self.labels.append(pred.label_map.astype(self.dtype))
             self.segments.append([render.segment_entry(s, pred.task, self.model.labels) for s in pred.segments])
@@ -86,7 +97,7 @@ class ChunkRenderer:
 
     def _render(self, item) -> None:
         rgb, pred, fps = item
-        frame = render.overlay(rgb, pred, self.model.labels)
+        frame = pred.overlay if pred.overlay is not None else render.overlay(rgb, pred, self.model.labels)
         if self.annotate_fps:
             video.annotate_fps(frame, fps)
         self.write(frame)

@@ -341,10 +341,11 @@ class InlineStage:
 
 # -- inference through the stage ------------------------------------------------------------
 
-def predict(stage: ModelStage, m, images: list, task: str):
+def predict(stage: ModelStage, m, images: list, task: str, keep_on_device: bool = False):
     """``workers.inference.predict`` with the forward pass on ``stage``: preprocessing and
     post-processing in the calling thread. ``seconds`` counts preprocessing, the pass itself and
-    post-processing, not the wait for the stage."""
+    post-processing, not the wait for the stage. ``keep_on_device``: keep the label maps on the
+    device for ``workers.inference.render_on_device``."""
     from workers import inference
 
     t0 = time.perf_counter()
@@ -353,5 +354,6 @@ def predict(stage: ModelStage, m, images: list, task: str):
     future = stage.submit(m, inputs, items=len(images))
     outputs = future.result()
     t1 = time.perf_counter()
-    preds = inference.post_process_batch(m, outputs, [(img.height, img.width) for img in images], task)
+    preds = inference.post_process_batch(m, outputs, [(img.height, img.width) for img in images], task,
+                                         keep_on_device=keep_on_device)
     return inference.Timed(preds, pre + future.seconds + time.perf_counter() - t1)

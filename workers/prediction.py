@@ -26,6 +26,11 @@ class Prediction:
     task: str
     label_map: np.ndarray  # (H, W) int32 in segq's encoding (module docstring)
     segments: list[Segment] = field(default_factory=list)
+    # Set on the device-blend path (``workers.inference.render_on_device``), not part of the value:
+    # the label map still on the device of the logits (a torch tensor) until the overlay is
+    # blended there, then the overlay itself (RGB uint8 (H, W, 3)); None otherwise.
+    device_label_map: object = field(default=None, compare=False, repr=False)
+    overlay: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def _stats(label_map: np.ndarray, ids: list[int]) -> dict[int, tuple[int, tuple[int, int, int, int]]]:

@@ -2,8 +2,14 @@
 
 The overlay has the article's look: the dataset palette, blended as
 ``cv2.addWeighted(image, 0.2, colors, 1.0, 0)``; pixels that no segment covers keep the photo.
-Colours come from a lookup table indexed by the label map, one vectorised pass per image
-(the article loops over every class).
+Colours come from a lookup table indexed by the label map (``color_table``), one vectorised pass
+per image (the article loops over every class).
+
+Two implementations of the blend give the same bytes: ``overlay`` (numpy lookup +
+``cv2.addWeighted``, the CPU path) and ``overlay_tensor`` (torch, on any device: a CUDA worker
+blends there, beside the label map, and copies back only the uint8 overlay; see
+``workers.inference.render_on_device``). This module imports torch only inside
+``overlay_tensor``.
 """
 
 from __future__ import annotations
@@ -51,6 +57,48 @@ def overlay(image: np.ndarray, pred: Prediction, labels: LabelSet) -> np.ndarray
         empty = pred.label_map == 0
         blended[empty] = image[empty]
     return blended
+
+
+def blend_weights() -> tuple[float, float, float]:
+    """(alpha, beta, gamma) of the overlay blend as the float32 values ``cv2.addWeighted`` uses on
+    8-bit images (it converts its double arguments to float), as Python floats."""
+    return tuple(float(np.float32(w)) for w in
+                 (defaults.OVERLAY_IMAGE_WEIGHT, defaults.OVERLAY_SEGMENT_WEIGHT, 0.0))  # type: ignore[return-value]
+
+
+def overlay_tensor(image, label_map, lut, zero_is_empty: bool):
+    """``overlay`` in torch, on the tensors' device: the same bytes as the CPU path.
+
+    ``image``: RGB uint8 (H, W, 3); ``label_map``: integer (H, W) (int32 or int64), values below
+    ``len(lut)``; ``lut``: uint8 (K, 3), ``color_table``'s; ``zero_is_empty``: pixels with
+    label 0 keep the photo (instance, panoptic). All on one device. Returns uint8 (H, W, 3).
+
+    Exactness. On 8-bit images OpenCV (4.x and 5.x, ``arithm.simd.hpp``) converts the weights to
+    float32 and computes, per channel, ``fma(a, alpha, fma(b, beta, gamma))`` in float32 (a fused
+    multiply-add, one rounding each, where the CPU has FMA; a multiply and an add without it, and
+    in the scalar tail of a row when the compiler does not contract), then rounds half to even
+    and saturates to 0..255. Here each FMA is done in float64 and rounded once to float32: the
+    product of a uint8 and a float32 is exact in float64, and so is the sum for weights of
+    ordinary magnitude (segq's: 0.2, 1.0, 0), so the float32 result is the FMA's. The inner
+    ``fma(b, beta, gamma)`` depends only on the colour and is computed once per table entry.
+    With segq's weights the result is bit-identical to ``cv2.addWeighted`` for all 256 x 256
+    (image, colour) value pairs, and with or without FMA (a*0.2 + b is never within float error
+    of a .5 tie): ``tests/compute/test_device_blend.py`` checks every pair and whole frames.
+    (For arbitrary weights OpenCV's own scalar tail and its vector path can differ by 1 on rare
+    ties; this function follows the vector path.)
+    """
+    import torch
+
+    alpha, beta, gamma = blend_weights()
+    inner = (lut.to(torch.float64) * beta + gamma).to(torch.float32).to(torch.float64)  # (K, 3)
+    h, w = label_map.shape
+    colors = inner.index_select(0, label_map.reshape(-1)).view(h, w, 3)
+    blended = image.to(torch.float64).mul_(alpha).add_(colors).to(torch.float32)
+    del colors
+    out = blended.round_().clamp_(0, 255).to(torch.uint8)
+    if zero_is_empty:
+        out = torch.where((label_map == 0).unsqueeze(-1), image, out)
+    return out
 
 
 def label_map_dtype(max_value: int) -> np.dtype:
@@ -154,11 +202,14 @@ def image_outputs(
     image: np.ndarray, pred: Prediction, labels: LabelSet, *, job_id: str, model: str, checkpoint: str, max_value: int,
     processor: str = "", postprocess: str = "",
 ) -> dict[str, tuple[bytes, str]]:
-    """Every output file of an image job: name -> (bytes, content type)."""
+    """Every output file of an image job: name -> (bytes, content type). The overlay is
+    ``pred.overlay`` when it was blended on the device (``workers.inference.render_on_device``),
+    else ``overlay`` makes it."""
     doc = segments_document(pred, labels, job_id=job_id, model=model, checkpoint=checkpoint, max_value=max_value,
                             processor=processor, postprocess=postprocess)
     files = {
-        layout.OVERLAY: (encode_jpeg(overlay(image, pred, labels)), "image/jpeg"),
+        layout.OVERLAY: (encode_jpeg(pred.overlay if pred.overlay is not None else overlay(image, pred, labels)),
+                         "image/jpeg"),
         layout.LABELS: (label_map_png(pred, max_value), "image/png"),
         layout.SEGMENTS: (json.dumps(doc, indent=1).encode(), "application/json"),
     }

@@ -4,7 +4,9 @@ The skeleton (parsing, skipping, errors to job states) is ``workers.skeleton``.
 
 Several image tasks run at once in a worker's pool threads; the forward pass runs on the
 process's model stage (``workers.pipeline``), everything else in the task's own thread, so one
-job's fetch, decode, post-processing, rendering and uploads overlap another's forward pass."""
+job's fetch, decode, post-processing, rendering and uploads overlap another's forward pass. On
+CUDA the overlay is blended on the device right after post-processing
+(``workers.inference.render_on_device``); elsewhere ``workers.render`` blends it on the CPU."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 
 from segq import layout, registry
 from segq.protocol import SEGMENT_IMAGE, ImageJob
-from workers import pipeline, render
+from workers import inference, pipeline, render
 from workers.decode import decode_image
 from workers.skeleton import Context, job_task
 
@@ -26,9 +28,13 @@ def segment_image(ctx: Context) -> dict:
     model = rt.model(job.model)
     data = rt.storage.get_bytes(ctx.input, max_bytes=rt.settings.max_input_bytes)
     image = decode_image(data, rt.settings.max_image_pixels)
-    timed = pipeline.predict(rt.stage, model, [image], job.task)
+    on_device = inference.blends_on_device(model)
+    timed = pipeline.predict(rt.stage, model, [image], job.task, keep_on_device=on_device)
     pred = timed.predictions[0]
-    files = render.image_outputs(np.asarray(image), pred, model.labels, job_id=job.job_id, model=model.name,
+    rgb = np.asarray(image)
+    if on_device:  # the overlay blended beside the label map; only the uint8 overlay comes back
+        inference.render_on_device(model, [pred], [rgb])
+    files = render.image_outputs(rgb, pred, model.labels, job_id=job.job_id, model=model.name,
                                  checkpoint=model.checkpoint, max_value=model.max_label_value,
                                  processor=model.processor_name, postprocess=model.postprocess)
     keys = []

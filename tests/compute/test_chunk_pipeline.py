@@ -4,8 +4,9 @@
 stage's thread, overlays rendered and encoded behind) against the serial loop it replaced
 (``workers.inference.predict`` on each batch, then render and write in order): the same label
 maps, segments and overlay frames, bit for bit, in the same order; and an image through
-``workers.pipeline.predict`` equals ``workers.inference.predict``. The errors of each thread
-surface in the caller."""
+``workers.pipeline.predict`` equals ``workers.inference.predict``. The CUDA worker's path
+(overlays blended in torch right after post-processing) forced on the CPU writes the same frames.
+The errors of each thread surface in the caller."""
 
 from __future__ import annotations
 
@@ -85,6 +86,38 @@ def test_a_pipelined_chunk_equals_the_serial_loop(model, stage, n, batch):
     assert npz["frames"].tolist() == list(range(100, 100 + n))
     assert json.loads(str(npz["segments"])) == ref_segments
     assert renderer.inference_s > 0
+
+
+@pytest.mark.parametrize("n, batch", [(7, 3), (2, 4)])
+def test_the_device_blend_path_forced_on_cpu_writes_the_same_frames(model, stage, monkeypatch, n, batch):
+    """The CUDA path (overlays blended in torch in the task thread, right after post-processing;
+    the encode thread only writes them) forced on the CPU: the same frames and archive."""
+    frames = _frames(n, (97, 61))
+    runs = {}
+    for device_blend in (False, True):
+        written, threads = [], set()
+
+        def write(frame):
+            threads.add(threading.get_ident())
+            written.append(frame.copy())
+
+        if device_blend:  # the encode thread must not blend: the overlays come ready
+            def no_cpu_blend(*_):
+                raise AssertionError("render.overlay called on the device path")
+
+            monkeypatch.setattr(render, "overlay", no_cpu_blend)
+        with ChunkRenderer(model, "semantic", batch, write, stage=stage, device_blend=device_blend) as renderer:
+            assert renderer.device_blend is device_blend
+            renderer.add_all(iter(frames))
+            archive = renderer.archive(0, n)
+        assert threading.get_ident() not in threads and len(written) == n
+        runs[device_blend] = written, archive
+    monkeypatch.undo()
+    for got, ref in zip(runs[True][0], runs[False][0]):
+        assert np.array_equal(got, ref)
+    assert runs[True][1] == runs[False][1]
+    ref_written = _serial(model, frames, batch)[0]
+    assert all(np.array_equal(got, ref) for got, ref in zip(runs[True][0], ref_written))
 
 
 def test_an_image_through_the_stage_equals_predict(model, stage):
