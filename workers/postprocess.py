@@ -230,7 +230,7 @@ def resized_argmax(
             best = it[0]
         if yb > ya:
             ly = geo.y0[ya:yb] - i0
-            out[ya:yb] = best.index_select(1, geo.x0).to(out_dtype).index_select(0, ly)
+            out[ya:yb] = best.to(out_dtype).index_select(1, geo.x0).index_select(0, ly)
             # boundary cells that hold pixels
             bad = ~pure & (geo.rc[i0:i1, None] > 0) & (geo.cc[None, :] > 0)
             ucell = bad.reshape(-1).nonzero()[:, 0]
