@@ -49,13 +49,12 @@ def color_table(pred: Prediction, labels: LabelSet) -> tuple[np.ndarray, bool]:
 def overlay(image: np.ndarray, pred: Prediction, labels: LabelSet) -> np.ndarray:
     """RGB uint8 image (H, W, 3) with the segmentation blended over it."""
     lut, zero_is_empty = color_table(pred, labels)
-    colors = lut[pred.label_map]
+    colors = np.take(lut, pred.label_map, axis=0)  # (several times faster than lut[label_map])
     blended = cv2.addWeighted(
         image, defaults.OVERLAY_IMAGE_WEIGHT, colors, defaults.OVERLAY_SEGMENT_WEIGHT, 0
     )
-    if zero_is_empty:
-        empty = pred.label_map == 0
-        blended[empty] = image[empty]
+    if zero_is_empty:  # the photo where no segment is: a masked copy (faster than boolean indexing)
+        cv2.copyTo(image, (pred.label_map == 0).view(np.uint8), blended)
     return blended
 
 
