@@ -2,7 +2,9 @@
 
     python -m bench.gpu [--size 1920x1080] [--frames 64] [--batch-size 8] [--precision auto]
                         [--device auto|cuda|cpu] [--tiny] [--warmup 2] [--time-limit 120]
-                        [--check-frames 4] [--postprocess default|fast|reference] [--json PATH]
+                        [--check-frames 4] [--postprocess default|fast|reference]
+                        [--compile off|default|reduce-overhead|max-autotune] [--compare-compile]
+                        [--json PATH]
 
 On a bare CUDA host (torch, transformers, OpenCV, numpy, Pillow, no network, no PyAV) run
 ``scripts/gpu_bench.sh`` here first (it downloads the missing wheels into ``.whl/``), then on the
@@ -31,7 +33,10 @@ give meaningless labels but the same compute as the trained model.
     through ``workers.inference.predict(model, images, "semantic")`` on a ``LoadedModel`` from
     ``workers.models.load`` (device and precision from ``workers.device.select``: auto = fp16 on
     CUDA; post-processing as ``predict`` does it, ``--postprocess`` picks ``LoadedModel.postprocess``),
-    ``workers.render.overlay``, the FPS text, ``workers.video.PartEncoder`` (H.264).
+    the overlay blend as the worker does it (``workers.inference.blends_on_device``: on CUDA
+    ``workers.inference.render_on_device``, the blend on the device and only the uint8 overlays
+    copied back, charged to the "render" stage; on a CPU ``workers.render.overlay``), the FPS
+    text, ``workers.video.PartEncoder`` (H.264).
     Not included: the chunk's label archive (npz) and the S3 transfers.
 
 Each path is warmed up (``--warmup`` frames for (a), batches for (b)) and then timed over the whole
@@ -44,6 +49,21 @@ article's own "Average FPS" figure (it times only model, post-processing and dra
 label agreement of segq's label maps with an fp32 reference (TF32 off) on the first
 ``--check-frames`` frames: the fraction of pixels equal to ``post_process_semantic_segmentation``
 of the fp32 logits (same processor, same decoded frames).
+
+torch.compile (``SEGQ_COMPILE``, off by default and not yet measured on a GPU): ``--compile MODE``
+compiles segq's model (``workers.models.compile_model``: static shapes; ``reduce-overhead`` and
+``max-autotune`` replay CUDA graphs on CUDA). ``--compare-compile`` runs segq's path eager, then
+compiled, then eager again, on the same model in the same process (on a CPU the first path after
+the article's runs slower, so eager runs on both sides), and prints every FPS, the compiled FPS
+over the faster eager run, and the label agreement of the compiled path with the eager one (and
+with the fp32 reference). Compilation is counted apart: before the compiled path, every batch
+shape it will run (the batch size, and the last, shorter batch when ``--frames`` is not a multiple
+of it) runs twice on plain images of the clip's size (``workers.models.warm_up``: the first pass
+compiles, the second records the CUDA graphs), timed as "compile s"; the report counts the graphs
+torch compiled during the path itself (0: none in the timed loop). A GPU run decides whether the
+worker should compile: ``scripts/gpu_bench.sh --run --device cuda --compile reduce-overhead
+--compare-compile`` (one mode per run keeps it within minutes; ``max-autotune`` compiles longest).
+On CUDA, Triton needs a C compiler on the host.
 
 CPU smoke test (no GPU): ``python -m bench.gpu --device cpu --tiny --size 320x240 --frames 8
 --batch-size 4``.
@@ -361,12 +381,18 @@ def segq_path(mods, clip: Path, out: Path, m, *, batch_size: int, warmup: int, t
     info = video.probe(clip, max_frames=10**7, max_pixels=10**9)
     n = min(info.frames, max_frames)
 
+    # The worker's choice (ChunkRenderer): on CUDA the overlays are blended on the device.
+    on_device = inference.blends_on_device(m)
+
     # Warm-up: the first batch through predict and overlay, ``warmup`` times.
     first = list(video.decode_range(clip, info, 0, min(batch_size, n)))
     for _ in range(warmup):
-        timed = inference.predict(m, [Image.fromarray(f) for f in first], "semantic")
-        for rgb, pred in zip(first, timed.predictions):
-            render.overlay(rgb, pred, m.labels)
+        timed = inference.predict(m, [Image.fromarray(f) for f in first], "semantic", keep_on_device=on_device)
+        if on_device:
+            inference.render_on_device(m, timed.predictions, first)
+        else:
+            for rgb, pred in zip(first, timed.predictions):
+                render.overlay(rgb, pred, m.labels)
 
     clock = Clock(device)
     encoder = video.PartEncoder(out, info.fps)
@@ -386,11 +412,14 @@ def segq_path(mods, clip: Path, out: Path, m, *, batch_size: int, warmup: int, t
                 break
             images = [Image.fromarray(f) for f in batch]
             clock.mark("decode", sync=False)
-            timed = inference.predict(m, images, "semantic")  # forward is charged by _timed_forward
+            # forward is charged by _timed_forward
+            timed = inference.predict(m, images, "semantic", keep_on_device=on_device)
             clock.mark("post-process")
             fps = len(batch) / timed.seconds if timed.seconds > 0 else 0.0
+            if on_device:  # blend on the device, copy the uint8 overlays back: charged to "render"
+                inference.render_on_device(m, timed.predictions, batch)
             for rgb, pred in zip(batch, timed.predictions):
-                frame = render.overlay(rgb, pred, m.labels)
+                frame = pred.overlay if on_device else render.overlay(rgb, pred, m.labels)
                 video.annotate_fps(frame, fps)
                 clock.mark("render", sync=False)
                 encoder.write(frame)
@@ -413,6 +442,7 @@ def segq_path(mods, clip: Path, out: Path, m, *, batch_size: int, warmup: int, t
         "wall_s": wall,
         "fps": done / wall if wall > 0 else None,
         "stage_ms_per_frame": {k: 1000 * v / max(done, 1) for k, v in clock.totals.items()},
+        "blend": "device" if on_device else "CPU (OpenCV)",
     }, kept_maps
 
 
@@ -437,22 +467,34 @@ def table(rows: list[tuple], headers: tuple) -> str:
 
 
 def report(res: dict) -> str:
-    a, s = res["article"], res["segq"]
+    a = res["article"]
+    paths = [("article", a)] + segq_columns(res)  # (column title, figures)
+    segqs = paths[1:]
+    s = res["segq"]
+
+    def row(label: str, article, each) -> tuple:
+        return (label, article, *(each(p) for _, p in segqs))
+
     rows = [
-        ("frames timed", a["frames"], s["frames"]),
-        ("stopped by --time-limit", _fmt(a["stopped_by_time_limit"]), _fmt(s["stopped_by_time_limit"])),
-        ("FPS (decode to encode)", _fmt(a["fps"], ".2f"), _fmt(s["fps"], ".2f")),
+        ("frames timed", *(p["frames"] for _, p in paths)),
+        ("stopped by --time-limit", *(_fmt(p["stopped_by_time_limit"]) for _, p in paths)),
+        ("FPS (decode to encode)", *(_fmt(p["fps"], ".2f") for _, p in paths)),
     ]
     for stage in STAGES:
-        rows.append((f"{stage} ms/frame", _fmt(a["stage_ms_per_frame"][stage]), _fmt(s["stage_ms_per_frame"][stage])))
+        rows.append((f"{stage} ms/frame", *(_fmt(p["stage_ms_per_frame"][stage]) for _, p in paths)))
     rows += [
-        ("peak GPU memory MiB", _fmt(a.get("peak_gpu_mib"), ".0f"), _fmt(s.get("peak_gpu_mib"), ".0f")),
-        ("model weights MiB", _fmt(a.get("weights_gpu_mib"), ".0f"), _fmt(s.get("weights_gpu_mib"), ".0f")),
-        ("model load s", _fmt(a["load_s"], ".2f"), _fmt(s["load_s"], ".2f")),
-        ("precision", a["precision"], s["precision"]),
-        ("image processor", a["processor"], s["processor"]),
-        ("post-processing", "transformers", "transformers" if s["postprocess"] == "reference" else s["postprocess"]),
-        ("batch size", 1, s["batch_size"]),
+        ("peak GPU memory MiB", *(_fmt(p.get("peak_gpu_mib"), ".0f") for _, p in paths)),
+        ("model weights MiB", *(_fmt(p.get("weights_gpu_mib"), ".0f") for _, p in paths)),
+        ("model load s", *(_fmt(p["load_s"], ".2f") for _, p in paths)),
+        row("torch.compile", "off", lambda p: p.get("compile", "off")),
+        row("compile s (warm-up shapes)", "-", lambda p: _fmt(p.get("compile_s"), ".1f")),
+        row("compiles in the path (0: none timed)", "-", lambda p: _fmt(p.get("compiles_in_path"))),
+        ("precision", *(p["precision"] for _, p in paths)),
+        ("image processor", *(p["processor"] for _, p in paths)),
+        row("post-processing", "transformers",
+            lambda p: "transformers" if p["postprocess"] == "reference" else p["postprocess"]),
+        row("batch size", 1, lambda p: p["batch_size"]),
+        row("overlay blend", "CPU (OpenCV)", lambda p: p.get("blend", "CPU (OpenCV)")),
     ]
     e = res["env"]
     head = (f"\nbench.gpu: {res['model']}, {res['frames']} frames of {res['size']}, device {e['device']} "
@@ -475,14 +517,77 @@ def report(res: dict) -> str:
             f"{agree['reference_classes']} classes in the reference maps; reference took {agree['seconds']:.1f}s)")
     else:
         tail.append("label agreement: no frames checked")
-    if not s["forward_split"]:
-        tail.append("note: predict() did not call workers.inference.forward: segq's post-process row holds "
-                    "preprocess+forward too")
+    c = res.get("compiled")
+    if c:
+        mode = c["compile"]
+        tail.append(
+            f"torch.compile {mode} against eager (same process, same model; eager ran before and after it): "
+            f"FPS ratio {_fmt(res['ratio_compiled_over_eager'], '.3f')}x over the faster eager run; compiling "
+            f"the {len(c['compile_shapes'])} warm-up shape(s) took {_fmt(c['compile_s'], '.1f')}s, outside the "
+            f"timed loop")
+        ca = res["compiled_agreement"]
+        if ca["frames"]:
+            tail.append(
+                f"label agreement of compiled with eager segq: {100 * ca['fraction']:.3f}% of pixels over "
+                f"{ca['frames']} frames (per frame min {100 * ca['min_frame']:.3f}%); of compiled with the fp32 "
+                f"reference: {100 * ca['fraction_vs_reference']:.3f}%")
+    for title, p in segqs:
+        if not p["forward_split"]:
+            tail.append(f"note ({title}): predict() did not call workers.inference.forward: its post-process row "
+                        "holds preprocess+forward too")
     tail.append(f"total run time {res['total_s']:.1f}s")
-    return head + "\n" + table(rows, ("", "article", "segq")) + "\n" + "\n".join(tail)
+    return head + "\n" + table(rows, ("", *(title for title, _ in paths))) + "\n" + "\n".join(tail)
 
+
+def segq_columns(res: dict) -> list[tuple[str, dict]]:
+    """segq's paths in the report: the one run, or eager, compiled and eager again (``--compare-compile``)."""
+    s = res["segq"]
+    if res.get("compiled"):
+        return [("segq eager", s), (f"segq {res['compiled']['compile']}", res["compiled"]),
+                ("segq eager again", res["segq_eager_again"])]
+    return [("segq" if s.get("compile", "off") == "off" else f"segq {s['compile']}", s)]
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _agreement(reference: list[np.ndarray], maps: list[np.ndarray]) -> dict:
+    """The fraction of pixels of ``maps`` equal to ``reference``, over the frames both have."""
+    pairs = list(zip(reference, maps))
+    equal = [float((r == q).mean()) for r, q in pairs]
+    pixels = [r.size for r, _ in pairs]
+    return {
+        "frames": len(pairs),
+        "fraction": sum(e * p for e, p in zip(equal, pixels)) / sum(pixels) if pairs else None,
+        "min_frame": min(equal) if equal else None,
+        "per_frame": equal,
+        "reference_classes": len(np.unique(np.concatenate([r.ravel() for r, _ in pairs]))) if pairs else 0,
+    }
+
+
+def compile_shapes(models, m, batch_size: int, frames: int, size: tuple[int, int]) -> dict:
+    """Compile ``m`` (already ``compile_model``-ed) for every batch shape ``segq_path`` will run: the
+    first batch and a last, shorter one, on plain images of the clip's ``size`` (so the processor gives
+    the frames' input shape), twice: the first pass compiles, the second records the CUDA graphs of
+    the CUDA-graph modes (torch records them on a shape's second pass). Timed apart, so that neither
+    happens in the timed loop."""
+    shapes = sorted({min(batch_size, frames)} | ({frames % batch_size} - {0}))
+    seconds = {}
+    for batch in shapes:
+        print(f"segq: compiling for a batch of {batch} ...", flush=True)
+        seconds[batch] = sum(models.warm_up(m, batch=batch, size=size) for _ in range(2))
+        print(f"segq: batch of {batch} compiled and ran twice in {seconds[batch]:.1f}s", flush=True)
+    return {"compile_shapes": shapes, "compile_s": sum(seconds.values()),
+            "compile_s_per_batch_size": {str(b): v for b, v in seconds.items()}}
+
+
+def _compiled_graphs() -> int | None:
+    """Graphs torch._dynamo compiled so far in this process (None where torch does not count them)."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:  # noqa: BLE001 - a private counter: only a figure of the report
+        return None
 
 
 def _spec(device_mod, device: str, precision: str):
@@ -517,6 +622,13 @@ def main(argv: list[str] | None = None) -> dict:
                     help="segq's image-processor backend (SEGQ_IMAGE_PROCESSOR, default pil)")
     ap.add_argument("--postprocess", choices=("default", "fast", "reference"), default="default",
                     help="segq's post-processing (SEGQ_POSTPROCESS): default = LoadedModel's default")
+    ap.add_argument("--compile", choices=("off", "default", "reduce-overhead", "max-autotune"), default="off",
+                    help="torch.compile mode of segq's model (SEGQ_COMPILE; default off); compiled outside the "
+                         "timed loop, timed apart")
+    ap.add_argument("--compare-compile", action="store_true",
+                    help="run segq's path eager, compiled with --compile, and eager again, same process and "
+                         "model: every FPS, compiled over the faster eager run, the label agreement of compiled "
+                         "with eager")
     ap.add_argument("--article-processor", choices=("auto", "pil", "torchvision"), default="auto",
                     help="the article's processor backend (auto: AutoImageProcessor's default, as the article)")
     ap.add_argument("--warmup", type=int, default=2, help="warm-up frames (article) / batches (segq) (default 2)")
@@ -531,6 +643,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--size must be WIDTHxHEIGHT, got {args.size!r}")
     if args.frames < 1 or args.batch_size < 1 or args.check_frames < 0 or args.warmup < 0:
         ap.error("--frames and --batch-size must be >= 1, --check-frames and --warmup >= 0")
+    if args.compare_compile and args.compile == "off":
+        ap.error("--compare-compile needs a mode to compare: --compile default|reduce-overhead|max-autotune")
 
     t_all = time.perf_counter()
     mods = _import_workers()
@@ -599,7 +713,9 @@ def main(argv: list[str] | None = None) -> dict:
         del model, processor
         _free(device)
 
-        # (b) segq's worker path.
+        # (b) segq's worker path. With --compare-compile: eager, compiled (--compile), eager again, on the
+        # same model: the first path after the article's runs slower on a CPU (measured), so the
+        # compiled path is compared with the faster of the two eager runs around it.
         with _tf32(*segq_flags):
             m = models.load("ade-semantic", str(folder), spec, args.processor)
             if args.postprocess != "default":
@@ -607,31 +723,43 @@ def main(argv: list[str] | None = None) -> dict:
                     raise SystemExit("bench.gpu: --postprocess: this segq has one post-processing only")
                 m.postprocess = args.postprocess
             weights = _allocated_mib(device)
-            _reset_peak(device)
             print(f"segq: model loaded in {m.load_seconds:.1f}s; running ...", flush=True)
-            s, kept_maps = segq_path(
-                mods, clip, root / "segq.mp4", m, batch_size=args.batch_size, warmup=args.warmup,
-                time_limit=args.time_limit, max_frames=args.frames, keep=n_check)
-        s.update(load_s=m.load_seconds, peak_gpu_mib=_peak_mib(device), weights_gpu_mib=weights,
-                 precision=DTYPE_NAMES.get(spec.dtype, str(spec.dtype)), processor=m.processor_name,
-                 batch_size=args.batch_size, postprocess=getattr(m, "postprocess", "reference"))
+            runs = []
+            for mode in ["off", args.compile, "off"] if args.compare_compile else [args.compile]:
+                extra: dict = {"compile": mode}
+                if mode != "off" or getattr(m, "compile", "off") != "off":
+                    if not hasattr(models, "compile_model"):
+                        raise SystemExit("bench.gpu: --compile: this segq has no workers.models.compile_model")
+                    models.compile_model(m, mode)
+                if mode != "off":
+                    extra.update(compile_shapes(models, m, args.batch_size, args.frames, (width, height)))
+                _reset_peak(device)
+                graphs = _compiled_graphs()
+                run, maps = segq_path(
+                    mods, clip, root / f"segq-{mode}.mp4", m, batch_size=args.batch_size, warmup=args.warmup,
+                    time_limit=args.time_limit, max_frames=args.frames, keep=n_check)
+                if mode != "off" and graphs is not None:
+                    extra["compiles_in_path"] = _compiled_graphs() - graphs
+                run.update(load_s=m.load_seconds, peak_gpu_mib=_peak_mib(device), weights_gpu_mib=weights,
+                           precision=DTYPE_NAMES.get(spec.dtype, str(spec.dtype)), processor=m.processor_name,
+                           batch_size=args.batch_size, postprocess=getattr(m, "postprocess", "reference"), **extra)
+                runs.append((run, maps))
+                print(f"segq ({'eager' if mode == 'off' else 'torch.compile ' + mode}): {run['frames']} frames in "
+                      f"{run['wall_s']:.1f}s{' (stopped by --time-limit)' if run['stopped_by_time_limit'] else ''}",
+                      flush=True)
+        (s, kept_maps) = runs[0]
         res["segq"] = s
-        print(f"segq: {s['frames']} frames in {s['wall_s']:.1f}s"
-              f"{' (stopped by --time-limit)' if s['stopped_by_time_limit'] else ''}", flush=True)
+        if args.compare_compile:
+            (c, compiled_maps), (again, _) = runs[1], runs[2]
+            res["compiled"], res["segq_eager_again"] = c, again
+            best = max((r["fps"] or 0.0) for r in (s, again))
+            res["ratio_compiled_over_eager"] = c["fps"] / best if best and c["fps"] else None
+            res["compiled_agreement"] = {**_agreement(kept_maps, compiled_maps),
+                                         "fraction_vs_reference": _agreement(ref_maps, compiled_maps)["fraction"]}
         del m
         _free(device)
 
-    pairs = list(zip(ref_maps, kept_maps))
-    equal = [float((r == q).mean()) for r, q in pairs]
-    pixels = [r.size for r, _ in pairs]
-    res["agreement"] = {
-        "frames": len(pairs),
-        "fraction": sum(e * p for e, p in zip(equal, pixels)) / sum(pixels) if pairs else None,
-        "min_frame": min(equal) if equal else None,
-        "per_frame": equal,
-        "reference_classes": len(np.unique(np.concatenate([r.ravel() for r, _ in pairs]))) if pairs else 0,
-        "seconds": ref_s,
-    }
+    res["agreement"] = {**_agreement(ref_maps, kept_maps), "seconds": ref_s}
     res["ratio_segq_over_article"] = s["fps"] / a["fps"] if a["fps"] and s["fps"] else None
     res["target_ratio"] = TARGET_RATIO
     res["target_applies"] = device.type == "cuda" and not args.tiny and (width, height) == (1920, 1080)

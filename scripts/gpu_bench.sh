@@ -8,6 +8,11 @@
 #                                           private folder, then `python -m bench.gpu OPTIONS`;
 #                                           with $OUT set, the log and JSON are written there
 #
+# For example: --run --device cuda (the article against segq at 1080p with Swin-L), or
+# --run --device cuda --compile reduce-overhead --compare-compile (segq eager against segq with
+# torch.compile, SEGQ_COMPILE; compile time reported apart; Triton needs a C compiler on the host).
+# Every option: --run --help.
+#
 # Wheels: PyAV, and redis (workers.video -> segq.media -> segq.jobs imports it; pure Python).
 # scipy (which transformers' Mask2Former needs to build the model) only with --with-scipy: it is
 # about 36 MB per Python version, and CUDA hosts with torch usually have it. PyAV is pinned to

@@ -48,6 +48,7 @@ class WorkerRecord:
     models: list[str] = field(default_factory=list)
     model_loads: dict = field(default_factory=dict)
     load_seconds: dict = field(default_factory=dict)
+    compile: str = "off"  # SEGQ_COMPILE of the worker: "off" or the torch.compile mode of its models
     active: str = ""  # the tasks running now, "; "-joined ("" when idle)
     active_since: float | None = None
     model_busy: float | None = None  # busy fraction of the model stage over its last 30 s
@@ -95,6 +96,7 @@ class WorkerRecord:
             models=_json(d.get("models"), []),
             model_loads=_json(d.get("model_loads"), {}),
             load_seconds=_json(d.get("load_seconds"), {}),
+            compile=d.get("compile") or "off",
             active=d.get("active", ""),
             active_since=num("active_since"),
             model_busy=num("model_busy"),
@@ -118,8 +120,10 @@ def _json(raw: str | None, default):
 class WorkerRegistration:
     """A worker process's own record: publish, heartbeat, counters, current task, removal."""
 
-    def __init__(self, r: redis.Redis, hostname: str, device: str, interval: float = HEARTBEAT_SECONDS):
+    def __init__(self, r: redis.Redis, hostname: str, device: str, interval: float = HEARTBEAT_SECONDS,
+                 compile: str = "off"):
         self.r = r
+        self.compile = compile
         self.interval = interval
         self.hostname = hostname
         self.key = keys.worker(hostname)
@@ -145,6 +149,7 @@ class WorkerRegistration:
             "models": json.dumps(sorted(self.models)),
             "model_loads": json.dumps(self.loads),
             "load_seconds": json.dumps(self.models),
+            "compile": self.compile,
             "started_at": self.started_at,
             "heartbeat": time.time(),
             "interval": self.interval,

@@ -34,6 +34,9 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 IMAGE_PROCESSORS = ("pil", "torchvision")
 #: Post-processing implementations: segq's exact fast path, or transformers' own functions.
 POSTPROCESSORS = ("fast", "reference")
+#: ``torch.compile`` of the worker's models: off (eager), or one of torch.compile's modes.
+#: ``reduce-overhead`` and ``max-autotune`` also capture CUDA graphs on a GPU.
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 def _parse_mapping(var: str, raw: str) -> dict[str, str]:
@@ -220,6 +223,13 @@ class Settings:
         "post-processing: `fast` (segq's exact fast path: transformers' label maps but for float near-ties, "
         "without full-size per-class tensors) or `reference` (transformers' own functions)",
         parse=_choice(POSTPROCESSORS), side="worker")
+    compile: str = setting(
+        "SEGQ_COMPILE", "off",
+        "`torch.compile` of the models, opt-in and not yet measured on a GPU (`python -m bench.gpu "
+        "--compare-compile` measures it): `off`, `default`, `reduce-overhead` (CUDA graphs on a GPU) or "
+        "`max-autotune` (autotuned kernels and CUDA graphs: the longest compile); static shapes: each new "
+        "batch size or image size compiles once, at most 16 per worker process, later ones run uncompiled",
+        parse=_choice(COMPILE_MODES), side="worker")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -4,6 +4,21 @@ A checkpoint is a Hugging Face hub id (``facebook/mask2former-swin-large-ade-sem
 local folder holding ``config.json``, the weights and ``preprocessor_config.json`` (for
 example one written by ``segq models tiny``). Models load once per worker process and stay
 in memory for every later job.
+
+``SEGQ_COMPILE`` (off by default) compiles a loaded model's forward pass with ``torch.compile``
+(:func:`compile_model`), in place: ``LoadedModel.model`` stays the transformers module (its
+``config``, its outputs' attributes). Shapes are static (``dynamic=False``): each new input shape
+(batch size, or image size for processors that keep the aspect ratio) compiles once, on its first
+forward pass, and at most :data:`COMPILED_SHAPES` shapes are compiled per process (every model
+together: torch's compile cache is per function, and the models share Mask2Former's ``forward``);
+later new shapes run uncompiled, with torch's "recompile_limit" warning in the log. The worker
+compiles one batch of one image at start (:func:`warm_up`, on its model stage's thread), so that a
+model that does not compile fails to load at start, with the reason, as a model that does not load
+does, rather than in a job; the first batch of each other shape still compiles in its job.
+Static rather than dynamic shapes: kernels specialised to a shape are torch.compile's fastest case,
+and symbolic shapes through Swin's window padding are untested here; the cost is a compile per
+shape. Nothing here has been measured on a GPU yet: ``python -m bench.gpu --compile MODE
+--compare-compile`` measures eager against compiled.
 """
 
 from __future__ import annotations
@@ -15,10 +30,24 @@ from dataclasses import dataclass
 import torch
 
 from segq.errors import SegqError
+from segq.settings import COMPILE_MODES
 from workers import labels
 from workers.device import DeviceSpec
 
 log = logging.getLogger(__name__)
+
+#: torch.compile modes that capture CUDA graphs on a GPU. A graph's outputs live in its memory
+#: pool and the next replay overwrites them, while the worker's model stage runs the next batch
+#: before the last one is post-processed: :func:`compile_model` copies the outputs out.
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+#: Compiled input shapes per worker process, all models together (torch._dynamo's
+#: ``recompile_limit``, 8 by default, is raised to this): for example three models with a batch
+#: size and a last, shorter batch each, plus single images.
+COMPILED_SHAPES = 16
+#: The image :func:`warm_up` runs through the model's processor (width, height): HD video's 16:9.
+#: Any size gives the hub's ADE checkpoints their fixed 384x384 input; processors that keep the
+#: aspect ratio (the COCO checkpoints': shortest edge 384) give other aspect ratios other shapes.
+WARMUP_SIZE = (1920, 1080)
 
 
 class ModelLoadError(SegqError):
@@ -35,6 +64,7 @@ class LoadedModel:
     labels: labels.LabelSet
     load_seconds: float
     postprocess: str = "fast"  # "fast" (workers.postprocess) or "reference" (transformers')
+    compile: str = "off"  # SEGQ_COMPILE: "off", or the torch.compile mode of compile_model
 
     @property
     def processor_backend(self) -> str:
@@ -82,7 +112,10 @@ def processor_backend(processor) -> str:
     return type(processor).__name__
 
 
-def load(name: str, checkpoint: str, spec: DeviceSpec, backend: str = "pil") -> LoadedModel:
+def load(name: str, checkpoint: str, spec: DeviceSpec, backend: str = "pil", compile: str = "off") -> LoadedModel:
+    """The checkpoint's model and image processor on ``spec``'s device and dtype, in eval mode;
+    ``compile``: ``SEGQ_COMPILE`` (:func:`compile_model`; ``load_seconds`` does not include the
+    compilation, which happens on the first forward passes)."""
     from transformers import Mask2FormerForUniversalSegmentation
 
     started = time.perf_counter()
@@ -99,4 +132,68 @@ def load(name: str, checkpoint: str, spec: DeviceSpec, backend: str = "pil") -> 
     seconds = time.perf_counter() - started
     label_set = labels.for_id2label(model.config.id2label)
     log.info("loaded model %s from %s on %s in %.2fs (%s labels)", name, checkpoint, spec.label, seconds, label_set.name)
-    return LoadedModel(name, checkpoint, model, processor, spec, label_set, seconds)
+    loaded = LoadedModel(name, checkpoint, model, processor, spec, label_set, seconds)
+    compile_model(loaded, compile)
+    return loaded
+
+
+def compile_model(m: LoadedModel, mode: str) -> None:
+    """``torch.compile`` the model's forward pass in place with ``mode`` (``SEGQ_COMPILE``), static
+    shapes; ``off``: the eager forward pass (again, for a compiled model: benchmarks compare both).
+    The module stays the transformers module and returns its usual outputs; compilation happens
+    lazily, on the first pass of each input shape (module docstring). In the CUDA-graph modes on
+    CUDA, every pass starts a new CUDA-graph step and its outputs' tensors are copied out of the
+    graphs' pool, so they stay valid while the next pass runs."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    if m.compile == mode:
+        return
+    if m.compile != "off":  # back to the class's own forward
+        vars(m.model).pop("forward", None)
+        m.compile = "off"
+    if mode == "off":
+        return
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_SHAPES)
+    compiled = torch.compile(m.model.forward, mode=mode, dynamic=False)
+    if mode in CUDAGRAPH_MODES and m.spec.device.type == "cuda":
+        def forward(*args, **kwargs):
+            torch.compiler.cudagraph_mark_step_begin()
+            return _own_tensors(compiled(*args, **kwargs))
+
+        m.model.forward = forward
+    else:
+        m.model.forward = compiled
+    m.compile = mode
+    log.info("model %s: torch.compile mode=%s, static shapes: the first forward pass of each new input shape "
+             "(batch size, image size) compiles first, which takes a while; up to %d shapes per process",
+             m.name, mode, COMPILED_SHAPES)
+
+
+def _own_tensors(outputs):
+    """``outputs`` (a transformers ``ModelOutput``) with its top-level tensors copied: out of the
+    CUDA graphs' memory pool, which the next replay overwrites. Nested ones (auxiliary logits) are
+    not copied: they are valid until the next pass only."""
+    for key, value in list(outputs.items()):
+        if isinstance(value, torch.Tensor):
+            outputs[key] = value.clone()
+    return outputs
+
+
+def warm_up(m: LoadedModel, run=None, batch: int = 1, size: tuple[int, int] = WARMUP_SIZE) -> float:
+    """One forward pass of ``m`` on a batch of ``batch`` plain images of ``size`` (width, height)
+    through its image processor: with ``SEGQ_COMPILE`` on, the compilation of that input shape.
+    ``run(m, inputs)`` runs the pass (default ``workers.inference.run_model``; the worker passes its
+    model stage: torch keeps CUDA graphs per thread, and every later pass runs on the stage's).
+    Returns seconds."""
+    from PIL import Image
+
+    from workers import inference
+
+    inputs = inference.preprocess(m, [Image.new("RGB", size, (124, 116, 104)) for _ in range(batch)])
+    started = time.perf_counter()
+    (run or inference.run_model)(m, inputs)
+    if m.spec.device.type == "cuda":
+        torch.cuda.synchronize(m.spec.device)
+    return time.perf_counter() - started

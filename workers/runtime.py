@@ -64,10 +64,29 @@ class Runtime:
             checkpoint = self.settings.models.get(name)
             if checkpoint is None:
                 raise UnknownModel(f"unknown model {name!r}: configured models are {', '.join(self.settings.models)}")
-            loaded = models_mod.load(name, checkpoint, self.spec, self.settings.image_processor)
+            loaded = models_mod.load(name, checkpoint, self.spec, self.settings.image_processor,
+                                     compile=self.settings.compile)
             loaded.postprocess = self.settings.postprocess
+            if loaded.compile != "off":
+                self._compile_at_start(loaded)
             self.models[name] = loaded
             self.registration.loaded(name, loaded.load_seconds)
+
+    def _compile_at_start(self, m: models_mod.LoadedModel) -> None:
+        """``SEGQ_COMPILE``: compile one batch of one image now, on the model stage's thread (where
+        every later pass, and its CUDA graphs, run), so that a model that does not compile fails to
+        load here, with the reason (``ModelLoadError``), instead of in a job. Other shapes compile
+        on their first pass (``workers.models``)."""
+        log.info("model %s: SEGQ_COMPILE=%s: compiling a warm-up batch (the first batches of each new "
+                 "size compile too, and are slow)", m.name, m.compile)
+        run = (lambda model, inputs: self.stage.run(model, inputs, items=0)) if self.stage else None
+        try:
+            seconds = models_mod.warm_up(m, run)
+        except Exception as exc:
+            raise models_mod.ModelLoadError(
+                f"model {m.name!r}: torch.compile (SEGQ_COMPILE={m.compile}) failed on a warm-up batch: "
+                f"{type(exc).__name__}: {exc}. SEGQ_COMPILE=off runs the model uncompiled.") from exc
+        log.info("model %s: warm-up batch compiled and ran in %.1fs", m.name, seconds)
 
     def count(self, counter: str) -> None:
         self.registration.count(counter)
@@ -188,7 +207,8 @@ def boot(hostname: str, settings: Settings | None = None) -> Runtime:
         storage=Storage(settings),
         store=store,
         spec=spec,
-        registration=WorkerRegistration(store.r, hostname, spec.label, interval=settings.heartbeat_seconds),
+        registration=WorkerRegistration(store.r, hostname, spec.label, interval=settings.heartbeat_seconds,
+                                        compile=settings.compile),
     )
     rt.leases = leases_mod.LeaseBook(store.r, hostname, ttl=settings.heartbeat_seconds * registry.MISSED_BEATS)
     rt.stage = _model_stage(settings)

@@ -508,7 +508,7 @@ def test_compose_segq_services_share_the_settings_and_reach_redis_with_its_passw
         assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD(:\?[^}]*)?\}@redis:6379/\d+", env["SEGQ_REDIS_URL"])
         assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"]
     worker_env = environment_of(service("worker"))
-    assert {"SEGQ_PRECISION", "SEGQ_IMAGE_PROCESSOR", "SEGQ_POSTPROCESS"} <= set(worker_env)
+    assert {"SEGQ_PRECISION", "SEGQ_IMAGE_PROCESSOR", "SEGQ_POSTPROCESS", "SEGQ_COMPILE"} <= set(worker_env)
 
 
 def test_compose_tools_service_runs_the_cli_on_demand():

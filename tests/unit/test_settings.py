@@ -42,11 +42,22 @@ def test_defaults_serve_each_task_model_with_the_pil_processor():
     assert s.image_processor == "pil" and s.precision == "auto"
 
 
+@pytest.mark.parametrize("raw, mode", [
+    ("off", "off"), ("default", "default"), (" Reduce-Overhead ", "reduce-overhead"), ("max-autotune", "max-autotune"),
+])
+def test_compile_is_off_unless_a_torch_compile_mode_is_asked_for(raw, mode):
+    assert Settings.from_env({}).compile == "off"
+    assert Settings.from_env({"SEGQ_COMPILE": raw}).compile == mode
+    [var] = [v for v in variables() if v.name == "SEGQ_COMPILE"]
+    assert var.side == "worker" and var.default == "`off`"
+
+
 @pytest.mark.parametrize("env, message", [
     ({"SEGQ_MAX_IMAGE_PIXELS": "lots"}, "SEGQ_MAX_IMAGE_PIXELS: expected a whole number"),
     ({"SEGQ_MAX_IMAGE_PIXELS": "0"}, "SEGQ_MAX_IMAGE_PIXELS: must be at least 1"),
     ({"SEGQ_PRECISION": "fp8"}, "SEGQ_PRECISION: expected one of auto, fp32, fp16, bf16"),
     ({"SEGQ_IMAGE_PROCESSOR": "opencv"}, "SEGQ_IMAGE_PROCESSOR: expected one of pil, torchvision"),
+    ({"SEGQ_COMPILE": "on"}, "SEGQ_COMPILE: expected one of off, default, reduce-overhead, max-autotune"),
     ({"SEGQ_MODELS": "justaname"}, "SEGQ_MODELS: expected name=value pairs"),
     ({"SEGQ_TASK_MODELS": "depth=a"}, "SEGQ_TASK_MODELS: unknown task 'depth'"),
     ({"SEGQ_S3_ENDPOINT_URL": "ftp://x"}, "SEGQ_S3_ENDPOINT_URL: expected an http(s) URL"),
