@@ -24,10 +24,30 @@ TASK_MODULES = ("workers.tasks", "workers.video_tasks")
 
 
 def _boot(sender=None, **_):
+    """Load the runtime (models, registry record, heartbeat) when the worker starts. Celery only
+    logs an exception raised in a signal handler and goes on, so a process whose start failed
+    would take messages it cannot run: it logs the reason and exits instead."""
+    import os
+    import sys
+
+    from segq.errors import SegqError, ServiceUnavailable
     from workers import runtime
+    from workers.launcher import EXIT_BOOT_FAILED
 
     logging.getLogger("workers").setLevel(logging.INFO)
-    runtime.boot(sender.hostname, Settings.from_env())
+    try:
+        runtime.boot(sender.hostname, Settings.from_env())
+    except BaseException as exc:  # noqa: BLE001 (any failure: the process must not serve)
+        deterministic = isinstance(exc, SegqError) and not isinstance(exc, ServiceUnavailable)
+        log = logging.getLogger("workers.app")
+        log.critical("worker %s failed to start: %s: %s", getattr(sender, "hostname", "?"), type(exc).__name__, exc,
+                     exc_info=not deterministic)
+        for handler in logging.getLogger().handlers + log.handlers:
+            handler.flush()
+        sys.stderr.flush()
+        # a configuration that cannot work is not restarted by ``segq worker``; other failures
+        # (Redis unreachable) exit 1 and are
+        os._exit(EXIT_BOOT_FAILED if deterministic else 1)
 
 
 def _forget(sender=None, **_):

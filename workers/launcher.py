@@ -123,6 +123,11 @@ def environment(proc: WorkerProcess, threads: int | None = None, precision: str 
     return env
 
 
+#: Exit status of a worker process whose start failed on its configuration (a model that does not
+#: load, a bad setting; ``workers.app``): not started again, since it would fail the same way; the
+#: launcher exits with it (EX_CONFIG of sysexits.h).
+EXIT_BOOT_FAILED = 78
+
 #: A worker process that dies is started again, up to this many times in RESTART_WINDOW seconds;
 #: past that the launcher stops the others and exits non-zero, for its supervisor to act.
 MAX_RESTARTS = 5
@@ -136,7 +141,8 @@ def run(procs: list[WorkerProcess], loglevel: str = "info", threads: int | None 
     fail while restoring its messages on a broken connection) is started again in place after a
     short pause; its lost work comes back through the leases (``segq.leases``). A process that
     keeps dying (``MAX_RESTARTS`` in ``RESTART_WINDOW`` s) stops the unit with its exit code, for
-    the supervisor (systemd, Kubernetes, Compose) to act.
+    the supervisor (systemd, Kubernetes, Compose) to act; so does one that could not start on its
+    configuration (``EXIT_BOOT_FAILED``: a model that does not load), at once.
     """
     if threads is None and procs and not procs[0].cuda_visible_devices:
         threads = max(1, (os.cpu_count() or 1) // len(procs))
@@ -165,6 +171,12 @@ def run(procs: list[WorkerProcess], loglevel: str = "info", threads: int | None 
                     continue
                 now = time.monotonic()
                 restarts[i] = [t for t in restarts[i] if now - t < RESTART_WINDOW]
+                if child.returncode == EXIT_BOOT_FAILED:
+                    print(f"segq worker: {procs[i].hostname} could not start (its configuration: see the "
+                          f"reason above); stopping", file=sys.stderr, flush=True)
+                    code = EXIT_BOOT_FAILED
+                    stop(signal.SIGTERM, None)
+                    break
                 if len(restarts[i]) >= MAX_RESTARTS:
                     print(f"segq worker: {procs[i].hostname} died {MAX_RESTARTS + 1} times in "
                           f"{RESTART_WINDOW:.0f}s; stopping", file=sys.stderr, flush=True)

@@ -214,7 +214,14 @@ def boot(hostname: str, settings: Settings | None = None) -> Runtime:
     rt.stage = _model_stage(settings)
     rt.registration.stage_stats = rt.stage.fields
     rt.registration.publish()
-    rt.load_models(settings.served_models())
+    try:
+        rt.load_models(settings.served_models())
+    except BaseException:
+        try:  # the process will not serve: no record saying it is starting
+            rt.registration.remove()
+        except redis.RedisError:
+            pass
+        raise
     rt.start_heartbeat()
     _runtime = rt
     log.info("worker %s ready on %s with models %s", hostname, spec.label, ", ".join(rt.models))

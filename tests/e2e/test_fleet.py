@@ -146,3 +146,19 @@ def test_flower_tasks_page_shows_segmentation_tasks_in_a_real_browser(client, fl
     subprocess.run([browser, *flags, f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}", url],
                    capture_output=True, timeout=120)
     assert shot.stat().st_size > 10_000
+
+
+def test_a_worker_whose_model_does_not_load_exits_and_takes_no_job(session_dir, stack_env, redis_client):
+    # a checkpoint folder that does not exist: the process logs why and exits with 78 (a
+    # configuration that cannot work), `segq worker` does not restart it, and it never takes a
+    # message (Celery alone would log the start failure and serve anyway, failing jobs)
+    env = {**stack_env, "SEGQ_MODELS": "ade-semantic=/nonexistent/segq-checkpoint"}
+    service, hostname = start_worker(session_dir, env, "wbad", models="ade-semantic")
+    try:
+        assert service.proc.wait(timeout=120) == 78
+    finally:
+        service.stop()
+    log = service.log_path.read_text(errors="replace")
+    assert "failed to start" in log and "cannot load model 'ade-semantic'" in log
+    assert "starting it again" not in log
+    assert redis_client.exists(keys.worker(hostname)) == 0  # its record is gone with it
