@@ -33,7 +33,8 @@ How it avoids the full-resolution tensors:
   margin), that class wins at every grid point of the cell (``settled_cells``); exact scores
   are computed only at the corners of the 384-cells that this does not settle, with torch's
   bilinear indices and weights (an ulp from ``F.interpolate``'s own rounding at most), and
-  noise-like logits that settle little fall back to dense bands. Panoptic's arg-max over the
+  noise-like logits that settle little (a random-weight model's, for one) fall back to dense
+  bands, decided first on a sample of one cell in 9. Panoptic's arg-max over the
   kept queries' ``score x sigmoid(mask)`` is settled the same way, and its thresholded areas
   are bounded from source windows (``_window_counts``): a pixel's value lies between the
   extremes of the 2-3 x 2-3 source values its grid corners draw on;
@@ -424,6 +425,10 @@ def semantic(class_queries_logits, masks_queries_logits, target_size: tuple[int,
 CELL_MARGIN = 1e-4
 #: above this fraction of grid points needing exact scores, the dense band path is used
 SPARSE_LIMIT = 0.5
+#: the bounds are first tried on every PROBE_STRIDE-th source cell of each axis; above this
+#: fraction of unsettled cells there, the dense band path is used at once
+PROBE_STRIDE = 3
+PROBE_LIMIT = 0.35
 #: grid points whose exact class scores are computed at once (memory: queries x this floats)
 POINT_CHUNK = 8192
 
@@ -446,14 +451,18 @@ def _corner_extreme(x: torch.Tensor, op) -> torch.Tensor:
     return b
 
 
-def settled_cells(probs_t: torch.Tensor | None, masks: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+def settled_cells(probs_t: torch.Tensor | None, masks: torch.Tensor, scale: torch.Tensor | None = None,
+                  stride: int = 1) -> torch.Tensor:
     """(h, w) int64: per source cell of ``masks`` (Q, h, w), the channel that wins at every point
     of the cell by the bounds, or -1 where the bounds do not settle it. The channels are
     ``probs_t @ sigmoid(m)`` (semantic: ``probs_t`` (C, Q) class probabilities) or, with
-    ``probs_t`` None, ``scale[q] * sigmoid(m_q)`` (panoptic: the kept queries' scores)."""
+    ``probs_t`` None, ``scale[q] * sigmoid(m_q)`` (panoptic: the kept queries' scores).
+    ``stride``: only every stride-th cell of each axis (a sample: (h / stride, w / stride))."""
     q, h, w = masks.shape
-    lo = _corner_extreme(masks, torch.minimum).reshape(q, -1).sigmoid_()
-    hi = _corner_extreme(masks, torch.maximum).reshape(q, -1).sigmoid_()
+    lo = _corner_extreme(masks, torch.minimum)[:, ::stride, ::stride]
+    hi = _corner_extreme(masks, torch.maximum)[:, ::stride, ::stride]
+    h, w = lo.shape[1:]
+    lo, hi = lo.reshape(q, -1).sigmoid_(), hi.reshape(q, -1).sigmoid_()
     if probs_t is not None:
         low = probs_t @ lo  # (C, h * w): a lower bound of every class's score in the cell
         del lo
@@ -525,6 +534,12 @@ def _decided_grid(probs_t: torch.Tensor | None, masks: torch.Tensor, geo: _Geome
     c = probs_t.shape[0] if probs_t is not None else q
     if h * w > GRID * GRID // 4:
         return None
+    if h * w >= PROBE_STRIDE**2 * 64:
+        # a sample of the cells first: when the bounds settle few (noise-like logits, such as a
+        # random-weight model's), the dense bands are cheaper than computing them everywhere
+        probe = settled_cells(probs_t, masks, scale, stride=PROBE_STRIDE)
+        if float((probe < 0).float().mean()) > PROBE_LIMIT:
+            return None
     device = masks.device
     ry0, ry1, ryl0, ryl1 = axis_weights(h, GRID, device)
     cx0, cx1, cxl0, cxl1 = axis_weights(w, GRID, device)
