@@ -282,6 +282,23 @@ def test_count_above_exact():
         assert torch.equal(got, want), (size, got, want)
 
 
+@pytest.mark.parametrize("shape", [(96, 96), (96, 171), (200, 100)])
+def test_window_counts_bound_the_exact_areas(shape):
+    # panoptic's thresholded areas from source windows: surely <= exact <= surely + possibly,
+    # against transformers' own arithmetic (384 resize, sigmoid, resize to the target, x score)
+    g = torch.Generator().manual_seed(62)
+    masks = 8 * torch.nn.functional.interpolate(torch.randn(1, 6, 9, 9, generator=g), size=shape, mode="bicubic")[0]
+    scale = torch.tensor([0.9, 0.7, 1.0, 0.55, 0.8, 0.51])
+    for size in [(1080, 1920), (479, 641), (37, 53)]:
+        geo = postprocess._Geometry(384, 384, *size, "cpu")
+        sure, possible = postprocess._window_counts(masks, scale, 0.5, geo)
+        grid = torch.nn.functional.interpolate(masks[None], size=(384, 384), mode="bilinear", align_corners=False)
+        full = torch.nn.functional.interpolate(grid.sigmoid(), size=size, mode="bilinear", align_corners=False)[0]
+        exact = (full * scale.view(-1, 1, 1) >= 0.5).flatten(1).sum(1)
+        assert (sure <= exact).all() and (exact <= sure + possible).all(), (size, sure, possible, exact)
+        assert (possible < exact.clamp(min=1)).all()  # the bounds are tight enough to decide most ratios
+
+
 def test_panoptic_overlap_ratio_at_the_threshold(monkeypatch):
     # an overlap threshold just under one segment's ratio: the area bounds straddle it, so the
     # exact count of its thresholded area decides (and must decide as transformers does)
