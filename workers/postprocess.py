@@ -75,6 +75,18 @@ EPS = 1e-5  # relative margin under which a cell is evaluated pixel by pixel
 BAND = 32  # grid rows per band
 
 
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` with float32 accuracy on any device. On CUDA the worker lets its model's float32
+    matrix products use TF32 (``workers.device``: 10-bit mantissas, relative errors near 1e-3), a
+    process-wide setting that would also reach these products, where the bounds' 1e-4 margin and
+    the near-tie tolerance need float32's own accuracy; so on CUDA they run in float64 and are
+    rounded to float32 (at most an ulp from a float32 product, which matters only at a near-tie).
+    On the CPU (no TF32) the plain product."""
+    if a.is_cuda:
+        return (a.double() @ b.double()).float()
+    return a @ b
+
+
 # ---------------------------------------------------------------------------------------------
 # Bilinear geometry (torch's align_corners=False source indices and weights)
 
@@ -334,7 +346,7 @@ def _count_above(g, v, ncell, i0, geo: _Geometry, scale, threshold, counts, unsu
 
     def pixels(cells: torch.Tensor) -> torch.Tensor:
         # sum over cells of rows x cols per cell; integers below 2^24 add exactly in float32
-        return ((cells.float() @ cc) @ rc).double()
+        return _matmul(_matmul(cells.float(), cc), rc).double()
 
     above = lo >= threshold * (1 + EPS) + 1e-30
     counts += pixels(above)
@@ -415,7 +427,7 @@ def semantic(class_queries_logits, masks_queries_logits, target_size: tuple[int,
     def dense_fn(r0, r1):
         m = rows(r0, r1).sigmoid_()  # (Q, rows, 384)
         q, nrows, gw = m.shape
-        return (probs_t @ m.reshape(q, -1)).reshape(-1, nrows, gw)
+        return _matmul(probs_t, m.reshape(q, -1)).reshape(-1, nrows, gw)
 
     label, _, _ = resized_argmax(dense_fn, probs.shape[1], geo, out_dtype=dtype)
     return label
@@ -464,9 +476,9 @@ def settled_cells(probs_t: torch.Tensor | None, masks: torch.Tensor, scale: torc
     h, w = lo.shape[1:]
     lo, hi = lo.reshape(q, -1).sigmoid_(), hi.reshape(q, -1).sigmoid_()
     if probs_t is not None:
-        low = probs_t @ lo  # (C, h * w): a lower bound of every class's score in the cell
+        low = _matmul(probs_t, lo)  # (C, h * w): a lower bound of every class's score in the cell
         del lo
-        high = probs_t @ hi  # an upper bound
+        high = _matmul(probs_t, hi)  # an upper bound
         del hi
     else:
         low, high = lo.mul_(scale[:, None]), hi.mul_(scale[:, None])
@@ -574,7 +586,7 @@ def _decided_grid(probs_t: torch.Tensor | None, masks: torch.Tensor, geo: _Geome
         t1 = flat.index_select(0, bot + x0) * wx0 + flat.index_select(0, bot + x1) * wx1
         m = (t0 * ryl0[r, None] + t1 * ryl1[r, None]).sigmoid_()  # (points, Q)
         del t0, t1
-        scores[:, s : s + POINT_CHUNK] = probs_t @ m.t() if probs_t is not None else m.t()
+        scores[:, s : s + POINT_CHUNK] = _matmul(probs_t, m.t()) if probs_t is not None else m.t()
     index = grid.view(-1).clone()
     if k:
         index[points] = (scores if probs_t is not None else scores * scale[:, None]).max(0).indices
