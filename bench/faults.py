@@ -29,19 +29,9 @@ from pathlib import Path
 
 from bench.common import checkpoint, table
 from producer.client import Client
-from producer.stack import RedisServer, SeaweedS3, WorkerService
+from producer.stack import RedisServer, SeaweedS3, WorkerService, wait_until
 from segq import leases, registry
 from segq.settings import Settings
-
-
-def wait_for(condition, timeout: float, what: str, poll: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise SystemExit(f"timed out after {timeout}s waiting for {what}")
 
 
 class Fleet:
@@ -116,7 +106,7 @@ def worker_kill(fleet: Fleet, root: Path, what: str) -> dict:
     src = image(root, f"{what}.png") if what == "image" else clip(root, f"{what}.mp4", 48 if what == "chunk" else 240,
                                                                   (256, 192) if what == "chunk" else (640, 480))
     [job] = fleet.client.submit([src], task="semantic", chunk_frames=60 if what == "assembly" else 12)
-    lease = wait_for(lambda: fleet.running(job.id, task), 300, f"{task} running", poll=0.005)
+    lease = wait_until(lambda: fleet.running(job.id, task), 300, f"{task} running", poll=0.005)
     # Into the task, not at the instant the worker fetches its next message: kombu takes a message
     # off the queue and records it as unacknowledged in two steps, and a kill between them loses
     # it (README, Reliability: not guaranteed).
@@ -126,7 +116,7 @@ def worker_kill(fleet: Fleet, root: Path, what: str) -> dict:
         r = fleet.client.status(job.id)
         return r if (r.requeues or r.final) else None
 
-    record = wait_for(requeued_or_ended, 300, "the requeue (or the job's end)")
+    record = wait_until(requeued_or_ended, 300, "the requeue (or the job's end)", poll=0.02)
     requeued = time.monotonic() if record.requeues else None
     [done] = fleet.client.wait([job.id], timeout=300)
     fleet.add_worker()
@@ -137,7 +127,7 @@ def worker_kill(fleet: Fleet, root: Path, what: str) -> dict:
 
 def redis_restart(fleet: Fleet, root: Path) -> dict:
     [job] = fleet.client.submit([clip(root, "r.mp4", 48)], task="semantic", chunk_frames=24)
-    wait_for(lambda: fleet.running(job.id, "segq.segment_chunk"), 300, "a chunk running")
+    wait_until(lambda: fleet.running(job.id, "segq.segment_chunk"), 300, "a chunk running", poll=0.02)
     fleet.redis.stop(sig=signal.SIGKILL)
     down = time.monotonic()
     time.sleep(5)
@@ -176,6 +166,8 @@ def main() -> None:
             rows = [worker_kill(fleet, root, w) for w in ("chunk", "image", "assembly")]
             rows.append(redis_restart(fleet, root))
             rows.append(s3_outage(fleet, root))
+        except TimeoutError as exc:
+            raise SystemExit(str(exc)) from None
         finally:
             fleet.close()
     print(f"recovery with SEGQ_HEARTBEAT_SECONDS={args.heartbeat} (2 CPU workers, tiny checkpoint)")

@@ -84,20 +84,38 @@ def seaweedfs_security_toml() -> str:
     ])
 
 
-def _wait(check, what: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+def wait_until(condition, timeout: float, what: str, poll: float = 0.2):
+    """Call ``condition`` every ``poll`` seconds until it returns something true, and return that;
+    ``TimeoutError`` naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    last: Exception | None = None
     while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def _wait(check, what: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """``wait_until`` a service answers ``check`` (its errors mean "not up yet"); fails at once if
+    its process exits."""
+    last: Exception | None = None
+
+    def ready():
+        nonlocal last
         if proc is not None and proc.poll() is not None:
             tail = log.read_text()[-2000:] if log and log.exists() else ""
             raise ServiceUnavailable(f"{what} exited with code {proc.returncode}\n{tail}")
         try:
-            if check():
-                return
+            return check()
         except Exception as exc:  # not up yet
             last = exc
-        time.sleep(0.2)
-    raise ServiceUnavailable(f"{what} did not become ready in {timeout:.0f}s (last error: {last})")
+            return False
+
+    try:
+        wait_until(ready, timeout, what)
+    except TimeoutError:
+        raise ServiceUnavailable(f"{what} did not become ready in {timeout:.0f}s (last error: {last})") from None
 
 
 @dataclass

@@ -17,7 +17,7 @@ import av
 import pytest
 
 from producer.client import Client
-from producer.stack import RedisServer, SeaweedS3
+from producer.stack import RedisServer, SeaweedS3, wait_until
 from segq import layout, leases, registry
 from segq.settings import Settings
 from support.media import photo, video
@@ -30,13 +30,7 @@ HEARTBEAT = 1  # seconds: a dead worker's leases expire after 3 of them
 
 
 def wait_for(condition, timeout: float, what: str, poll: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return wait_until(condition, timeout, what, poll)
 
 
 class Chaos:
