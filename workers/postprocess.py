@@ -182,9 +182,10 @@ def _rows(v: torch.Tensor, ncell: int) -> tuple[torch.Tensor, torch.Tensor]:
     return top, bot
 
 
-def _right(x: torch.Tensor) -> torch.Tensor:
-    """``x`` shifted left by one column, the last column repeated: the right corner of a cell."""
-    return torch.cat([x[..., 1:], x[..., -1:]], -1)
+def _shift(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` shifted by one towards index 0 along ``dim``, the last slice repeated."""
+    n = x.shape[dim]
+    return torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim) if n > 1 else x
 
 
 def _corner_flat(cell: torch.Tensor, gw: int, rows: int, xnext: torch.Tensor) -> torch.Tensor:
@@ -238,7 +239,7 @@ def resized_argmax(
             # (max(0) is faster than argmax on CPU; first index on ties too)
             it, ib = _rows(idx[None], ncell)
             same = it == ib
-            same = same & _right(same) & (it == _right(it))
+            same = same & _shift(same, -1) & (it == _shift(it, -1))
             pure = same[0]
             best = it[0]
         if yb > ya:
@@ -339,9 +340,9 @@ def _count_above(g, v, ncell, i0, geo: _Geometry, scale, threshold, counts, unsu
     evaluated and the ones above added to ``counts``."""
     top, bot = _rows(v, ncell)
     lo = torch.minimum(top, bot)
-    lo = torch.minimum(lo, _right(lo))
+    lo = torch.minimum(lo, _shift(lo, -1))
     hi = torch.maximum(top, bot)
-    hi = torch.maximum(hi, _right(hi))
+    hi = torch.maximum(hi, _shift(hi, -1))
     rc, cc = geo.rc[i0 : i0 + ncell].float(), geo.cc.float()
 
     def pixels(cells: torch.Tensor) -> torch.Tensor:
@@ -443,12 +444,6 @@ PROBE_STRIDE = 3
 PROBE_LIMIT = 0.35
 #: grid points whose exact class scores are computed at once (memory: queries x this floats)
 POINT_CHUNK = 8192
-
-
-def _shift(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``x`` shifted by one towards index 0 along ``dim``, the last slice repeated."""
-    n = x.shape[dim]
-    return torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim) if n > 1 else x
 
 
 def _corner_extreme(x: torch.Tensor, op) -> torch.Tensor:
