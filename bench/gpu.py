@@ -88,6 +88,7 @@ import torch
 from PIL import Image
 
 from bench.article import draw_segmentation_map, image_overlay
+from segq.settings import COMPILE_MODES
 
 TARGET_RATIO = 8.0
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -622,7 +623,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="segq's image-processor backend (SEGQ_IMAGE_PROCESSOR, default pil)")
     ap.add_argument("--postprocess", choices=("default", "fast", "reference"), default="default",
                     help="segq's post-processing (SEGQ_POSTPROCESS): default = LoadedModel's default")
-    ap.add_argument("--compile", choices=("off", "default", "reduce-overhead", "max-autotune"), default="off",
+    ap.add_argument("--compile", choices=COMPILE_MODES, default="off",
                     help="torch.compile mode of segq's model (SEGQ_COMPILE; default off); compiled outside the "
                          "timed loop, timed apart")
     ap.add_argument("--compare-compile", action="store_true",
@@ -644,7 +645,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.frames < 1 or args.batch_size < 1 or args.check_frames < 0 or args.warmup < 0:
         ap.error("--frames and --batch-size must be >= 1, --check-frames and --warmup >= 0")
     if args.compare_compile and args.compile == "off":
-        ap.error("--compare-compile needs a mode to compare: --compile default|reduce-overhead|max-autotune")
+        ap.error("--compare-compile needs a mode to compare: --compile " + "|".join(COMPILE_MODES[1:]))
 
     t_all = time.perf_counter()
     mods = _import_workers()
@@ -719,18 +720,13 @@ def main(argv: list[str] | None = None) -> dict:
         with _tf32(*segq_flags):
             m = models.load("ade-semantic", str(folder), spec, args.processor)
             if args.postprocess != "default":
-                if not hasattr(m, "postprocess"):
-                    raise SystemExit("bench.gpu: --postprocess: this segq has one post-processing only")
                 m.postprocess = args.postprocess
             weights = _allocated_mib(device)
             print(f"segq: model loaded in {m.load_seconds:.1f}s; running ...", flush=True)
             runs = []
             for mode in ["off", args.compile, "off"] if args.compare_compile else [args.compile]:
                 extra: dict = {"compile": mode}
-                if mode != "off" or getattr(m, "compile", "off") != "off":
-                    if not hasattr(models, "compile_model"):
-                        raise SystemExit("bench.gpu: --compile: this segq has no workers.models.compile_model")
-                    models.compile_model(m, mode)
+                models.compile_model(m, mode)  # "off": the eager forward (again)
                 if mode != "off":
                     extra.update(compile_shapes(models, m, args.batch_size, args.frames, (width, height)))
                 _reset_peak(device)
@@ -742,7 +738,7 @@ def main(argv: list[str] | None = None) -> dict:
                     extra["compiles_in_path"] = _compiled_graphs() - graphs
                 run.update(load_s=m.load_seconds, peak_gpu_mib=_peak_mib(device), weights_gpu_mib=weights,
                            precision=DTYPE_NAMES.get(spec.dtype, str(spec.dtype)), processor=m.processor_name,
-                           batch_size=args.batch_size, postprocess=getattr(m, "postprocess", "reference"), **extra)
+                           batch_size=args.batch_size, postprocess=m.postprocess, **extra)
                 runs.append((run, maps))
                 print(f"segq ({'eager' if mode == 'off' else 'torch.compile ' + mode}): {run['frames']} frames in "
                       f"{run['wall_s']:.1f}s{' (stopped by --time-limit)' if run['stopped_by_time_limit'] else ''}",
