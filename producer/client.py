@@ -5,137 +5,179 @@
 >>> jobs = client.submit(["street.jpg"], task="panoptic")
 >>> done = client.wait([j.id for j in jobs])
 >>> client.download(done[0].id, "out/")
+
+Every submission is a batch (``jobs[0].batch``): ``client.submit(["photos/"], task="semantic",
+batch="photos-v1")``, then ``client.batch("photos-v1")``, ``client.wait_batch("photos-v1")``,
+``client.download_batch("photos-v1", "out/")``, ``client.cancel(["photos-v1"])``.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import redis
-from kombu.exceptions import OperationalError
 
-from segq import defaults, layout, limits, registry
+from segq import defaults, layout, manifest, messages, registry
+from segq.batches import BatchRecord, BatchStore
 from segq.broker import make_celery
-from segq.errors import ServiceUnavailable, UsageError, WaitTimeout
-from segq.jobs import JobKind, JobRecord, JobState, JobStore, new_job_id
+from segq.errors import JobNotFound, ServiceUnavailable, UsageError, WaitTimeout
+from segq.jobs import JobRecord, JobStore
 from segq.protocol import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_FRAMES,
     SEGMENT_IMAGE,
     SPLIT_VIDEO,
-    ImageJob,
-    VideoJob,
+    PayloadError,
+    check_video_options,
     model_queue,
+    valid_batch_name,
+    valid_job_id,
 )
+from segq.connections import redis_client
+from segq.scheduler import Scheduler, entry
 from segq.settings import Settings
+from segq.states import JobState, Priority
 from segq.storage import Storage
 
-from producer.display import redact
-from producer.inputs import Input, expand
+from producer.display import redact, safe
+from producer.inputs import check_explicit, iter_inputs
+from producer.submit import Submission, SubmitReport
+
+log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[list[JobRecord]], None]
+BatchProgressFn = Callable[[list[BatchRecord]], None]
 
 
-def _redis_down(settings: Settings, exc: Exception) -> ServiceUnavailable:
-    return ServiceUnavailable(f"cannot reach Redis at {redact(settings.redis_url)}: {exc}")
+def kind_of_ref(ref: str) -> str:
+    """``job`` or ``batch``: what a command-line reference names (JobNotFound, exit 4, when it can
+    be neither)."""
+    if valid_job_id(ref):
+        return "job"
+    if valid_batch_name(ref):
+        return "batch"
+    raise JobNotFound(f"{safe(ref)}: not a job id (16 hex digits) or a batch name")
 
 
 class Client:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
-        self.store = JobStore.from_url(self.settings.redis_url, self.settings.job_ttl_seconds)
+        self.r = redis_client(self.settings.redis_url)
         self.storage = Storage(self.settings)
+        self.store = JobStore(self.r, self.settings.job_ttl_seconds, on_batch_finished=self.batch_finished)
+        self.batches = BatchStore(self.r, self.settings.job_ttl_seconds)
+        self.scheduler = Scheduler(self.r)
         self.celery = make_celery(self.settings, name="segq-producer")
 
+    # -- Redis errors, one way ---------------------------------------------------------------
+    def redis_down(self, exc: Exception) -> ServiceUnavailable:
+        return ServiceUnavailable(f"cannot reach Redis at {redact(self.settings.redis_url)}: {exc}")
+
+    @contextlib.contextmanager
+    def _redis(self):
+        """Redis errors as ``ServiceUnavailable`` (exit 3) naming the (redacted) URL."""
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise self.redis_down(exc) from exc
+
     # -- submit --------------------------------------------------------------------------
-    def submit(
+    def submit_batch(
         self,
         paths: Sequence[str],
         task: str,
         model: str | None = None,
+        *,
+        batch: str | None = None,
+        priority: str = Priority.NORMAL.value,
         chunk_frames: int = DEFAULT_CHUNK_FRAMES,
         batch_size: int = DEFAULT_BATCH_SIZE,
         annotate_fps: bool = False,
-        on_upload: Callable[[Input, int], None] | None = None,
         follow_symlinks: bool = False,
-    ) -> list[JobRecord]:
-        """Queue one job per image or video in ``paths`` (files, directories, globs, s3:// URIs).
+        threads: int | None = None,
+        on_job: Callable[[JobRecord], None] | None = None,
+        on_skip=None,
+        on_refused=None,
+    ) -> SubmitReport:
+        """Queue one job per image or video in ``paths`` (files, directories, globs, ``s3://`` keys
+        and ``s3://bucket/prefix/``) as batch ``batch`` (a new generated name if None; an existing
+        batch gets only the inputs it does not hold yet). Inputs stream: ``on_job`` is called for
+        each job as it is created, ``on_skip(input, holder)`` for each input the batch already
+        held, ``on_refused(refused)`` for inputs found but not submitted (too large).
 
         Videos are split into chunks of ``chunk_frames`` frames that any worker may take, and run
         through the model ``batch_size`` frames at a time; ``annotate_fps`` writes the inference
-        FPS on every frame, as the article's script does. Everything is checked before anything
-        is queued: unknown task or model, missing files, inputs over the size limit.
+        FPS on every frame, as the article's script does. The task, model and options, and every
+        input named explicitly, are checked before anything is queued.
         """
         model_name = self.settings.resolve_model(task, model)
-        if chunk_frames < 1 or batch_size < 1:
-            raise UsageError("--chunk-frames and --batch-size must be at least 1")
-        video_options = {"chunk_frames": chunk_frames, "batch_size": batch_size, "annotate_fps": annotate_fps}
-        inputs = expand(list(paths), self.settings, follow_symlinks=follow_symlinks)
-        for item in inputs:
-            if item.path is not None:
-                limits.check_bytes(item.path.stat().st_size, self.settings.max_input_bytes, what=item.display)
+        try:
+            check_video_options(chunk_frames, batch_size)
+        except PayloadError as exc:
+            raise UsageError(f"--chunk-frames / --batch-size: {exc}") from None
+        if priority not in tuple(Priority):
+            raise UsageError(f"unknown priority {safe(priority)!r}: choose one of {', '.join(Priority)}")
+        check_explicit(list(paths), follow_symlinks)
         self.ping()
-        return [self._submit_one(item, task, model_name, video_options, on_upload) for item in inputs]
+        submission = Submission(self, task=task, model=model_name, batch=batch, priority=priority,
+                                video_options={"chunk_frames": chunk_frames, "batch_size": batch_size,
+                                               "annotate_fps": annotate_fps},
+                                **({"threads": threads} if threads else {}))
+        inputs = iter_inputs(list(paths), self.settings, self.storage, follow_symlinks=follow_symlinks)
+        return submission.run(inputs, on_job=on_job, on_skip=on_skip, on_refused=on_refused)
 
-    def _submit_one(self, item: Input, task: str, model: str, video_options: dict, on_upload) -> JobRecord:
-        job_id = new_job_id()
-        if item.s3 is not None:
-            obj = item.s3
-        else:
-            key = layout.input_key(job_id, item.ext)
-            callback = (lambda n: on_upload(item, n)) if on_upload else None
-            obj = self.storage.put_file(item.path, key, progress=callback)
-        record = JobRecord(
-            id=job_id, kind=item.kind, task=task, model=model, input=obj.uri, source=item.display
-        )
-        common = dict(job_id=job_id, task=task, model=model, input_bucket=obj.bucket, input_key=obj.key)
-        payload = VideoJob(**common, **video_options) if item.kind == JobKind.VIDEO else ImageJob(**common)
-        record.payload = json.dumps(payload.to_message())
-        if item.kind == JobKind.VIDEO:
-            record.chunk_frames = video_options["chunk_frames"]
-            record.batch_size = video_options["batch_size"]
-        try:
-            self.store.create(record)
-        except redis.RedisError as exc:
-            raise _redis_down(self.settings, exc) from exc
-        self.send(payload)
-        return record
+    def submit(self, paths: Sequence[str], task: str, model: str | None = None, **options) -> list[JobRecord]:
+        """``submit_batch``, returning the records of the jobs it created (their ``batch`` names the
+        batch). Keeps them in memory: for very large submissions use ``submit_batch(on_job=...)``."""
+        records: list[JobRecord] = []
+        self.submit_batch(paths, task, model, on_job=records.append, **options)
+        return records
 
-    def send(self, payload: ImageJob | VideoJob, task_id: str | None = None) -> None:
-        """Put a message on the model's queue. The Celery task id is the job id (Flower shows it;
-        a retry's is ``<job>-r<N>``)."""
+    def batch_finished(self, name: str) -> None:
+        """A move of ours finished batch ``name``: write its manifest."""
         try:
-            self.celery.send_task(
-                SPLIT_VIDEO if isinstance(payload, VideoJob) else SEGMENT_IMAGE,
-                kwargs=payload.to_message(),
-                queue=model_queue(payload.model),
-                task_id=task_id or payload.job_id,
-            )
-        except (OperationalError, redis.RedisError) as exc:
-            self.store.fail(payload.job_id, f"could not be queued: {exc}")
-            raise _redis_down(self.settings, exc) from exc
+            manifest.write(self.batches, self.store, self.storage, name)
+        except (ServiceUnavailable, redis.RedisError) as exc:
+            log.warning("batch %s finished; its manifest could not be written now (segq get writes it): %s",
+                        name, exc)
 
     # -- read ----------------------------------------------------------------------------
     def ping(self) -> None:
-        try:
-            self.store.r.ping()
-        except redis.RedisError as exc:
-            raise _redis_down(self.settings, exc) from exc
+        with self._redis():
+            self.r.ping()
 
     def status(self, job_id: str) -> JobRecord:
-        try:
+        if not valid_job_id(job_id):
+            raise JobNotFound(f"{safe(job_id)}: not a job id (16 hex digits)")
+        with self._redis():
             return self.store.get(job_id)
-        except redis.RedisError as exc:
-            raise _redis_down(self.settings, exc) from exc
+
+    def batch(self, name: str) -> BatchRecord:
+        if not valid_batch_name(name):
+            raise JobNotFound(f"{safe(name)}: not a batch name")
+        with self._redis():
+            return self.batches.get(name)
 
     def jobs(self, limit: int = 20) -> list[JobRecord]:
-        try:
+        with self._redis():
             return self.store.recent(limit)
-        except redis.RedisError as exc:
-            raise _redis_down(self.settings, exc) from exc
+
+    def recent_batches(self, limit: int = 20) -> list[BatchRecord]:
+        with self._redis():
+            return self.batches.recent(limit)
+
+    def batch_jobs(self, name: str) -> Iterator[JobRecord]:
+        """Every job record of a batch, in submission order, a page at a time."""
+        self.batch(name)
+        with self._redis():
+            for ids in self.batches.job_ids(name):
+                yield from (r for r in self.store.get_many(ids) if r is not None)
 
     def urls(self, record: JobRecord) -> dict[str, str]:
         """Presigned, time-limited download URLs of a job's outputs."""
@@ -156,95 +198,133 @@ class Client:
 
     def serving(self, model: str) -> bool:
         """Whether a live worker serves ``model`` (jobs for it would not wait for one)."""
-        return registry.serving(self.store.r, model)
+        with self._redis():
+            return registry.serving(self.r, model)
 
     def worker_gone(self, record: JobRecord) -> bool:
         """A running job whose worker is no longer live (its work is requeued by the leases)."""
         if record.state != JobState.RUNNING or not record.worker:
             return False
         try:
-            rec = registry.get(self.store.r, record.worker)
+            rec = registry.get(self.r, record.worker)
         except redis.RedisError:
             return False
         return rec is None or not rec.live
 
     # -- cancel / retry --------------------------------------------------------------------
-    def cancel(self, job_ids: Iterable[str]) -> list[tuple[JobRecord, str]]:
-        """Cancel jobs: queued tasks are skipped, a running video stops after its current batch,
-        no assembly runs, partial outputs are removed. Idempotent. Returns ``(record, outcome)``
-        per job: ``canceled`` now, ``already canceled``, or ``already <state>`` (done/failed:
-        nothing to cancel)."""
+    def _job_ids(self, refs: Iterable[str]) -> Iterator[str]:
+        """Job ids of ``refs``: job ids as they are, batches expanded (a page at a time)."""
+        for ref in refs:
+            if kind_of_ref(ref) == "job":
+                yield ref
+            else:
+                self.batch(ref)
+                with self._redis():
+                    for ids in self.batches.job_ids(ref):
+                        yield from ids
+
+    def cancel(self, refs: Iterable[str]) -> list[tuple[JobRecord, str]]:
+        """Cancel jobs (ids, or every job of a named batch): queued tasks are skipped (a batch's
+        unreleased ones dropped), a running video stops after its current batch, no assembly runs,
+        partial outputs are removed. Idempotent. Returns ``(record, outcome)`` per job:
+        ``canceled`` now, ``already canceled``, or ``already <state>`` (nothing to cancel)."""
+        refs = list(refs)
+        for ref in refs:
+            if kind_of_ref(ref) == "batch":
+                self.batch(ref)
+                with self._redis():
+                    self.batches.drop_pending(ref)
         out = []
-        for job_id in job_ids:
+        for job_id in self._job_ids(refs):
             record = self.status(job_id)
-            try:
+            with self._redis():
                 moved = self.store.cancel(job_id)
-            except redis.RedisError as exc:
-                raise _redis_down(self.settings, exc) from exc
             if moved:
-                self.storage.delete_job_files(job_id)
+                if record.state != JobState.QUEUED:  # a queued job wrote nothing yet
+                    self.storage.delete_job_files(job_id)
                 outcome = "canceled"
             else:
                 outcome = f"already {record.state}"
             out.append((self.status(job_id), outcome))
         return out
 
-    def retry(self, job_ids: Iterable[str]) -> list[tuple[JobRecord, str]]:
-        """Run failed or canceled jobs again from their stored input, with a new attempt number.
-        Returns ``(record, outcome)``: ``retry N`` or ``not retried: <state>``."""
+    def retry(self, refs: Iterable[str]) -> list[tuple[JobRecord, str]]:
+        """Run failed or canceled jobs (ids, or those of a named batch) again from their stored
+        input, with a new attempt number. Returns ``(record, outcome)``: ``retry N`` or
+        ``not retried: <why>``."""
         out = []
-        for job_id in job_ids:
+        for job_id in self._job_ids(refs):
             record = self.status(job_id)
-            if not record.payload:
-                out.append((record, "not retried: its request was not stored (submitted by an older segq)"))
+            if not record.batch:
+                out.append((record, "not retried: it has no batch (submitted by an older segq)"))
                 continue
-            try:
-                n = self.store.reset_for_retry(job_id)
-            except redis.RedisError as exc:
-                raise _redis_down(self.settings, exc) from exc
-            if n <= 0:
+            if record.state not in (JobState.FAILED, JobState.CANCELED):
                 out.append((record, f"not retried: it is {record.state}"))
                 continue
+            n = record.run + 1
+            payload = record.request()
+            payload = type(payload)(**{**payload.to_message(), "run": n})
+            name = SPLIT_VIDEO if record.is_video else SEGMENT_IMAGE
+            message = messages.build(self.celery, name, payload.to_message(), payload.task_id,
+                                     model_queue(record.model))
+            with self._redis():
+                done = self.store.reset_for_retry(job_id, n, entry(message))
+            if done <= 0:
+                out.append((record, f"not retried: it is {self.status(job_id).state}"))
+                continue
             self.storage.delete_job_files(job_id)
-            parser = VideoJob.from_message if record.is_video else ImageJob.from_message
-            self.send(parser(json.loads(record.payload)), task_id=f"{job_id}-r{n}")
+            with self._redis():
+                self.scheduler.dispatch(record.model)
             out.append((self.status(job_id), f"retry {n}"))
         return out
 
     # -- wait ----------------------------------------------------------------------------
-    def wait(
-        self,
-        job_ids: Iterable[str],
-        timeout: float | None = None,
-        on_progress: ProgressFn | None = None,
-        poll: float = defaults.POLL_SECONDS,
-    ) -> list[JobRecord]:
-        """Block until every job is done or failed. Raises WaitTimeout after ``timeout`` s."""
-        ids = list(job_ids)
-        for job_id in ids:
-            self.status(job_id)  # JobNotFound early
+    def _poll(self, read, done, timeout: float | None, poll: float, on_progress, pending_of):
         deadline = None if timeout is None else time.monotonic() + timeout
         down_since: float | None = None
         while True:
             try:
-                records = [r for r in self.store.get_many(ids) if r is not None]
+                records = read()
                 down_since = None
             except redis.RedisError as exc:
                 # Redis restarting or failing over: keep waiting (the client already retried for
                 # about half a minute) up to the retry budget, then give up.
                 down_since = down_since or time.monotonic()
                 if time.monotonic() - down_since > self.settings.retry_budget_seconds:
-                    raise _redis_down(self.settings, exc) from exc
+                    raise self.redis_down(exc) from exc
                 time.sleep(min(5.0, poll * 4))
                 continue
             if on_progress:
                 on_progress(records)
-            if len(records) == len(ids) and all(r.final for r in records):
+            if done(records):
                 return records
             if deadline is not None and time.monotonic() > deadline:
-                pending = [r.id for r in records if not r.final]
-                raise WaitTimeout(f"timed out after {timeout:g}s; still pending: {', '.join(pending)}")
+                raise WaitTimeout(f"timed out after {timeout:g}s; still pending: {pending_of(records)}")
             time.sleep(poll)
+
+    def wait(self, job_ids: Iterable[str], timeout: float | None = None, on_progress: ProgressFn | None = None,
+             poll: float = defaults.POLL_SECONDS) -> list[JobRecord]:
+        """Block until every job is final. Raises WaitTimeout after ``timeout`` s."""
+        ids = list(job_ids)
+        for job_id in ids:
+            self.status(job_id)  # JobNotFound early
+
+        def read():
+            return [r for r in self.store.get_many(ids) if r is not None]
+
+        return self._poll(read, lambda rs: len(rs) == len(ids) and all(r.final for r in rs), timeout, poll,
+                          on_progress, lambda rs: ", ".join(r.id for r in rs if not r.final))
+
+    def wait_batch(self, names: Iterable[str], timeout: float | None = None,
+                   on_progress: BatchProgressFn | None = None, poll: float = defaults.POLL_SECONDS
+                   ) -> list[BatchRecord]:
+        """Block until every batch is finished (reads one hash per batch per poll, whatever its
+        size). Raises WaitTimeout after ``timeout`` s."""
+        names = list(names)
+        for name in names:
+            self.batch(name)
+        return self._poll(lambda: [self.batches.get(n) for n in names], lambda bs: all(b.final for b in bs),
+                          timeout, poll, on_progress, lambda bs: ", ".join(b.name for b in bs if not b.final))
 
     # -- get -----------------------------------------------------------------------------
     def download(self, job_id: str, out_dir: str | Path) -> list[Path]:
@@ -256,3 +336,49 @@ class Client:
             raise UsageError(f"job {job_id} is {record.state}; wait for it first (segq wait {job_id})")
         target = Path(out_dir) / job_id
         return [self.storage.download(key, target / layout.output_relpath(job_id, key)) for key in record.outputs]
+
+    def download_batch(self, name: str, out_dir: str | Path, threads: int = 8,
+                       on_progress: Callable[[int, int, int], None] | None = None) -> tuple[Path, int, int]:
+        """Download every output of a finished batch's done jobs, and its manifest, into
+        ``out_dir/<batch>/`` (``<job id>/...`` per job, ``manifest.jsonl``), ``threads`` files at a
+        time. Files already there are kept (downloads land under a temporary name first, so a
+        file that exists is whole): running it again fetches only what is missing. Returns the
+        folder, files downloaded and files already there; ``on_progress(done, known, skipped)``."""
+        batch = self.batch(name)
+        if not batch.final:
+            raise UsageError(f"batch {name} is {batch.state} ({batch.ended}/{batch.jobs} jobs ended); "
+                             f"wait for it first (segq wait {name})")
+        root = Path(out_dir) / name
+        key = layout.manifest_key(name)
+        if batch.manifest_at is None:  # whoever finished the batch could not write it
+            manifest.write(self.batches, self.store, self.storage, name)
+        self.storage.download(key, root / layout.MANIFEST)
+        lock = threading.Lock()
+        counts = {"done": 0, "known": 0, "skipped": 0}
+
+        def fetch(job_id: str, output: str) -> None:
+            dest = root / job_id / layout.output_relpath(job_id, output)
+            if dest.exists():
+                with lock:
+                    counts["skipped"] += 1
+            else:
+                self.storage.download(output, dest)
+            with lock:
+                counts["done"] += 1
+                if on_progress:
+                    on_progress(counts["done"], counts["known"], counts["skipped"])
+
+        with ThreadPoolExecutor(threads, thread_name_prefix="segq-download") as pool:
+            futures = []
+            for record in self.batch_jobs(name):
+                for output in record.outputs:
+                    with lock:
+                        counts["known"] += 1
+                    futures.append(pool.submit(fetch, record.id, output))
+                if len(futures) > threads * 64:  # bounded: settle the oldest before reading more
+                    for f in futures:
+                        f.result()
+                    futures.clear()
+            for f in futures:
+                f.result()
+        return root, counts["done"] - counts["skipped"], counts["skipped"]

@@ -8,11 +8,40 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from segq.batches import BatchRecord
 from segq.jobs import JobRecord
 
 STATE_STYLE = {"queued": "yellow", "running": "cyan", "done": "green", "failed": "red", "canceled": "magenta"}
+
+
+def safe(value: object) -> str:
+    """A user-supplied string fit for a terminal: control characters (escape sequences, carriage
+    returns, bidirectional overrides...) written as ``\\xNN`` / ``\\uNNNN`` escapes, so a file
+    named with terminal escape codes cannot repaint or hide what segq prints."""
+    out = []
+    for ch in str(value):
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif code in _INVISIBLE:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+#: Format characters that reorder or hide text (bidi overrides and isolates, zero-width marks).
+_INVISIBLE = frozenset([0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E,
+                        0x2066, 0x2067, 0x2068, 0x2069, 0x2028, 0x2029, 0xFEFF])
+
+
+def plain(value: object) -> Text:
+    """``safe`` text that rich prints as it is (no markup, no highlighting)."""
+    return Text(safe(value))
 
 
 def when(ts: float | None) -> str:
@@ -48,7 +77,7 @@ def jobs_table(records: list[JobRecord]) -> Table:
         table.add_column(col, no_wrap=col in ("job", "state"))
     for r in records:
         table.add_row(
-            r.id, state(r), r.task, r.model, r.source or r.input, when(r.created_at),
+            r.id, state(r), r.task, r.model, plain(r.source or r.input), when(r.created_at),
             secs(r.queue_wait_s), secs(r.inference_s), f"{r.fps:.2f}" if r.fps else "-", r.worker or "-",
         )
     return table
@@ -63,7 +92,9 @@ def job_panel(record: JobRecord) -> Table:
         ("state", state(record)),
         ("task", record.task),
         ("model", f"{record.model}" + (f"  ({record.checkpoint})" if record.checkpoint else "")),
-        ("input", record.input + (f"  (from {record.source})" if record.source and record.source != record.input else "")),
+        ("input", plain(record.input + (f"  (from {record.source})"
+                                        if record.source and record.source != record.input else ""))),
+        ("batch", f"{record.batch}  (priority {record.priority})" if record.batch else "-"),
         ("created", when(record.created_at)),
         ("started", when(record.started_at)),
         ("finished", when(record.finished_at)),
@@ -93,12 +124,53 @@ def job_panel(record: JobRecord) -> Table:
     if record.requeues:
         rows.append(("requeued", f"{record.requeues} time(s) after a worker was lost"))
     if record.note:
-        rows.append(("note", record.note))
+        rows.append(("note", plain(record.note)))
     if record.error:
-        rows.append(("error", f"[red]{record.error}[/]"))
+        rows.append(("error", Text(safe(record.error), style="red")))
     for name, value in rows:
         t.add_row(name, value)
     return t
+
+
+def batch_state(batch: BatchRecord) -> str:
+    style = {"finished": "green" if not (batch.failed or batch.canceled) else "yellow",
+             "submitting": "yellow", "queued": "yellow", "running": "cyan"}.get(batch.state, "white")
+    return f"[{style}]{batch.state}[/]"
+
+
+def counts(batch: BatchRecord) -> str:
+    parts = [f"{n} {state}" for state, n in batch.counts.items() if n]
+    return ", ".join(parts) or "no jobs"
+
+
+def batch_panel(batch: BatchRecord) -> Table:
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold")
+    t.add_column()
+    rows = [
+        ("batch", batch.name),
+        ("state", batch_state(batch)),
+        ("task", f"{batch.task} on model {batch.model}, priority {batch.priority}"),
+        ("jobs", f"{batch.jobs}: {counts(batch)}"),
+        ("frames", f"{batch.frames_done}/{batch.frames_total}"),
+        ("created", when(batch.created_at)),
+        ("finished", when(batch.finished_at)),
+    ]
+    if batch.manifest_at:
+        rows.append(("manifest", f"{when(batch.manifest_at)}  (segq get {batch.name} -o DIR downloads it)"))
+    for name, value in rows:
+        t.add_row(name, value)
+    return t
+
+
+def batches_table(batches: list[BatchRecord]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for col in ("batch", "state", "task", "model", "priority", "jobs", "done", "failed", "created", "finished"):
+        table.add_column(col, no_wrap=col in ("batch", "state"))
+    for b in batches:
+        table.add_row(b.name, batch_state(b), b.task, b.model, b.priority, str(b.jobs), str(b.done),
+                      str(b.failed + b.canceled), when(b.created_at), when(b.finished_at))
+    return table
 
 
 def print_links(console: Console, links: dict[str, str]) -> None:

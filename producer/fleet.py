@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field
 import redis
 
 from segq import keys, leases, registry
-from segq.protocol import QUEUE_PREFIX, model_queue
+from segq.protocol import model_queue
+from segq.scheduler import Scheduler
+from segq.states import PRIORITIES
 from segq.registry import WorkerRecord
 from segq.settings import Settings
 
@@ -59,12 +61,9 @@ def workers(settings: Settings, r: redis.Redis, celery_app=None, timeout: float 
 
 
 def queue_names(settings: Settings, r: redis.Redis) -> list[str]:
-    """The configured models' queues, plus any other segq queue that exists in Redis."""
-    names = {model_queue(m) for m in settings.models}
-    for key in r.scan_iter(match=f"{QUEUE_PREFIX}*", count=500):
-        if r.type(key) == "list":
-            names.add(key)
-    return sorted(names)
+    """The queues of the configured models and of the models live workers serve (no keyspace scan)."""
+    models = set(settings.models) | {m for w in registry.workers(r) for m in w.models}
+    return sorted(model_queue(m) for m in models)
 
 
 def queue_depths(settings: Settings, r: redis.Redis) -> dict[str, int]:
@@ -78,9 +77,13 @@ def queue_depths(settings: Settings, r: redis.Redis) -> dict[str, int]:
 
 def queue_report(settings: Settings, r: redis.Redis) -> dict:
     """Per queue: messages waiting and messages unacknowledged (held by a worker: running,
-    reserved, or scheduled for a retry); and the leases: running, held, and held by workers that
-    are gone (the reaper puts those back)."""
+    reserved, or scheduled for a retry), and per priority the work not released to it yet
+    (``segq.scheduler``); the leases: running, held, and held by workers that are gone (the
+    reaper puts those back); messages in flight (released, not acknowledged)."""
     waiting = queue_depths(settings, r)
+    pending: dict[str, dict[str, int]] = {}
+    for (model, priority), n in Scheduler(r).pending().items():
+        pending.setdefault(model_queue(model), {})[priority] = n
     unacked: dict[str, int] = {name: 0 for name in waiting}
     for raw in r.hvals(keys.KOMBU_UNACKED):
         try:
@@ -91,8 +94,10 @@ def queue_report(settings: Settings, r: redis.Redis) -> dict:
     live = {(w.hostname, w.pid) for w in registry.workers(r)}
     held = leases.leases(r)
     return {
-        "queues": {name: {"waiting": waiting.get(name, 0), "unacked": unacked.get(name, 0)}
-                   for name in sorted(set(waiting) | set(unacked))},
+        "queues": {name: {"waiting": waiting.get(name, 0), "unacked": unacked.get(name, 0),
+                          "pending": {p.value: pending.get(name, {}).get(p.value, 0) for p in PRIORITIES}}
+                   for name in sorted(set(waiting) | set(unacked) | set(pending))},
+        "in_flight": Scheduler(r).in_flight(),
         "leases": {"running": sum(lease.running for lease in held), "held": len(held),
                    "of_lost_workers": sum((lease.worker, lease.pid) not in live for lease in held)},
     }

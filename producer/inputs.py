@@ -1,9 +1,13 @@
-"""What the user asked to segment: local files, directories, globs and ``s3://`` objects.
+"""What the user asked to segment: local files, directories, globs, ``s3://`` objects and prefixes,
+enumerated lazily (memory does not grow with the number of inputs: ``segq submit`` of a million
+files streams them).
 
 Kinds are recognised by content (magic bytes, ``segq.media.sniff``), never by extension: a file
 whose first bytes are neither an image nor a video format is refused, whatever its name (a text
-file named ``.jpg`` is not uploaded). A file named on the command line must be one (exit 1
-otherwise); directories and globs pick the images and videos and skip the rest.
+file named ``.jpg`` is not uploaded). A file named on the command line must be one (InputError
+otherwise, before anything is submitted: :func:`check_explicit`); directories and globs pick the
+images and videos and skip the rest. Objects under an ``s3://`` prefix are picked by extension
+(their content is checked by the worker that reads them).
 
 Symlinks: a symlink named on the command line is followed only to a regular file that is an
 image or video. Inside a scanned directory (or a glob's matches), symlinks are not followed
@@ -11,8 +15,11 @@ unless ``follow_symlinks`` (``segq submit --follow-symlinks``): a link to ``~/.s
 ``/etc/passwd`` in a photo folder is skipped. The file uploaded is the resolved target that was
 checked.
 
-``s3://`` inputs must lie under ``SEGQ_INPUT_PREFIXES`` (``segq.access``); without settings the
-default (``inputs/`` of the segq bucket) applies.
+``s3://`` inputs (keys and prefixes) must lie under ``SEGQ_INPUT_PREFIXES`` (``segq.access``).
+
+Every input has an **identity** (``segq.batches.identity``): a local file's resolved path, size
+and modification time; an object's URI, size and ETag. A batch remembers the identities it holds,
+so submitting the same inputs to it again adds only the new or changed ones.
 """
 
 from __future__ import annotations
@@ -21,23 +28,36 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from segq import access, defaults
-from segq.errors import InputError, UsageError
-from segq.jobs import JobKind
+from segq import access
+from segq.batches import identity
+from segq.errors import InputError
 from segq.media import HEAD_BYTES, sniff
-from segq.storage import S3Object, parse_s3_uri
+from segq.states import JobKind
+from segq.storage import S3Object, Storage, parse_s3_uri
 
 VIDEO_EXTS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"}
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 @dataclass(frozen=True)
 class Input:
     kind: JobKind
-    display: str  # as the user named it
+    display: str  # as the user named it (or the object's URI)
     ext: str  # lower-case extension for the stored key ("" if none)
+    identity: str  # segq.batches.identity of what it is
+    size: int
     path: Path | None = None
     s3: S3Object | None = None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An input found while scanning that is not submitted, and why (too large, unreadable)."""
+
+    display: str
+    reason: str
 
 
 def kind_of(path: Path) -> str | None:
@@ -54,25 +74,59 @@ def _file(path: Path, display: str, explicit: bool) -> Input | None:
     """An input for a regular file (``path`` already resolved), or None / InputError when its
     content is not an image or video."""
     kind = kind_of(path)
+    stat = path.stat()
     if kind is None:
         if explicit:
-            if path.stat().st_size == 0:
+            if stat.st_size == 0:
                 raise InputError(f"{display}: empty file (0 bytes), not an image or video")
             raise InputError(f"{display}: not an image or video (its content is neither, whatever its name)")
         return None
-    return Input(kind=kind, display=display, ext=Path(display).suffix.lower(), path=path)
+    return Input(kind=kind, display=display, ext=Path(display).suffix.lower(), path=path, size=stat.st_size,
+                 identity=identity("file", path.resolve(), stat.st_size, stat.st_mtime_ns))
 
 
-def _s3(uri: str, settings=None) -> Input:
+def _kind_by_ext(key: str) -> JobKind | None:
+    ext = os.path.splitext(key)[1].lower()
+    return JobKind.VIDEO if ext in VIDEO_EXTS else JobKind.IMAGE if ext in IMAGE_EXTS else None
+
+
+def _object(bucket: str, key: str, size: int, etag: str) -> Input:
+    uri = f"s3://{bucket}/{key}"
+    return Input(kind=_kind_by_ext(key) or JobKind.IMAGE, display=uri, ext=os.path.splitext(key)[1].lower(),
+                 s3=S3Object(bucket, key), size=size, identity=identity("s3", uri, size, etag.strip('"')))
+
+
+def is_prefix(uri: str) -> bool:
+    """``s3://bucket/`` or ``s3://bucket/some/folder/``: every object under it."""
+    rest = uri[len("s3://"):]
+    return "/" not in rest or rest.endswith("/")
+
+
+def _s3_key(uri: str, settings, storage: Storage | None) -> Input:
+    """An object named by its key: refused outside the allowed prefixes; its size and ETag are
+    read with one HEAD (which also says at once when it does not exist). Without ``storage``
+    (checks without a server) its identity is its URI alone."""
     obj = parse_s3_uri(uri)
-    configured = settings.input_prefixes if settings is not None else ()
-    bucket = settings.s3_bucket if settings is not None else defaults.S3_BUCKET
-    reason = access.refusal(obj.bucket, obj.key, configured, bucket)
+    reason = access.refusal(obj.bucket, obj.key, settings.input_prefixes, settings.s3_bucket)
     if reason:
         raise InputError(reason)
-    ext = os.path.splitext(obj.key)[1].lower()
-    kind = JobKind.VIDEO if ext in VIDEO_EXTS else JobKind.IMAGE
-    return Input(kind=kind, display=uri, ext=ext, s3=obj)
+    size, etag = storage.head(obj) if storage is not None else (0, "")
+    return _object(obj.bucket, obj.key, size, etag)
+
+
+def _s3_prefix(uri: str, settings, storage: Storage) -> Iterator[Input]:
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    reason = access.prefix_refusal(bucket, prefix, settings.input_prefixes, settings.s3_bucket)
+    if reason:
+        raise InputError(reason)
+    found = False
+    for key, size, etag in storage.list_objects(bucket, prefix):
+        if _kind_by_ext(key) is None or access.refusal(bucket, key, settings.input_prefixes, settings.s3_bucket):
+            continue
+        found = True
+        yield _object(bucket, key, size, etag)
+    if not found:
+        raise InputError(f"{uri}: no image or video objects under this prefix")
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -95,64 +149,91 @@ def _scanned(path: Path, root: Path | None, follow_symlinks: bool) -> Path | Non
     return path if path.is_file() else None
 
 
-def _directory(path: Path, follow_symlinks: bool) -> list[Path]:
+def _directory(path: Path, follow_symlinks: bool) -> Iterator[tuple[Path, Path]]:
     root = path.resolve()
-    files = []
     for dirpath, dirnames, filenames in os.walk(path, followlinks=follow_symlinks):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if not name.startswith("."):
-                files.append(Path(dirpath) / name)
-    out = []
-    for f in files:
-        resolved = _scanned(f, root, follow_symlinks)
-        if resolved is not None:
-            out.append((f, resolved))
-    return out
+            if name.startswith("."):
+                continue
+            entry = Path(dirpath) / name
+            resolved = _scanned(entry, root, follow_symlinks)
+            if resolved is not None:
+                yield entry, resolved
 
 
-def expand(args: list[str], settings=None, follow_symlinks: bool = False) -> list[Input]:
-    """Each argument -> inputs, in order, without duplicates. Raises for names that match nothing,
-    files that are not images or videos, and ``s3://`` keys outside the allowed prefixes."""
-    out: list[Input] = []
-    seen: set[str] = set()
-
-    def add(item: Input | None) -> None:
-        if item is None:
-            return
-        ident = item.display if item.s3 else str(item.path.resolve())
-        if ident not in seen:
-            seen.add(ident)
-            out.append(item)
-
+def check_explicit(args: list[str], follow_symlinks: bool = False) -> None:
+    """Refuse, before anything is submitted, what the command line names that cannot be submitted:
+    a missing path, a file that is not an image or video, a directory symlink not to follow."""
     for arg in args:
         if arg.startswith("s3://"):
-            add(_s3(arg, settings))
+            if is_prefix(arg):
+                continue
+            parse_s3_uri(arg)
             continue
         path = Path(arg).expanduser()
-        if path.is_dir() and path.is_symlink() and not follow_symlinks:
-            raise InputError(f"{arg}: a symlink to a directory; not followed without --follow-symlinks")
         if path.is_dir():
-            found = [_file(resolved, str(p), explicit=False) for p, resolved in _directory(path, follow_symlinks)]
-            if not any(found):
-                raise InputError(f"{arg}: no images or videos in this directory")
-            for item in found:
-                add(item)
+            if path.is_symlink() and not follow_symlinks:
+                raise InputError(f"{arg}: a symlink to a directory; not followed without --follow-symlinks")
         elif path.is_file():
-            # A symlink named explicitly: followed to its regular-file target, which must sniff.
-            add(_file(path.resolve(), arg, explicit=True))
+            _file(path.resolve(), arg, explicit=True)
         elif glob.has_magic(arg):
-            matches = sorted(glob.glob(os.path.expanduser(arg), recursive=True))
-            scanned = [(m, _scanned(Path(m), None, follow_symlinks)) for m in matches]
-            found = [_file(resolved, m, explicit=False) for m, resolved in scanned if resolved is not None]
-            if not any(found):
-                raise InputError(f"{arg}: the pattern matches no image or video")
-            for item in found:
-                add(item)
+            continue
         elif path.exists():
             raise InputError(f"{arg}: not a regular file")
         else:
             raise InputError(f"{arg}: no such file or directory")
-    if not out:
-        raise UsageError("nothing to submit")
-    return out
+
+
+def iter_inputs(args: list[str], settings, storage: Storage | None = None,
+                follow_symlinks: bool = False) -> Iterator[Input]:
+    """Each argument's inputs, in order, lazily. Raises InputError for a directory, glob or prefix
+    that holds no image or video, and for ``s3://`` inputs outside the allowed prefixes; call
+    ``check_explicit`` first for the rest. Duplicates are left to the batch (same identity)."""
+    for arg in args:
+        if arg.startswith("s3://"):
+            if is_prefix(arg):
+                if storage is None:
+                    raise InputError(f"{arg}: listing a prefix needs storage access")
+                yield from _s3_prefix(arg, settings, storage)
+            else:
+                yield _s3_key(arg, settings, storage)
+            continue
+        path = Path(arg).expanduser()
+        if path.is_dir():
+            found = False
+            for entry, resolved in _directory(path, follow_symlinks):
+                item = _file(resolved, str(entry), explicit=False)
+                if item is not None:
+                    found = True
+                    yield item
+            if not found:
+                raise InputError(f"{arg}: no images or videos in this directory")
+        elif path.is_file():
+            # A symlink named explicitly: followed to its regular-file target, which must sniff.
+            yield _file(path.resolve(), arg, explicit=True)
+        elif glob.has_magic(arg):
+            found = False
+            # lazily, in the file system's order (a sorted glob would hold every match in memory)
+            for match in glob.iglob(os.path.expanduser(arg), recursive=True):
+                resolved = _scanned(Path(match), None, follow_symlinks)
+                item = _file(resolved, match, explicit=False) if resolved is not None else None
+                if item is not None:
+                    found = True
+                    yield item
+            if not found:
+                raise InputError(f"{arg}: the pattern matches no image or video")
+        else:
+            raise InputError(f"{arg}: no such file or directory")
+
+
+def expand(args: list[str], settings=None, storage: Storage | None = None, follow_symlinks: bool = False) -> list[Input]:
+    """``check_explicit`` then every input of ``args`` once, as a list (for a few inputs;
+    submissions stream ``iter_inputs`` and leave duplicates to the batch). ``settings``: the input
+    policy's (default: the defaults')."""
+    if settings is None:
+        from segq.settings import Settings
+
+        settings = Settings()
+    check_explicit(args, follow_symlinks)
+    return list({i.identity: i for i in iter_inputs(args, settings, storage, follow_symlinks)}.values())

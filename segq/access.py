@@ -76,6 +76,21 @@ def refusal(bucket: str, key: str, configured: tuple[str, ...], segq_bucket: str
     return None
 
 
+def prefix_refusal(bucket: str, prefix: str, configured: tuple[str, ...], segq_bucket: str) -> str | None:
+    """Why every object under ``s3://bucket/prefix`` may not be listed as inputs, or None when
+    the whole prefix lies inside an allowed one (``segq submit s3://bucket/folder/``)."""
+    uri = f"s3://{bucket}/{prefix}"
+    if prefix and bad_key(prefix.rstrip("/")):
+        return f"{uri}: refused: the prefix has '..', '.' or empty path segments ('//')"
+    if bucket == segq_bucket and any(p.startswith(prefix) or prefix.startswith(p) for p in PROTECTED):
+        return f"{uri}: refused: it holds (or is inside) segq's outputs and work files, never inputs"
+    allowed = effective_prefixes(configured, segq_bucket)
+    if not any(f"{bucket}/{prefix}".startswith(entry) for entry in allowed):
+        shown = ", ".join(f"s3://{p}" for p in allowed)
+        return f"{uri}: refused: inputs must lie under {shown} (SEGQ_INPUT_PREFIXES)"
+    return None
+
+
 def require_input(settings, bucket: str, key: str) -> None:
     """Raise InputError unless ``s3://bucket/key`` may be an input under ``settings``."""
     reason = refusal(bucket, key, settings.input_prefixes, settings.s3_bucket)

@@ -12,8 +12,11 @@ register their tasks on it. Reliability settings for long GPU tasks:
   where the models were loaded, side by side: while one is in the model, the next is fetched and
   decoded and the previous one rendered and uploaded; every forward pass still runs on the
   process's one model thread (``workers.pipeline``).
-- one ``visibility_timeout`` for broker and result backend, longer than the longest task.
-- task events on, so Flower sees every task.
+- one ``visibility_timeout``, longer than the longest task (a backstop only: lost work is found
+  by leases and the watchdog, ``segq.leases``).
+- no result backend: the job record (``segq.jobs``) holds what a task's result would, and a
+  stored result per task would cost Redis memory per job for nothing (``task_ignore_result``).
+- task events on, so Flower sees every task (arguments and outcomes come with the events).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import ssl
 
 from celery import Celery
 
-from segq import defaults
+from segq import connections
 from segq.settings import Settings
 
 #: How every segq worker process runs its tasks. The worker app applies it; nothing else
@@ -38,17 +41,19 @@ WORKER_POLICY = {
 
 
 def celery_config(settings: Settings) -> dict:
+    broker_url, sentinel = connections.celery_broker(settings.redis_url)
     transport = {
         "visibility_timeout": settings.visibility_timeout_seconds,
         "socket_keepalive": True,
         "health_check_interval": 30,
+        **sentinel,
     }
     conf = {
-        "broker_url": settings.redis_url,
-        "result_backend": settings.redis_url,
+        "broker_url": broker_url,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout_seconds},
         "broker_connection_retry_on_startup": True,
+        # Keep reconnecting while Redis is away (a restart, a failover) instead of giving up.
+        "broker_connection_max_retries": None,
         # JSON only: pickle is refused on both ends.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -58,10 +63,7 @@ def celery_config(settings: Settings) -> dict:
         # not fail before it starts because Redis is briefly away. Results are stored with
         # retries for the same reason.
         "task_track_started": False,
-        "result_backend_always_retry": True,
-        "result_backend_max_retries": 20,
-        "result_expires": defaults.RESULT_EXPIRES_SECONDS,
-        "result_extended": True,
+        "task_ignore_result": True,
         # Flower and `segq workers` see what happens.
         "task_send_sent_event": True,
         "task_default_queue": "segq.default",
@@ -71,9 +73,7 @@ def celery_config(settings: Settings) -> dict:
         "worker_concurrency": settings.worker_concurrency,
     }
     if settings.redis_uses_tls:
-        tls = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-        conf["broker_use_ssl"] = tls
-        conf["redis_backend_use_ssl"] = tls
+        conf["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return conf
 
 

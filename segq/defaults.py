@@ -24,7 +24,7 @@ MAX_VIDEO_FRAMES = 108_000
 #: Largest input file accepted, in bytes.
 MAX_INPUT_BYTES = 256 * 1024 * 1024
 
-#: How long a job record stays in Redis after it was created.
+#: How long a job record (and a batch, after its last job) stays in Redis after it ended.
 JOB_TTL_SECONDS = 7 * 24 * 3600
 #: Lifetime of the presigned output URLs that ``segq status`` prints.
 PRESIGN_SECONDS = 3600
@@ -40,8 +40,6 @@ RETRY_BUDGET_SECONDS = 600
 HEARTBEAT_SECONDS = 10
 #: Times a task may lose its worker (killed mid-task) before its job fails.
 MAX_WORKER_LOSSES = 3
-#: How long Celery keeps task results in Redis.
-RESULT_EXPIRES_SECONDS = 24 * 3600
 
 #: Post-processing thresholds, as in transformers' post_process_* defaults.
 SCORE_THRESHOLD = 0.5

@@ -62,6 +62,10 @@ class JobNotFound(SegqError):
     exit_code = 4
 
 
+class BatchNotFound(JobNotFound):
+    """No batch of that name (exit 4, as for a job)."""
+
+
 class WaitTimeout(SegqError):
     exit_code = 5
 

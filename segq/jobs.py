@@ -1,8 +1,15 @@
 """The job record: one Redis hash per job, written by the producer and the workers.
 
-States move ``queued -> running -> done | failed``. ``done`` and ``failed`` are final: a
-redelivered message for a finished job is acknowledged without running again, which makes
-every task idempotent from the record's point of view.
+States move ``queued -> running -> done | failed | canceled`` (``segq.states``); a final job
+never moves again, so a redelivered message for it is acknowledged without running, which makes
+every task idempotent from the record's point of view; ``segq retry`` moves failed or canceled
+jobs back to queued. Every move is one Lua script (``segq/lua``) that also moves the counters of
+the job's batch, so a batch's progress costs the same to read for 10 jobs or a million.
+
+The record keeps its fields small (ids, names, numbers): Redis stores such a hash as a compact
+listpack. What can be derived is not stored: the request (:meth:`JobRecord.request`, rebuilt from
+the fields for ``segq retry`` and the watchdog) and the output keys (:attr:`JobRecord.outputs`,
+from ``segq.layout``). A record expires ``SEGQ_JOB_TTL`` seconds after its job ended.
 """
 
 from __future__ import annotations
@@ -10,53 +17,17 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass, field, fields
-from enum import StrEnum
-from typing import Any, Iterable
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterable
 
 import redis
 
-from segq import keys
+from segq import keys, layout
+from segq.connections import redis_client
 from segq.errors import JobNotFound
-
-class JobState(StrEnum):
-    """Where a job is. ``done`` and ``failed`` are final."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-    @property
-    def final(self) -> bool:
-        return self in FINAL_STATES
-
-
-FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELED})
-
-
-class JobKind(StrEnum):
-    """What a job segments: one image, or a video (split into chunks)."""
-
-    IMAGE = "image"
-    VIDEO = "video"
-
-
-def redis_client(url: str, *, patient: bool = True) -> redis.Redis:
-    """A Redis client for job records and worker state. ``patient``: every command rides out a
-    short outage (a Redis restart, a failover) by reconnecting with exponential backoff for about
-    half a minute before it raises, instead of failing at the first refused connection."""
-    from redis.backoff import ExponentialBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-    from redis.retry import Retry
-
-    options: dict = {"decode_responses": True, "health_check_interval": 30, "socket_keepalive": True}
-    if patient:
-        options["retry"] = Retry(ExponentialBackoff(cap=4.0, base=0.25), 10)
-        options["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
-    return redis.Redis.from_url(url, **options)
+from segq.protocol import ImageJob, VideoJob
+from segq.scripts import Scripts
+from segq.states import FINAL_STATES, JobKind, JobState, Priority
 
 
 def new_job_id() -> str:
@@ -72,7 +43,9 @@ class JobRecord:
     model: str
     input: str  # s3://bucket/key
     state: str = JobState.QUEUED.value
-    source: str = ""  # what the user submitted (display only; never used as a key)
+    batch: str = ""  # the batch (submission) the job belongs to
+    priority: str = Priority.NORMAL.value
+    source: str = ""  # what the user submitted (display and manifest only; never used as a key)
     checkpoint: str = ""  # the checkpoint behind the model name, as the worker loaded it
     created_at: float = 0.0
     started_at: float | None = None
@@ -89,7 +62,6 @@ class JobRecord:
     device: str = ""
     attempts: int = 0
     error: str = ""
-    outputs: list[str] = field(default_factory=list)  # S3 keys in the segq bucket
     # video jobs
     frames_total: int | None = None
     frames_done: int | None = None
@@ -97,20 +69,21 @@ class JobRecord:
     chunks_done: int | None = None
     chunk_frames: int | None = None
     batch_size: int | None = None
+    annotate_fps: bool = False
     video_fps: float | None = None  # the input's frame rate
     e2e_fps: float | None = None  # frames / wall time from the split's start to assembly's end
     split_s: float | None = None
     assemble_s: float | None = None
     assemblies: int | None = None  # times assembly ran (1 unless a worker died during it)
-    retry: int | None = None  # `segq retry` count: 0 for the first run
-    requeues: int | None = None  # tasks of the job put back after their worker died
+    retry: int | None = None  # `segq retry` count: 0 or None for the first run
+    requeues: int | None = None  # tasks of the job put back after their worker died or their message was lost
     note: str = ""  # the last thing that happened to the job besides its state (requeue, retry...)
-    payload: str = ""  # the first task's message (JSON), as sent: `segq retry` sends it again
 
     _INTS = ("frames", "width", "height", "segments", "attempts", "frames_total", "frames_done",
              "chunks_total", "chunks_done", "chunk_frames", "batch_size", "assemblies", "retry", "requeues")
     _FLOATS = ("created_at", "started_at", "finished_at", "queue_wait_s", "inference_s", "total_s", "fps",
                "video_fps", "e2e_fps", "split_s", "assemble_s")
+    _BOOLS = ("annotate_fps",)
 
     @property
     def final(self) -> bool:
@@ -120,13 +93,36 @@ class JobRecord:
     def is_video(self) -> bool:
         return self.kind == JobKind.VIDEO
 
+    @property
+    def run(self) -> int:
+        return self.retry or 0
+
+    @property
+    def outputs(self) -> list[str]:
+        """The S3 keys of a done job's outputs (none before it is done)."""
+        if self.state != JobState.DONE:
+            return []
+        return layout.job_outputs(self.id, self.kind, self.task, self.chunks_total or 0)
+
+    def request(self):
+        """The first task's payload of the job's current run (an ``ImageJob``, or a ``VideoJob``
+        for its split), rebuilt from the record's fields."""
+        bucket, _, key = self.input.removeprefix("s3://").partition("/")
+        common = dict(job_id=self.id, task=self.task, model=self.model, input_bucket=bucket, input_key=key,
+                      batch=self.batch, priority=self.priority, run=self.run)
+        if self.is_video:
+            return VideoJob(**common, chunk_frames=self.chunk_frames or VideoJob.chunk_frames,
+                            batch_size=self.batch_size or VideoJob.batch_size, annotate_fps=self.annotate_fps)
+        return ImageJob(**common)
+
     def to_hash(self) -> dict[str, str]:
+        """The fields to store: empty ones are left out (a smaller hash)."""
         out: dict[str, str] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or value == "" or (f.name in self._BOOLS and not value):
                 continue
-            out[f.name] = json.dumps(value) if f.name == "outputs" else str(value)
+            out[f.name] = ("1" if value else "0") if f.name in self._BOOLS else str(value)
         return out
 
     @classmethod
@@ -136,139 +132,71 @@ class JobRecord:
         for name, raw in data.items():
             if name not in known:
                 continue
-            if name == "outputs":
-                kwargs[name] = json.loads(raw) if raw else []
-            elif name in cls._INTS:
-                kwargs[name] = int(float(raw))
-            elif name in cls._FLOATS:
-                kwargs[name] = float(raw)
-            else:
-                kwargs[name] = raw
+            try:
+                if name in cls._INTS:
+                    kwargs[name] = int(float(raw))
+                elif name in cls._FLOATS:
+                    kwargs[name] = float(raw)
+                elif name in cls._BOOLS:
+                    kwargs[name] = raw == "1"
+                else:
+                    kwargs[name] = raw
+            except ValueError:
+                continue  # a damaged field reads as unset rather than breaking every reader
+        for name in ("id", "kind", "task", "model", "input"):
+            kwargs.setdefault(name, "")
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["outputs"] = self.outputs
+        return data
 
 
-# Atomically move a job to "running" unless it is already final. Returns 1 if started, 0 if
-# the job is final (the caller skips the work), -1 if the record does not exist.
-_START = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return -1 end
-if state == 'done' or state == 'failed' or state == 'canceled' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1], 'worker', ARGV[2],
-           'device', ARGV[3], 'queue_wait_s', ARGV[4], 'error', '')
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return 1
-"""
+# Returned by chunk_done.
+CHUNK_DUPLICATE, CHUNK_RECORDED, ASSEMBLY_QUEUED = 0, 1, 2
 
 
-# A chunk of a video job finished. Records it once (a chunk delivered twice counts once) and
-# tells the caller whether it completed the set and so must start assembly: exactly one caller
-# ever gets 2. KEYS: job hash, chunk set, chunk info hash. ARGV: index, frames, info JSON,
-# inference seconds, ttl, now, grace, task id. Returns 0 (duplicate), 1 (recorded), 2 (recorded,
-# start assembly), 3 (duplicate of a complete set whose assembly was claimed and never sent, and
-# either this is the claiming task run again (its first run died before sending: a requeue) or
-# the claim is over `grace` seconds old: send it). Another task's duplicate arriving while the
-# claimer is still sending gets 0, so assembly is not sent twice.
-_CHUNK_DONE = """
-local added = redis.call('SADD', KEYS[2], ARGV[1])
-if added == 1 then
-  redis.call('HINCRBY', KEYS[1], 'frames_done', ARGV[2])
-  redis.call('HINCRBYFLOAT', KEYS[1], 'inference_s', ARGV[4])
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
-  redis.call('EXPIRE', KEYS[3], ARGV[5])
-end
-local done = redis.call('SCARD', KEYS[2])
-redis.call('HSET', KEYS[1], 'chunks_done', done)
-local total = tonumber(redis.call('HGET', KEYS[1], 'chunks_total') or '-1')
-if done ~= total then return added end
-if redis.call('HSETNX', KEYS[1], 'assembly_claimed', ARGV[8] .. '|' .. ARGV[6]) == 1 then return 2 end
-if added == 0 and redis.call('HEXISTS', KEYS[1], 'assembly_sent') == 0 then
-  local claim = redis.call('HGET', KEYS[1], 'assembly_claimed')
-  local sep = string.find(claim, '|', 1, true)
-  local by, at = '', 0
-  if sep then by = string.sub(claim, 1, sep - 1); at = tonumber(string.sub(claim, sep + 1)) or 0 end
-  if by == ARGV[8] or tonumber(ARGV[6]) - at > tonumber(ARGV[7]) then return 3 end
-end
-return added
-"""
+@dataclass(frozen=True)
+class Ended:
+    """What a move to a final state did: ``moved`` (False: the job already was final, or has no
+    record) and ``batch_finished`` (the name of the batch that move finished, for its manifest)."""
 
-CHUNK_DUPLICATE, CHUNK_RECORDED, START_ASSEMBLY, RESEND_ASSEMBLY = 0, 1, 2, 3
-#: A duplicate of a chunk resends the assembly only when its claim is this old and still unsent
-#: (its sender died between claiming and sending); sooner, the claimer is still sending it.
-RESEND_GRACE_SECONDS = 60
+    moved: bool
+    batch_finished: str | None = None
 
-
-# Move a job to a final state unless it already is in one (a canceled job stays canceled even if
-# its last task finishes afterwards), and let the record expire TTL seconds after its end.
-# KEYS: job hash. ARGV: state, ttl, then field/value pairs. Returns 1 if moved, 0 if already
-# final, -1 if there is no record.
-_END = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return -1 end
-if state == 'done' or state == 'failed' or state == 'canceled' then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1])
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-# Back to queued for `segq retry`: only from failed or canceled. Clears the progress of the
-# last run. KEYS: job hash, chunk set, chunk info, losses. ARGV: now. Returns the new retry
-# number, or 0 when the job is not failed or canceled, -1 when there is no record.
-_RETRY = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return -1 end
-if state ~= 'failed' and state ~= 'canceled' then return 0 end
-local n = redis.call('HINCRBY', KEYS[1], 'retry', 1)
-redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'started_at', 'outputs', 'frames_done', 'chunks_done',
-           'inference_s', 'fps', 'e2e_fps', 'total_s', 'assembly_claimed', 'assembly_sent', 'assemblies',
-           'split_s', 'assemble_s', 'segments', 'worker', 'device', 'queue_wait_s')
-redis.call('HSET', KEYS[1], 'state', 'queued', 'created_at', ARGV[1],
-           'note', 'retry ' .. n .. ' (was ' .. state .. ')')
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-return n
-"""
+    def __bool__(self) -> bool:
+        return self.moved
 
 
 class JobStore:
-    """Reads and writes job records. Used by the producer and by the workers."""
+    """Reads and writes job records. Used by the producer and by the workers.
 
-    def __init__(self, client: redis.Redis, ttl_seconds: int):
+    ``on_batch_finished(name)`` is called after a move that finished a batch (its last queued or
+    running job ended, its submission sealed): the manifest is written there.
+    """
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int,
+                 on_batch_finished: Callable[[str], None] | None = None):
         self.r = client
         self.ttl = ttl_seconds
-        self._start = self.r.register_script(_START)
-        self._chunk_done = self.r.register_script(_CHUNK_DONE)
-        self._end = self.r.register_script(_END)
-        self._retry = self.r.register_script(_RETRY)
+        self.scripts = Scripts(client)
+        self.on_batch_finished = on_batch_finished
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int) -> "JobStore":
         return cls(redis_client(url), ttl_seconds)
 
-    # -- producer side -------------------------------------------------------------------
-    def create(self, record: JobRecord) -> None:
-        if not record.created_at:
-            record.created_at = time.time()
-        key = keys.job(record.id)
-        pipe = self.r.pipeline()
-        pipe.hset(key, mapping=record.to_hash())
-        pipe.expire(key, self.ttl)
-        pipe.zadd(keys.JOBS_INDEX, {record.id: record.created_at})
-        pipe.zremrangebyscore(keys.JOBS_INDEX, "-inf", record.created_at - self.ttl)
-        pipe.execute()
-
+    # -- reads ---------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
         data = self.r.hgetall(keys.job(job_id))
         if not data:
-            raise JobNotFound(f"no job {job_id!r} (unknown id, or its record expired)")
+            raise JobNotFound(f"no job {job_id} (unknown id, or its record expired)")
         return JobRecord.from_hash(data)
 
     def get_many(self, job_ids: Iterable[str]) -> list[JobRecord | None]:
         ids = list(job_ids)
-        pipe = self.r.pipeline()
+        pipe = self.r.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(keys.job(job_id))
         return [JobRecord.from_hash(d) if d else None for d in pipe.execute()]
@@ -276,17 +204,6 @@ class JobStore:
     def recent(self, limit: int = 20) -> list[JobRecord]:
         ids = self.r.zrevrange(keys.JOBS_INDEX, 0, max(limit, 1) - 1)
         return [rec for rec in self.get_many(ids) if rec is not None]
-
-    # -- worker side ---------------------------------------------------------------------
-    def start(self, job_id: str, worker: str, device: str) -> bool | None:
-        """Mark running. False: the job is already final (skip it). None: no such record."""
-        now = time.time()
-        created = self.r.hget(keys.job(job_id), "created_at")
-        wait = max(0.0, now - float(created)) if created else 0.0
-        result = self._start(keys=[keys.job(job_id)], args=[now, worker, device, round(wait, 6)])
-        if result == -1:
-            return None
-        return bool(result)
 
     def state(self, job_id: str) -> str | None:
         return self.r.hget(keys.job(job_id), "state")
@@ -299,26 +216,17 @@ class JobStore:
         state = self.state(job_id)
         return state is None or state in FINAL_STATES
 
-    def count_assembly(self, job_id: str) -> int:
-        """One more run of a video job's assembly (``assemblies``: 1 unless a worker died in it)."""
-        return int(self.r.hincrby(keys.job(job_id), "assemblies", 1))
-
-    def assembly_sent(self, job_id: str) -> None:
-        """The assembly message was sent (see ``RESEND_ASSEMBLY``)."""
-        self.r.hset(keys.job(job_id), "assembly_sent", 1)
-
-    def chunk_done(self, job_id: str, index: int, frames: int, inference_s: float, info: dict,
-                   task_id: str = "") -> int:
-        """Record a finished chunk; returns one of CHUNK_DUPLICATE, CHUNK_RECORDED, START_ASSEMBLY,
-        RESEND_ASSEMBLY (see _CHUNK_DONE). ``task_id``: the Celery task that ran it."""
-        return int(self._chunk_done(
-            keys=[keys.job(job_id), keys.job_chunks(job_id), keys.job_chunk_info(job_id)],
-            args=[index, frames, json.dumps(info), inference_s, self.ttl, time.time(), RESEND_GRACE_SECONDS,
-                  task_id or f"chunk{index}"],
-        ))
-
     def chunk_infos(self, job_id: str) -> dict[int, dict]:
         return {int(k): json.loads(v) for k, v in self.r.hgetall(keys.job_chunk_info(job_id)).items()}
+
+    # -- the worker's moves ------------------------------------------------------------------
+    def start(self, job_id: str, worker: str, device: str) -> bool | None:
+        """Mark running. False: the job is already final (skip it). None: no such record."""
+        now = time.time()
+        created = self.r.hget(keys.job(job_id), "created_at")
+        wait = max(0.0, now - float(created)) if created else 0.0
+        result = self.scripts.job_start(keys=[keys.job(job_id)], args=[now, worker, device, round(wait, 6)])
+        return None if result == -1 else bool(result)
 
     def update(self, job_id: str, **values: Any) -> None:
         mapping = {
@@ -327,63 +235,66 @@ class JobStore:
         if mapping:
             self.r.hset(keys.job(job_id), mapping=mapping)
 
-    def _to_final(self, job_id: str, state: JobState, **values: Any) -> bool:
-        args: list = [state.value, self.ttl]
-        for k, v in values.items():
-            if v is not None:
-                args += [k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)]
-        moved = self._end(keys=[keys.job(job_id)], args=args) == 1
-        if moved:
-            for key in (keys.job_chunks(job_id), keys.job_chunk_info(job_id)):
-                self.r.expire(key, self.ttl)
-        return moved
+    def split_done(self, job_id: str, frames: int, entries: list[str], **fields_: Any) -> int:
+        """A video's split is done: store ``fields_`` and queue its chunk ``entries``
+        (``segq.scheduler.entry``) in front of its batch's pending work, once. How many it queued
+        (0: a redelivered split, or a final job)."""
+        values = {k: v for k, v in fields_.items() if v is not None}
+        return int(self.scripts.split_done(keys=[keys.job(job_id)],
+                                           args=[time.time(), frames, json.dumps(values), json.dumps(entries)]))
 
-    def finish(self, job_id: str, **metrics: Any) -> bool:
-        """Mark done (unless already final, e.g. canceled meanwhile). True if it was marked."""
-        moved = self._to_final(job_id, JobState.DONE, finished_at=time.time(), **metrics)
-        if moved:
-            self._count(job_id, JobState.DONE, metrics)
-        return moved
+    def chunk_done(self, job_id: str, index: int, frames: int, inference_s: float, info: dict,
+                   assembly_entry: str) -> int:
+        """Record a finished chunk; the chunk that completes the set queues ``assembly_entry`` in
+        the same step. CHUNK_DUPLICATE, CHUNK_RECORDED or ASSEMBLY_QUEUED."""
+        return int(self.scripts.chunk_done(
+            keys=[keys.job(job_id), keys.job_chunks(job_id), keys.job_chunk_info(job_id)],
+            args=[index, frames, json.dumps(info), inference_s, self.ttl, time.time(), assembly_entry],
+        ))
 
-    def fail(self, job_id: str, error: str) -> bool:
-        """Mark failed with ``error`` (unless already final). True if it was marked."""
-        moved = self._to_final(job_id, JobState.FAILED, finished_at=time.time(), error=error)
-        if moved:
-            self._count(job_id, JobState.FAILED, {})
-        return moved
-
-    def cancel(self, job_id: str) -> bool:
-        """Mark canceled unless final. True if it was canceled now (False: it already ended)."""
-        moved = self._to_final(job_id, JobState.CANCELED, finished_at=time.time(), note="canceled by the user")
-        if moved:
-            self._count(job_id, JobState.CANCELED, {})
-        return moved
-
-    def reset_for_retry(self, job_id: str) -> int:
-        """Back to queued for another run; the new retry number, 0 if the job is not failed or
-        canceled, -1 if there is no record."""
-        n = int(self._retry(keys=[keys.job(job_id), keys.job_chunks(job_id), keys.job_chunk_info(job_id),
-                                  keys.job_losses(job_id)], args=[time.time()]))
-        if n > 0:
-            self.r.expire(keys.job(job_id), self.ttl)
-        return n
+    def count_assembly(self, job_id: str) -> int:
+        """One more run of a video job's assembly (``assemblies``: 1 unless a worker died in it)."""
+        return int(self.r.hincrby(keys.job(job_id), "assemblies", 1))
 
     def requeued(self, job_id: str, note: str) -> None:
-        """A task of the job was put back on its queue after its worker died."""
+        """A task of the job was put back on its queue (its worker died, or its message was lost)."""
         pipe = self.r.pipeline()
         pipe.hincrby(keys.job(job_id), "requeues", 1)
         pipe.hset(keys.job(job_id), "note", note)
         pipe.execute()
 
-    def _count(self, job_id: str, state: str, metrics: dict) -> None:
-        """Fleet-wide counters behind the Prometheus metrics (keys.STATS)."""
-        kind, model = self.r.hmget(keys.job(job_id), "kind", "model")
-        kind, model = kind or "unknown", model or "unknown"
-        pipe = self.r.pipeline()
-        pipe.hincrby(keys.STATS, keys.stat_field(keys.STAT_JOBS, state, kind, model), 1)
-        if state == JobState.DONE:
-            pipe.hincrby(keys.STATS, keys.stat_field(keys.STAT_FRAMES, model), int(metrics.get("frames") or 0))
-            pipe.hincrbyfloat(keys.STATS, keys.stat_field(keys.STAT_INFERENCE, model), float(metrics.get("inference_s") or 0.0))
-            if metrics.get("fps"):
-                pipe.hset(keys.STATS, keys.stat_field(keys.STAT_LAST_FPS, kind, model), metrics["fps"])
-        pipe.execute()
+    # -- final moves -------------------------------------------------------------------------
+    def _to_final(self, job_id: str, state: JobState, stats: tuple = (0, 0.0, None), **values: Any) -> Ended:
+        """``stats``: frames, inference seconds and FPS for the fleet's counters (done jobs)."""
+        frames, inference_s, fps = stats
+        args: list = [state.value, self.ttl, time.time(), int(frames or 0), float(inference_s or 0.0), fps or 0]
+        for k, v in values.items():
+            if v is not None:
+                args += [k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)]
+        result = int(self.scripts.job_end(keys=[keys.job(job_id)], args=args))
+        if result != 2:
+            return Ended(result == 1)
+        batch = self.r.hget(keys.job(job_id), "batch")
+        if batch and self.on_batch_finished is not None:
+            self.on_batch_finished(batch)
+        return Ended(True, batch)
+
+    def finish(self, job_id: str, frames: int = 0, inference_s: float = 0.0, fps: float | None = None,
+               **metrics: Any) -> Ended:
+        """Mark done (unless already final, e.g. canceled meanwhile)."""
+        return self._to_final(job_id, JobState.DONE, (frames, inference_s, fps), finished_at=time.time(),
+                              inference_s=inference_s, fps=fps, frames=frames or None, **metrics)
+
+    def fail(self, job_id: str, error: str) -> Ended:
+        """Mark failed with ``error`` (unless already final)."""
+        return self._to_final(job_id, JobState.FAILED, finished_at=time.time(), error=error)
+
+    def cancel(self, job_id: str) -> Ended:
+        """Mark canceled unless final."""
+        return self._to_final(job_id, JobState.CANCELED, finished_at=time.time(), note="canceled by the user")
+
+    def reset_for_retry(self, job_id: str, retry: int, entry: str) -> int:
+        """Back to queued as retry number ``retry``, queueing ``entry`` (its first task's message,
+        built for that number) in the same step: the new retry number, 0 if the job is not
+        failed or canceled (or was retried meanwhile), -1 if there is no record."""
+        return int(self.scripts.job_retry(keys=[keys.job(job_id)], args=[time.time(), retry, entry]))

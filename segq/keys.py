@@ -1,7 +1,12 @@
-"""Every Redis key segq uses, in one place.
+"""Every Redis key segq uses, in one place (the Lua scripts get theirs from here too,
+``segq.scripts``).
 
 A job is one hash (``segq:job:<id>``); an index sorted by creation time lists jobs newest
-first; each worker keeps a small hash of its own state and counters.
+first. A batch (every submission is one) is a hash of counters (``segq:batch:<name>``) with the
+list of its job ids, its inputs' identities and its pending messages beside it. Each model has a
+ring of the batches with pending work per priority (``segq.scheduler``); released messages are
+in flight until their task ends. Each worker keeps a small hash of its own state and counters,
+indexed by heartbeat.
 """
 
 PREFIX = "segq"
@@ -35,9 +40,61 @@ def parse_stat_field(name: str) -> tuple[str, tuple[str, ...]] | None:
     return metric, tuple(labels)
 
 
+#: Sorted set of batch names, scored by creation time (``segq batches``).
+BATCHES_INDEX = f"{PREFIX}:batches"
+
+#: Prefix of every batch's keys; ``segq.lua.lib`` derives them from the same prefix.
+BATCH_PREFIX = f"{PREFIX}:batch:"
+
+
+def batch(name: str) -> str:
+    """Hash of one batch: task, model, priority, times, sealed, counters by job state, frames."""
+    return f"{BATCH_PREFIX}{name}"
+
+
+def batch_jobs(name: str) -> str:
+    """List of a batch's job ids, in submission order (the manifest, batch cancel and retry)."""
+    return f"{BATCH_PREFIX}{name}:jobs"
+
+
+def batch_inputs(name: str) -> str:
+    """Hash: input identity (source, size, mtime or ETag) -> the job that holds it (resubmission)."""
+    return f"{BATCH_PREFIX}{name}:inputs"
+
+
+def batch_pending(name: str) -> str:
+    """List of a batch's messages not released yet: ``"<task id> <message JSON>"`` entries."""
+    return f"{BATCH_PREFIX}{name}:pending"
+
+
+#: Prefix of the rings: per model and priority, the batches that have pending work.
+RING_PREFIX = f"{PREFIX}:ring:"
+
+
+def ring(model: str, priority: str) -> str:
+    return f"{RING_PREFIX}{model}:{priority}"
+
+
+#: Hash ``model|priority`` -> messages pending (not released) for that model at that priority.
+PENDING_COUNTS = f"{PREFIX}:pending"
+
+#: Sorted set of the task ids released to a queue and not acknowledged yet, scored by release time.
+INFLIGHT = f"{PREFIX}:inflight"
+#: Hash: task id -> when the watchdog first found its message nowhere.
+INFLIGHT_SUSPECT = f"{INFLIGHT}:suspect"
+
+#: Sorted set of worker hostnames, scored by their last heartbeat (``segq.registry``).
+WORKERS_INDEX = f"{PREFIX}:workers"
+
+#: List of poison messages taken off the queues, newest first (``segq dead-letters``).
+DEAD_LETTERS = f"{PREFIX}:dead"
+
+JOB_PREFIX = f"{PREFIX}:job:"
+
+
 def job(job_id: str) -> str:
     """Hash holding one job record (fields: ``segq.jobs.JobRecord``)."""
-    return f"{PREFIX}:job:{job_id}"
+    return f"{JOB_PREFIX}{job_id}"
 
 
 def worker(hostname: str) -> str:

@@ -21,6 +21,11 @@ Video jobs::
     outputs/<job>/video.json            probe, chunks (frames, worker, timings) and metrics
     work/<job>/frames.json              frame table written by the split step
     work/<job>/parts/NNNNN.mp4          encoded overlay of one chunk, joined by assembly
+
+Batches::
+
+    outputs/batches/<name>/manifest.jsonl  one line per job of the batch, written when it ends:
+                                        source, job id, state, error, output keys
 """
 
 from __future__ import annotations
@@ -74,6 +79,23 @@ def output_names(task: str) -> list[str]:
     if task == "panoptic":
         names += [PANOPTIC_PNG, PANOPTIC_JSON]
     return names
+
+
+def job_outputs(job_id: str, kind: str, task: str, chunks: int = 0) -> list[str]:
+    """Every output key of a finished job: an image job's files (``output_names``), or a video's
+    overlay, ``video.json`` and one label archive per chunk."""
+    if kind == "video":
+        return [output_key(job_id, OVERLAY_VIDEO), output_key(job_id, VIDEO_JSON)] + [
+            output_key(job_id, chunk_labels_name(i)) for i in range(chunks)]
+    return [output_key(job_id, name) for name in output_names(task)]
+
+
+BATCHES = f"{OUTPUTS}/batches"
+MANIFEST = "manifest.jsonl"
+
+
+def manifest_key(batch: str) -> str:
+    return f"{BATCHES}/{batch}/{MANIFEST}"
 
 
 def work_prefix(job_id: str) -> str:

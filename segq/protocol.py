@@ -1,15 +1,18 @@
-"""The wire contract between producer and workers: task names, queues and JSON payloads.
+"""The wire contract between producer and workers: task names, queues, task ids and JSON payloads.
 
 Messages carry only small JSON documents (ids, S3 keys, options); images, frames and masks
 travel through S3. Both sides build and parse payloads with the classes below, so a field is
-named in exactly one place.
+named in exactly one place, and both refuse what a worker must never be asked to do (an unknown
+task, an over-size batch or chunk).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
+
+from segq.states import PRIORITIES, Priority
 
 #: The segmentation tasks a job can ask for.
 TASKS = ("semantic", "instance", "panoptic")
@@ -17,18 +20,27 @@ TASKS = ("semantic", "instance", "panoptic")
 #: Version of the payload schema; a worker refuses payloads of a version it does not know.
 PAYLOAD_VERSION = 1
 
-#: Celery task names.
+#: Celery task names: the only tasks a segq worker runs (``segq.transport`` dead-letters others).
 SEGMENT_IMAGE = "segq.segment_image"
 SPLIT_VIDEO = "segq.split_video"
 SEGMENT_CHUNK = "segq.segment_chunk"
 ASSEMBLE_VIDEO = "segq.assemble_video"
+TASK_NAMES = frozenset({SEGMENT_IMAGE, SPLIT_VIDEO, SEGMENT_CHUNK, ASSEMBLE_VIDEO})
 
 #: Video defaults: frames per chunk task, frames per forward pass.
 DEFAULT_CHUNK_FRAMES = 32
 DEFAULT_BATCH_SIZE = 4
+#: The largest a request may ask for: a chunk's frames and label maps are held by one worker, a
+#: batch's frames go through the model at once (the worker's memory budget, ``segq.settings``).
+MAX_CHUNK_FRAMES = 256
+MAX_BATCH_SIZE = 32
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_MODEL_NAME = re.compile(rf"^{_NAME}$")
+_BATCH_NAME = re.compile(rf"^{_NAME}$")
 _JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+_TASK_ID = re.compile(r"^(?P<job>[0-9a-f]{16})(?:-r(?P<run>[1-9][0-9]{0,5}))?"
+                      r"(?:-chunk(?P<chunk>[0-9]{5,6})|-(?P<assemble>assemble))?$")
 
 
 class PayloadError(ValueError):
@@ -49,36 +61,117 @@ def model_queue(model: str) -> str:
 
 
 def valid_job_id(job_id: str) -> bool:
-    return bool(_JOB_ID.match(job_id))
+    return isinstance(job_id, str) and bool(_JOB_ID.match(job_id))
 
+
+def batch_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a batch, or None. A name that could be mistaken for a job id (16
+    hex digits) is refused, since commands take either."""
+    if not isinstance(name, str) or not _BATCH_NAME.match(name):
+        return "letters, digits, '.', '_' and '-' only, starting with a letter or digit, up to 64 characters"
+    if valid_job_id(name):
+        return "16 hex digits would read as a job id"
+    return None
+
+
+def valid_batch_name(name: str) -> bool:
+    return batch_name_problem(name) is None
+
+
+# -- task ids: derived from the job, so Flower shows every task under its job -------------------
+
+def run_prefix(job_id: str, run: int = 0) -> str:
+    """The task ids of run ``run`` of a job (0: the first; ``segq retry`` N: ``<job>-rN``)."""
+    return job_id if not run else f"{job_id}-r{run}"
+
+
+def first_task_id(job_id: str, run: int = 0) -> str:
+    """An image job's task, a video's split: the job id itself (``<job>-rN`` for a retry)."""
+    return run_prefix(job_id, run)
+
+
+def chunk_task_id(job_id: str, run: int, chunk: int) -> str:
+    return f"{run_prefix(job_id, run)}-chunk{chunk:05d}"
+
+
+def assembly_task_id(job_id: str, run: int) -> str:
+    return f"{run_prefix(job_id, run)}-assemble"
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """What a segq task id names: the job, the run, and which of its tasks."""
+
+    job_id: str
+    run: int
+    chunk: int | None = None  # a chunk's index
+    assembly: bool = False
+
+    @property
+    def first(self) -> bool:
+        """The job's first task (an image job's task, or a video's split)."""
+        return self.chunk is None and not self.assembly
+
+
+def parse_task_id(task_id: str) -> TaskRef | None:
+    """The job, run and part a segq task id names, or None when it is not one of segq's."""
+    m = _TASK_ID.match(task_id or "")
+    if not m:
+        return None
+    return TaskRef(m["job"], int(m["run"] or 0), int(m["chunk"]) if m["chunk"] else None, bool(m["assemble"]))
+
+
+# -- payloads ---------------------------------------------------------------------------------
 
 def _check_fields(cls, data: Any, ints: tuple[str, ...] = (), bools: tuple[str, ...] = ()) -> None:
     if not isinstance(data, dict):
         raise PayloadError(f"payload must be a JSON object, got {type(data).__name__}")
-    names = {f.name for f in fields(cls)}
-    missing = sorted(n for n in names - {"version"} if n not in data)
+    declared = {f.name: f for f in fields(cls)}
+    required = sorted(n for n, f in declared.items() if f.default is MISSING and f.default_factory is MISSING)
+    missing = [n for n in required if n not in data]
     if missing:
         raise PayloadError(f"payload is missing {', '.join(missing)}")
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - set(declared))
     if unknown:
-        raise PayloadError(f"payload has unknown fields {', '.join(unknown)}")
-    for name in names - {"version"} - set(ints) - set(bools):
-        if not isinstance(data[name], str) or not data[name]:
-            raise PayloadError(f"payload field {name!r} must be a non-empty string")
+        raise PayloadError(f"payload has unknown fields {', '.join(str(u)[:40] for u in unknown[:5])}")
+    optional_strings = {"batch"}
+    for name in set(declared) - {"version"} - set(ints) - set(bools):
+        if name not in data:
+            continue
+        value = data[name]
+        if not isinstance(value, str) or (not value and name not in optional_strings) or len(value) > 1024:
+            raise PayloadError(f"payload field {name!r} must be a non-empty string of at most 1024 characters")
     for name in ints:
+        if name not in data:
+            continue
         lowest = -1 if name == "chunk" else 0  # chunk -1: the job as a whole (split, assembly)
-        if not isinstance(data[name], int) or isinstance(data[name], bool) or data[name] < lowest:
-            raise PayloadError(f"payload field {name!r} must be a whole number >= {lowest}")
+        value = data[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < lowest or value > 10**9:
+            raise PayloadError(f"payload field {name!r} must be a whole number from {lowest} to 10^9")
     for name in bools:
-        if not isinstance(data[name], bool):
+        if name in data and not isinstance(data[name], bool):
             raise PayloadError(f"payload field {name!r} must be true or false")
     version = data.get("version", PAYLOAD_VERSION)
     if version != PAYLOAD_VERSION:
-        raise PayloadError(f"payload version {version!r} is not supported (this worker speaks {PAYLOAD_VERSION})")
+        raise PayloadError(f"payload version {str(version)[:20]!r} is not supported (this worker speaks {PAYLOAD_VERSION})")
     if not valid_job_id(data["job_id"]):
-        raise PayloadError(f"invalid job id {data['job_id']!r}")
+        raise PayloadError("invalid job id (expected 16 hex digits)")
     if "task" in data and data["task"] not in TASKS:
-        raise PayloadError(f"unknown task {data['task']!r}: choose one of {', '.join(TASKS)}")
+        raise PayloadError(f"unknown task {data['task'][:40]!r}: choose one of {', '.join(TASKS)}")
+    if data.get("priority", Priority.NORMAL) not in PRIORITIES:
+        raise PayloadError(f"unknown priority: choose one of {', '.join(PRIORITIES)}")
+    if data.get("batch") and not valid_batch_name(data["batch"]):
+        raise PayloadError("invalid batch name")
+    if "model" in data and not _MODEL_NAME.match(data["model"]):
+        raise PayloadError("invalid model name")
+
+
+def check_video_options(chunk_frames: int, batch_size: int) -> None:
+    """PayloadError unless a video's chunk and batch sizes are within the protocol's caps."""
+    if not 1 <= chunk_frames <= MAX_CHUNK_FRAMES:
+        raise PayloadError(f"chunk_frames must be from 1 to {MAX_CHUNK_FRAMES} (got {chunk_frames})")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise PayloadError(f"batch_size must be from 1 to {MAX_BATCH_SIZE} (got {batch_size})")
 
 
 @dataclass(frozen=True)
@@ -90,14 +183,21 @@ class ImageJob:
     model: str
     input_bucket: str
     input_key: str
+    batch: str = ""
+    priority: str = Priority.NORMAL.value
+    run: int = 0  # the job's `segq retry` number
     version: int = PAYLOAD_VERSION
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def task_id(self) -> str:
+        return first_task_id(self.job_id, self.run)
+
     @classmethod
     def from_message(cls, data: Any) -> "ImageJob":
-        _check_fields(cls, data)
+        _check_fields(cls, data, ints=("run",))
         return cls(**data)
 
 
@@ -120,6 +220,9 @@ class VideoJob:
     chunk: int = -1
     start: int = 0
     end: int = 0
+    batch: str = ""
+    priority: str = Priority.NORMAL.value
+    run: int = 0
     version: int = PAYLOAD_VERSION
 
     def to_message(self) -> dict[str, Any]:
@@ -128,11 +231,19 @@ class VideoJob:
     def for_chunk(self, index: int, start: int, end: int) -> "VideoJob":
         return replace(self, chunk=index, start=start, end=end)
 
+    @property
+    def task_id(self) -> str:
+        """This payload's task: the split (chunk -1, before chunks), a chunk, or assembly (use
+        ``assembly_task_id``: assembly and split share chunk -1)."""
+        return first_task_id(self.job_id, self.run) if self.chunk < 0 else chunk_task_id(self.job_id, self.run, self.chunk)
+
     @classmethod
     def from_message(cls, data: Any) -> "VideoJob":
-        _check_fields(cls, data, ints=("chunk_frames", "batch_size", "chunk", "start", "end"), bools=("annotate_fps",))
-        if data["chunk_frames"] < 1 or data["batch_size"] < 1:
-            raise PayloadError("chunk_frames and batch_size must be at least 1")
-        if data["end"] < data["start"]:
+        _check_fields(cls, data, ints=("chunk_frames", "batch_size", "chunk", "start", "end", "run"),
+                      bools=("annotate_fps",))
+        check_video_options(data.get("chunk_frames", DEFAULT_CHUNK_FRAMES), data.get("batch_size", DEFAULT_BATCH_SIZE))
+        if data.get("end", 0) < data.get("start", 0):
             raise PayloadError("chunk end is before its start")
+        if data.get("end", 0) - data.get("start", 0) > MAX_CHUNK_FRAMES:
+            raise PayloadError(f"a chunk spans at most {MAX_CHUNK_FRAMES} frames")
         return cls(**data)

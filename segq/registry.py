@@ -1,12 +1,14 @@
 """The worker registry: every worker process's record in Redis, owned by this module alone.
 
 Each worker process publishes a hash ``segq:worker:<hostname>`` (device, models, load counts,
-counters, current tasks, how busy its model stage is) and refreshes it from a heartbeat thread,
-also while long tasks run. The hash expires after
-``STALE_SECONDS`` without a beat, so a worker that died without a word disappears by itself,
-like arq's health-check key. Workers write through :class:`WorkerRegistration`; everything that
-reads worker records (``segq workers``, ``segq health``, the exporter, the local stack, tests,
-benchmarks) goes through :func:`workers` / :func:`wait_ready`.
+task slots, counters, current tasks, how busy its model stage is) and refreshes it from a
+heartbeat thread, also while long tasks run. The hash expires after ``STALE_SECONDS`` without a
+beat, so a worker that died without a word disappears by itself, like arq's health-check key;
+an index sorted by heartbeat (``segq:workers``) lists the records, so reading the fleet never
+scans the keyspace (whose size grows with the jobs kept). Workers write through
+:class:`WorkerRegistration`; everything that reads worker records (``segq workers``, ``segq
+health``, the scheduler's targets, the exporter, the local stack, tests, benchmarks) goes
+through :func:`workers` / :func:`wait_ready`.
 
 Compare rq's ``worker_registration.py``: one owner for the records, one liveness rule.
 """
@@ -49,6 +51,7 @@ class WorkerRecord:
     model_loads: dict = field(default_factory=dict)
     load_seconds: dict = field(default_factory=dict)
     compile: str = "off"  # SEGQ_COMPILE of the worker: "off" or the torch.compile mode of its models
+    concurrency: int = 1  # task slots: SEGQ_WORKER_CONCURRENCY (the scheduler's targets count them)
     active: str = ""  # the tasks running now, "; "-joined ("" when idle)
     active_since: float | None = None
     model_busy: float | None = None  # busy fraction of the model stage over its last 30 s
@@ -97,6 +100,7 @@ class WorkerRecord:
             model_loads=_json(d.get("model_loads"), {}),
             load_seconds=_json(d.get("load_seconds"), {}),
             compile=d.get("compile") or "off",
+            concurrency=num("concurrency", int) or 1,
             active=d.get("active", ""),
             active_since=num("active_since"),
             model_busy=num("model_busy"),
@@ -121,9 +125,10 @@ class WorkerRegistration:
     """A worker process's own record: publish, heartbeat, counters, current task, removal."""
 
     def __init__(self, r: redis.Redis, hostname: str, device: str, interval: float = HEARTBEAT_SECONDS,
-                 compile: str = "off"):
+                 compile: str = "off", concurrency: int = 1):
         self.r = r
         self.compile = compile
+        self.concurrency = concurrency
         self.interval = interval
         self.hostname = hostname
         self.key = keys.worker(hostname)
@@ -150,6 +155,7 @@ class WorkerRegistration:
             "model_loads": json.dumps(self.loads),
             "load_seconds": json.dumps(self.models),
             "compile": self.compile,
+            "concurrency": self.concurrency,
             "started_at": self.started_at,
             "heartbeat": time.time(),
             "interval": self.interval,
@@ -158,6 +164,7 @@ class WorkerRegistration:
         pipe = self.r.pipeline()
         pipe.hset(self.key, mapping=mapping)
         pipe.expire(self.key, max(1, int(self.interval * MISSED_BEATS)))
+        pipe.zadd(keys.WORKERS_INDEX, {self.hostname: mapping["heartbeat"]})
         pipe.execute()
 
     def count(self, counter: str) -> None:
@@ -171,16 +178,28 @@ class WorkerRegistration:
                                        **(self.stage_stats() if self.stage_stats else {})})
 
     def remove(self) -> None:
-        self.r.delete(self.key)
+        pipe = self.r.pipeline()
+        pipe.delete(self.key)
+        pipe.zrem(keys.WORKERS_INDEX, self.hostname)
+        pipe.execute()
+
+
+#: Index entries older than this are dropped by readers (their records expired long ago).
+INDEX_KEEP_SECONDS = 24 * 3600
 
 
 def workers(r: redis.Redis, *, live_only: bool = True) -> list[WorkerRecord]:
-    """The registered workers, sorted by hostname (live ones only, unless asked)."""
+    """The registered workers, sorted by hostname (live ones only, unless asked): the index's
+    entries whose records still exist. Costs one read per worker of the index, never a scan."""
+    r.zremrangebyscore(keys.WORKERS_INDEX, "-inf", time.time() - INDEX_KEEP_SECONDS)
+    names = sorted(r.zrange(keys.WORKERS_INDEX, 0, -1))
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.hgetall(keys.worker(name))
     out = []
-    for key in sorted(r.scan_iter(match=keys.worker("*"), count=500)):
-        d = r.hgetall(key)
+    for name, d in zip(names, pipe.execute()):
         if d:
-            rec = WorkerRecord.from_hash(key, d)
+            rec = WorkerRecord.from_hash(keys.worker(name), d)
             if rec.live or not live_only:
                 out.append(rec)
     return out

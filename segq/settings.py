@@ -136,7 +136,8 @@ class Variable:
 class Settings:
     redis_url: str = setting(
         "SEGQ_REDIS_URL", defaults.REDIS_URL,
-        "broker, result backend and job records: `redis://:password@host:port/db`; `rediss://` for TLS")
+        "broker and job records: `redis://:password@host:port/db`; `rediss://` for TLS; "
+        "`sentinel://:password@host:port,host:port/db?master=NAME` for Redis Sentinel")
     s3_endpoint_url: str | None = setting(
         "SEGQ_S3_ENDPOINT_URL", None, "S3-compatible endpoint (MinIO, SeaweedFS...); empty for AWS S3",
         shown_default="AWS")
@@ -163,7 +164,8 @@ class Settings:
         "SEGQ_MAX_VIDEO_FRAMES", defaults.MAX_VIDEO_FRAMES, "longer videos are refused", parse=_parse_int,
         shown_default="108000 (1 h at 30 fps)")
     job_ttl_seconds: int = setting(
-        "SEGQ_JOB_TTL", defaults.JOB_TTL_SECONDS, "seconds a job record is kept", parse=_parse_int,
+        "SEGQ_JOB_TTL", defaults.JOB_TTL_SECONDS,
+        "seconds a job record (and a batch, after its last job) is kept after the job ended", parse=_parse_int,
         shown_default="604800 (7 days)")
     presign_seconds: int = setting(
         "SEGQ_PRESIGN_EXPIRES", defaults.PRESIGN_SECONDS, "seconds presigned output URLs stay valid",
@@ -249,9 +251,9 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        scheme = urlsplit(self.redis_url).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError("SEGQ_REDIS_URL: expected a redis://, rediss:// or unix:// URL")
+        from segq.connections import parse
+
+        parse(self.redis_url)  # ConfigError naming what is wrong
         if self.s3_endpoint_url and urlsplit(self.s3_endpoint_url).scheme not in ("http", "https"):
             raise ConfigError(f"SEGQ_S3_ENDPOINT_URL: expected an http(s) URL, got {self.s3_endpoint_url!r}")
         if not self.models:

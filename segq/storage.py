@@ -42,6 +42,11 @@ _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimi
                    "ServiceUnavailable", "InternalError", "RequestTimeout"}
 
 
+#: Files up to this size are uploaded in one PUT; larger ones as multipart uploads (boto3's
+#: transfer manager, whose default threshold this is).
+SINGLE_PUT_BYTES = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class S3Object:
     bucket: str
@@ -91,6 +96,9 @@ class Storage:
                 s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
                 connect_timeout=5,
                 read_timeout=60,
+                # the producer uploads with several threads (``segq submit``), the worker's task
+                # threads share the client: a connection each
+                max_pool_connections=32,
             ),
         )
         self.client.meta.events.register("before-send.s3", _no_expect_on_empty_body)
@@ -133,6 +141,15 @@ class Storage:
     def put_file(
         self, path: Path, key: str, content_type: str | None = None, progress: Callable[[int], None] | None = None
     ) -> S3Object:
+        """Upload a file: in one PUT up to ``SINGLE_PUT_BYTES`` (one request, no transfer manager's
+        threads), as a multipart upload above."""
+        size = path.stat().st_size
+        if size <= SINGLE_PUT_BYTES:
+            data = path.read_bytes()
+            self.put_bytes(key, data, content_type or "application/octet-stream")
+            if progress:
+                progress(len(data))
+            return S3Object(self.bucket, key)
         extra = {"ContentType": content_type} if content_type else None
         try:
             self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra, Callback=progress)
@@ -151,6 +168,25 @@ class Storage:
             return int(self.client.head_object(Bucket=obj.bucket, Key=obj.key)["ContentLength"])
         except (BotoCoreError, ClientError) as exc:
             raise self._explain(exc, obj.uri) from exc
+
+    def head(self, obj: S3Object) -> tuple[int, str]:
+        """The object's size and ETag."""
+        try:
+            meta = self.client.head_object(Bucket=obj.bucket, Key=obj.key)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._explain(exc, obj.uri) from exc
+        return int(meta["ContentLength"]), str(meta.get("ETag", ""))
+
+    def list_objects(self, bucket: str, prefix: str):
+        """``(key, size, etag)`` of every object under ``prefix``, a page (1,000) at a time."""
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for o in page.get("Contents", []):
+                    if not o["Key"].endswith("/"):
+                        yield o["Key"], int(o["Size"]), str(o.get("ETag", ""))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._explain(exc, f"listing of s3://{bucket}/{prefix}") from exc
 
     def get_bytes(self, obj: S3Object, max_bytes: int | None = None) -> bytes:
         """The object's content; with ``max_bytes``, InputError before reading a larger one."""

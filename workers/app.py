@@ -85,7 +85,7 @@ def _connection_errors() -> tuple[type, ...]:
 _CONNECTION_ERRORS: tuple[type, ...] = ()
 
 
-def _finished(task_id=None, request=None, state=None, retval=None, **_):
+def _finished(task_id=None, request=None, state=None, retval=None, kwargs=None, **_):
     from workers import runtime
     from workers.skeleton import JobFailure
 
@@ -96,7 +96,9 @@ def _finished(task_id=None, request=None, state=None, retval=None, **_):
         # Broken by the infrastructure outside the skeleton (storing the result while Redis
         # is away): put the message back. Anything else failed for good.
         broke = state == "FAILURE" and not isinstance(retval, JobFailure) and isinstance(retval, _CONNECTION_ERRORS)
-        runtime.get().lease_done(task_id, broke=broke)
+        kwargs = kwargs if isinstance(kwargs, dict) else getattr(request, "kwargs", None)
+        model = kwargs.get("model") if isinstance(kwargs, dict) else None
+        runtime.get().lease_done(task_id, broke=broke, retried=state == "RETRY", model=model)
 
 
 def create_app(settings: Settings | None = None) -> Celery:

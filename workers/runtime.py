@@ -17,11 +17,14 @@ from typing import Callable
 
 import redis
 
-from segq.errors import UnknownModel
-from segq.jobs import JobStore
 from segq import leases as leases_mod
-from segq import registry
+from segq import manifest, registry
+from segq.batches import BatchStore
+from segq.connections import redis_client
+from segq.errors import ServiceUnavailable, UnknownModel
+from segq.jobs import JobStore
 from segq.registry import WorkerRegistration
+from segq.scheduler import Scheduler, slots
 from segq.settings import Settings
 from segq.storage import Storage
 from workers import device as device_mod
@@ -39,9 +42,12 @@ class Runtime:
     store: JobStore
     spec: device_mod.DeviceSpec
     registration: WorkerRegistration
+    batches: BatchStore | None = None
+    scheduler: Scheduler | None = None
     models: dict[str, models_mod.LoadedModel] = field(default_factory=dict)
     stage: ModelStage | None = None
     leases: leases_mod.LeaseBook | None = None
+    _targets: dict[str, tuple[float, int]] = field(default_factory=dict)  # model -> (when, slots)
     _tags: dict[str, list[str]] = field(default_factory=dict)  # task id -> delivery tags held
     _active: dict[int, str] = field(default_factory=dict)  # pool thread -> its task
     _active_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -91,6 +97,35 @@ class Runtime:
     def count(self, counter: str) -> None:
         self.registration.count(counter)
 
+    # -- the scheduler: releasing work as slots free up ------------------------------------
+    def target(self, model: str) -> int:
+        """The queue target of ``model`` (``segq.scheduler.slots``), read at most once a heartbeat."""
+        now = time.monotonic()
+        cached = self._targets.get(model)
+        if cached is None or now - cached[0] > self.settings.heartbeat_seconds:
+            cached = (now, slots(self.redis, model))
+            self._targets[model] = cached
+        return cached[1]
+
+    def release(self) -> None:
+        """Release pending work of every model this worker serves (its heartbeat and its start)."""
+        for model in self.models:
+            self.scheduler.dispatch(model, self.target(model))
+
+    def task_ended(self, task_id: str, model: str | None) -> None:
+        """A task's message is being acknowledged: out of flight, and its slot releases the next
+        pending work of its model."""
+        if model in self.models:
+            self.scheduler.ended(task_id, model, self.target(model))
+
+    def batch_finished(self, name: str) -> None:
+        """A move of this worker's finished batch ``name``: write its manifest (``segq get`` writes
+        it later if this fails)."""
+        try:
+            manifest.write(self.batches, self.store, self.storage, name)
+        except (ServiceUnavailable, redis.RedisError) as exc:
+            log.warning("batch %s finished; its manifest could not be written now: %s", name, exc)
+
     def set_active(self, description: str) -> None:
         """What the calling task thread is doing now (``segq workers``); "" when it is done. The
         record holds the tasks of every thread, in the order they started, joined by "; " ("" when
@@ -113,6 +148,7 @@ class Runtime:
                     self.registration.publish()
                     self.leases.renew()
                     self.reap()
+                    self.release()
                 except Exception as exc:  # Redis blip: the next beat retries
                     log.warning("heartbeat failed: %s", exc)
 
@@ -150,18 +186,25 @@ class Runtime:
         if tags:
             self.leases.started(tags[0])
 
-    def lease_done(self, task_id: str, broke: bool = False) -> None:
+    def lease_done(self, task_id: str, broke: bool = False, retried: bool = False, model: str | None = None) -> None:
         """The task ended. ``broke``: it failed outside the skeleton (its job was not told, and
-        Celery would drop the message): put the message back instead of releasing it."""
+        Celery would drop the message): put the message back instead of releasing it.
+        ``retried``: it sent itself again with a countdown (still in flight). Otherwise its
+        message is acknowledged: it leaves flight and frees its slot (``task_ended``)."""
         with self._active_lock:
             tags = self._tags.get(task_id, [])
             tag = tags.pop(0) if tags else None
             if not tags:
                 self._tags.pop(task_id, None)
-        if not tag:
-            return
         if not broke:
-            self.leases.release(tag)
+            if tag:
+                self.leases.release(tag)
+            if retried:
+                self.release()
+            else:
+                self.task_ended(task_id, model)
+            return
+        if not tag:
             return
         try:
             leases_mod.restore(self.redis, tag)
@@ -200,16 +243,20 @@ def boot(hostname: str, settings: Settings | None = None) -> Runtime:
         return _runtime
     settings = settings or Settings.from_env()
     spec = device_mod.select(settings.precision, settings.worker_threads or None)
-    store = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
+    r = redis_client(settings.redis_url)
+    store = JobStore(r, settings.job_ttl_seconds)
     rt = Runtime(
         settings=settings,
         hostname=hostname,
         storage=Storage(settings),
         store=store,
         spec=spec,
-        registration=WorkerRegistration(store.r, hostname, spec.label, interval=settings.heartbeat_seconds,
-                                        compile=settings.compile),
+        registration=WorkerRegistration(r, hostname, spec.label, interval=settings.heartbeat_seconds,
+                                        compile=settings.compile, concurrency=settings.worker_concurrency),
+        batches=BatchStore(r, settings.job_ttl_seconds),
+        scheduler=Scheduler(r),
     )
+    store.on_batch_finished = rt.batch_finished
     rt.leases = leases_mod.LeaseBook(store.r, hostname, ttl=settings.heartbeat_seconds * registry.MISSED_BEATS)
     rt.stage = _model_stage(settings)
     rt.registration.stage_stats = rt.stage.fields
@@ -224,6 +271,10 @@ def boot(hostname: str, settings: Settings | None = None) -> Runtime:
         raise
     rt.start_heartbeat()
     _runtime = rt
+    try:
+        rt.release()  # work that waited for a worker of these models
+    except redis.RedisError as exc:
+        log.warning("could not release pending work at start (the heartbeat will): %s", exc)
     log.info("worker %s ready on %s with models %s", hostname, spec.label, ", ".join(rt.models))
     return rt
 

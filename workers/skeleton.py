@@ -9,8 +9,9 @@ task that
    atomically unless it is already final (a redelivery); a follow-up task (chunk, assembly) skips
    when its job has ended or expired;
 3. runs the body under the failure policy below, which maps every error to the job's state;
-4. lets the body send follow-up tasks with ``ctx.send`` (same queue, deterministic task ids, so
-   Flower shows them under the job id).
+4. lets the body build its follow-up tasks' messages with ``ctx.entry`` (same queue,
+   deterministic task ids, so Flower shows them under the job id), which the job record's own
+   scripts queue in the same step as the move that calls for them (``segq.scheduler``).
 
 Failure policy:
 
@@ -41,11 +42,12 @@ import redis
 from celery import Task, shared_task
 from celery.exceptions import Retry
 
-from segq import keys, registry
+from segq import keys, messages, registry
 from segq.access import require_input
 from segq.errors import InputError, ObjectNotFound, ServiceUnavailable, UsageError
-from segq.jobs import JobState
 from segq.protocol import ImageJob, PayloadError, VideoJob, model_queue, valid_job_id
+from segq.scheduler import entry
+from segq.states import JobState
 from segq.storage import S3Object
 from workers import runtime
 from workers.runtime import Runtime
@@ -66,9 +68,11 @@ class Context:
     job: Any  # ImageJob | VideoJob
     input: S3Object
 
-    def send(self, name: str, payload: ImageJob | VideoJob, task_id: str) -> None:
-        """Queue a follow-up task of this job on its model's queue."""
-        self.task.app.send_task(name, kwargs=payload.to_message(), queue=model_queue(payload.model), task_id=task_id)
+    def entry(self, name: str, payload: ImageJob | VideoJob, task_id: str) -> str:
+        """A follow-up task of this job, as its batch's pending entry (``segq.scheduler.entry``):
+        the message Celery would send to the model's queue."""
+        message = messages.build(self.task.app, name, payload.to_message(), task_id, model_queue(payload.model))
+        return entry(message)
 
 
 def fail(rt: Runtime, job_id: str, message: str) -> JobFailure:

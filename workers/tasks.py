@@ -43,7 +43,7 @@ def segment_image(ctx: Context) -> dict:
         rt.storage.put_bytes(key, body, content_type)
         keys.append(key)
     rt.store.finish(
-        job.job_id, outputs=keys, checkpoint=model.checkpoint, inference_s=round(timed.seconds, 6),
+        job.job_id, checkpoint=model.checkpoint, inference_s=round(timed.seconds, 6),
         fps=round(1.0 / timed.seconds, 3) if timed.seconds > 0 else None,
         total_s=round(time.perf_counter() - t0, 6), frames=1, width=image.width, height=image.height,
         segments=len(pred.segments),

@@ -1,13 +1,16 @@
 """Video tasks: split -> chunks (any worker, in parallel) -> assemble (exactly once).
 
 - ``segq.split_video`` probes the video (reading it once, decoding one frame), writes the frame
-  table to S3 and queues one ``segq.segment_chunk`` per ``chunk_frames`` frames.
+  table to S3 and queues one ``segq.segment_chunk`` per ``chunk_frames`` frames, in front of its
+  batch's pending work (``segq.scheduler`` releases them as worker slots free up), in one step
+  with the job's update (a redelivered split queues nothing twice).
 - ``segq.segment_chunk`` reads only its part of the video from S3 (ranged reads, seek to the
   keyframe before its first frame), runs the model in batches, renders overlays, encodes its part,
   writes part, label maps and timings, and records itself in the job's set of finished chunks.
-- The chunk that completes the set queues ``segq.assemble_video`` (a Lua script in
-  ``segq.jobs`` decides, atomically, so a chunk run twice never starts assembly twice); it
-  joins the parts into one H.264 MP4 with the input's audio and finishes the job.
+- The chunk that completes the set queues ``segq.assemble_video`` in the same Lua script that
+  records it (``segq/lua/chunk_done.lua``), so a chunk run twice never queues assembly twice and
+  a crash cannot record the last chunk without queueing assembly; assembly joins the parts into
+  one H.264 MP4 with the input's audio and finishes the job.
 
 Celery chords are not used: their callbacks get lost on Redis; the set in the job record cannot.
 """
@@ -21,8 +24,7 @@ import time
 from pathlib import Path
 
 from segq import layout, limits, registry
-from segq.jobs import RESEND_ASSEMBLY, START_ASSEMBLY
-from segq.protocol import ASSEMBLE_VIDEO, SEGMENT_CHUNK, SPLIT_VIDEO, VideoJob
+from segq.protocol import ASSEMBLE_VIDEO, SEGMENT_CHUNK, SPLIT_VIDEO, VideoJob, assembly_task_id, chunk_task_id
 from segq.storage import S3Object, S3Reader
 from workers import runtime, video
 from workers.chunk_render import ChunkRenderer
@@ -44,16 +46,14 @@ def split_video(ctx: Context) -> dict:
     info = video.probe(S3Reader(rt.storage, ctx.input), rt.settings.max_video_frames, rt.settings.max_image_pixels)
     rt.storage.put_bytes(layout.frames_key(job.job_id), info.to_json(), "application/json")
     chunks = video.plan_chunks(info.frames, job.chunk_frames)
-    rt.store.update(
-        job.job_id, frames_total=info.frames, chunks_total=len(chunks), frames_done=0, chunks_done=0,
-        video_fps=round(float(info.fps), 6), width=info.width, height=info.height,
-        chunk_frames=job.chunk_frames, batch_size=job.batch_size,
-    )
-    # A redelivered split sends every chunk again: duplicates are counted once (segq.jobs).
-    for index, (start, end) in enumerate(chunks):
-        ctx.send(SEGMENT_CHUNK, job.for_chunk(index, start, end), f"{job.job_id}-chunk{index:05d}")
+    entries = [ctx.entry(SEGMENT_CHUNK, job.for_chunk(index, start, end), chunk_task_id(job.job_id, job.run, index))
+               for index, (start, end) in enumerate(chunks)]
     split_s = time.perf_counter() - t0
-    rt.store.update(job.job_id, split_s=round(split_s, 6))
+    rt.store.split_done(
+        job.job_id, info.frames, entries, frames_total=info.frames, chunks_total=len(chunks), frames_done=0,
+        chunks_done=0, video_fps=round(float(info.fps), 6), width=info.width, height=info.height,
+        chunk_frames=job.chunk_frames, batch_size=job.batch_size, split_s=round(split_s, 6),
+    )
     return {"job_id": job.job_id, "frames": info.frames, "chunks": len(chunks), "split_s": round(split_s, 4)}
 
 
@@ -84,11 +84,8 @@ def segment_chunk(ctx: Context) -> dict:
         "total_s": round(time.perf_counter() - t0, 6), "worker": rt.hostname, "device": rt.spec.label,
         "read_bytes": reader.bytes_fetched, "finished_at": time.time(),
     }
-    outcome = rt.store.chunk_done(job.job_id, job.chunk, frames, inference_s, chunk_info,
-                                  task_id=ctx.task.request.id)
-    if outcome in (START_ASSEMBLY, RESEND_ASSEMBLY):
-        ctx.send(ASSEMBLE_VIDEO, job.for_chunk(-1, 0, 0), f"{job.job_id}-assemble")
-        rt.store.assembly_sent(job.job_id)
+    assembly = ctx.entry(ASSEMBLE_VIDEO, job.for_chunk(-1, 0, 0), assembly_task_id(job.job_id, job.run))
+    outcome = rt.store.chunk_done(job.job_id, job.chunk, frames, inference_s, chunk_info, assembly)
     return {"job_id": job.job_id, **chunk_info, "outcome": outcome}
 
 
@@ -131,9 +128,7 @@ def assemble_video(ctx: Context) -> dict:
     }
     rt.storage.put_bytes(layout.output_key(job.job_id, layout.VIDEO_JSON), json.dumps(doc, indent=1).encode(),
                          "application/json")
-    outputs = [layout.output_key(job.job_id, layout.OVERLAY_VIDEO), layout.output_key(job.job_id, layout.VIDEO_JSON)]
-    outputs += doc["label_archives"]
-    rt.store.finish(job.job_id, outputs=outputs, checkpoint=model.checkpoint, frames=info.frames,
+    rt.store.finish(job.job_id, checkpoint=model.checkpoint, frames=info.frames,
                     **{k: v for k, v in metrics.items() if k != "split_s"})
     rt.count(registry.JOBS_DONE)
     for index in range(len(chunks)):  # the parts were intermediate

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 
 from segq import defaults, keys, layout
@@ -34,7 +36,7 @@ def test_settings_read_every_variable():
     assert dict(s.models) == {"ade": "/models/ade", "pan": "facebook/mask2former-swin-tiny-coco-panoptic"}
     assert s.resolve_model("semantic", None) == "ade" and s.max_image_pixels == 1_000_000 and s.task_retries == 0
     conf = celery_config(s)
-    assert conf["broker_use_ssl"] == conf["redis_backend_use_ssl"]  # rediss:// verifies certificates
+    assert conf["broker_use_ssl"] == {"ssl_cert_reqs": ssl.CERT_REQUIRED}  # rediss:// verifies certificates
 
 
 @pytest.mark.parametrize("env, message", [
@@ -62,7 +64,8 @@ def test_celery_config_is_json_only_and_safe_for_long_gpu_tasks():
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["worker_prefetch_multiplier"] == 1 and conf["worker_send_task_events"]
     assert conf["broker_transport_options"]["visibility_timeout"] == 7200
-    assert conf["result_backend_transport_options"]["visibility_timeout"] == 7200
+    # no result backend: the job record holds what a result would, at no Redis cost per task
+    assert conf["task_ignore_result"] and "result_backend" not in conf
 
 
 def test_payload_round_trip_and_validation():
@@ -74,7 +77,7 @@ def test_payload_round_trip_and_validation():
         ImageJob.from_message({k: v for k, v in job.to_message().items() if k != "input_key"})
     with pytest.raises(PayloadError, match="unknown fields pixels"):
         ImageJob.from_message({**job.to_message(), "pixels": "..."})
-    with pytest.raises(PayloadError, match="version 2"):
+    with pytest.raises(PayloadError, match="version '2' is not supported"):
         ImageJob.from_message({**job.to_message(), "version": 2})
     with pytest.raises(PayloadError, match="invalid model name"):
         model_queue("../etc")
@@ -89,6 +92,8 @@ def test_keys_and_layout():
 
 def test_job_record_round_trips_through_a_redis_hash():
     rec = JobRecord(id="0123456789abcdef", kind="image", task="semantic", model="m", input="s3://b/k",
-                    created_at=1.5, fps=3.25, frames=1, outputs=["outputs/x/overlay.jpg"])
+                    created_at=1.5, fps=3.25, frames=1, batch="b-1", annotate_fps=True, state="done")
     back = JobRecord.from_hash(rec.to_hash())
     assert back == rec
+    assert back.outputs == [f"outputs/0123456789abcdef/{n}" for n in layout.output_names("semantic")]
+    assert rec.request().to_message()["batch"] == "b-1"

@@ -287,6 +287,9 @@ def test_the_registry_record_carries_the_stage_figures_and_every_running_task():
         def expire(self, *_):
             pass
 
+        def zadd(self, *_):
+            pass
+
         def execute(self):
             pass
 

@@ -1,0 +1,25 @@
+-- Open batch ARGV[1] for a submission: create it, or reopen an existing one of the same task,
+-- model and priority (a resubmission adds what it does not hold yet). Unsealed until
+-- batch_seal. ARGV: name, task, model, priority, now, kind hint. Returns {created (0/1), jobs}
+-- or an error naming what does not match.
+local name, task, model, priority, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local bkey = batch_key(name)
+local have = redis.call('HMGET', bkey, 'task', 'model', 'priority', 'jobs')
+if have[1] then
+  if have[1] ~= task or have[2] ~= model then
+    return redis.error_reply('batch ' .. name .. ' is a ' .. have[1] .. ' batch on model ' .. have[2] ..
+                             ', not ' .. task .. ' on ' .. model .. ': choose another --batch name')
+  end
+  if have[3] ~= priority then
+    return redis.error_reply('batch ' .. name .. ' has priority ' .. have[3] .. ', not ' .. priority ..
+                             ': resubmit it with --priority ' .. have[3])
+  end
+  redis.call('HSET', bkey, 'sealed', '0')
+  reopen_batch(name)
+  return {0, num(have[4])}
+end
+redis.call('HSET', bkey, 'name', name, 'task', task, 'model', model, 'priority', priority, 'created_at', now,
+           'sealed', '0', 'jobs', 0, 'queued', 0, 'running', 0, 'done', 0, 'failed', 0, 'canceled', 0,
+           'frames_total', 0, 'frames_done', 0)
+redis.call('ZADD', '$batches_index', now, name)
+return {1, 0}
