@@ -26,7 +26,7 @@ import redis
 from segq import defaults, layout, manifest, messages, registry
 from segq.batches import BatchRecord, BatchStore
 from segq.broker import make_celery
-from segq.errors import JobNotFound, ServiceUnavailable, UsageError, WaitTimeout
+from segq.errors import InputError, JobNotFound, ServiceUnavailable, UsageError, WaitTimeout
 from segq.jobs import JobRecord, JobStore
 from segq.protocol import (
     DEFAULT_BATCH_SIZE,
@@ -123,7 +123,7 @@ class Client:
             raise UsageError(f"--chunk-frames / --batch-size: {exc}") from None
         if priority not in tuple(Priority):
             raise UsageError(f"unknown priority {safe(priority)!r}: choose one of {', '.join(Priority)}")
-        check_explicit(list(paths), follow_symlinks)
+        check_explicit(list(paths), follow_symlinks, self.settings.max_input_bytes)
         self.ping()
         submission = Submission(self, task=task, model=model_name, batch=batch, priority=priority,
                                 video_options={"chunk_frames": chunk_frames, "batch_size": batch_size,
@@ -136,7 +136,11 @@ class Client:
         """``submit_batch``, returning the records of the jobs it created (their ``batch`` names the
         batch). Keeps them in memory: for very large submissions use ``submit_batch(on_job=...)``."""
         records: list[JobRecord] = []
-        self.submit_batch(paths, task, model, on_job=records.append, **options)
+        report = self.submit_batch(paths, task, model, on_job=records.append, **options)
+        if report.refused:
+            reasons = "; ".join(r.reason for r in report.refused[:5])
+            raise InputError(f"{len(report.refused)} input(s) refused ({reasons}); "
+                             f"{report.submitted} submitted in batch {report.batch}")
         return records
 
     def batch_finished(self, name: str) -> None:

@@ -3,7 +3,15 @@
 =====================================  ====================================================
 metric                                 meaning
 =====================================  ====================================================
-``segq_queue_depth{queue}``            messages waiting per queue
+``segq_queue_depth{queue}``            messages waiting per queue (released to the workers)
+``segq_pending_tasks{model,priority}``  tasks not released yet, per model and priority
+``segq_in_flight_tasks``               released tasks not acknowledged yet
+``segq_batches_active``                batches not finished
+``segq_batch_jobs{batch,state}``       jobs of each active batch by state
+``segq_batch_frames{batch,which}``     frames done / total of each active batch
+``segq_dead_letters``                  poison messages kept in the dead-letter list
+``segq_watchdog_resent_total``         lost messages the watchdog sent again
+``segq_watchdog_failed_total``         jobs failed for losing their messages too often
 ``segq_jobs_total{state,kind,model}``  jobs finished, by outcome (done, failed)
 ``segq_frames_processed_total{model}``  frames segmented by finished jobs (images count 1)
 ``segq_inference_seconds_total{model}``  inference time of finished jobs; frames rate / this
@@ -26,8 +34,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from segq import keys, registry
-from segq.jobs import redis_client
+from segq.batches import BatchStore
+from segq.connections import redis_client
+from segq.errors import BatchNotFound
+from segq.scheduler import Scheduler
 from segq.settings import Settings
+from segq.states import PRIORITIES
 
 from producer import fleet
 
@@ -41,18 +53,37 @@ class SegqCollector(Collector):
         for queue, n in fleet.queue_depths(self.settings, self.r).items():
             depth.add_metric([queue], n)
         yield depth
+        pending = GaugeMetricFamily("segq_pending_tasks", "Tasks waiting to be released to their model's queue",
+                                    labels=["model", "priority"])
+        counts = Scheduler(self.r).pending()
+        for model in sorted(set(self.settings.models) | {m for m, _ in counts}):
+            for priority in PRIORITIES:
+                pending.add_metric([model, priority.value], counts.get((model, priority.value), 0))
+        yield pending
+        yield GaugeMetricFamily("segq_in_flight_tasks", "Released tasks not acknowledged yet",
+                                value=Scheduler(self.r).in_flight())
+        yield GaugeMetricFamily("segq_dead_letters", "Poison messages in the dead-letter list",
+                                value=self.r.llen(keys.DEAD_LETTERS))
+        yield from self._batches()
 
         jobs = CounterMetricFamily("segq_jobs", "Finished jobs by outcome", labels=["state", "kind", "model"])
         frames = CounterMetricFamily("segq_frames_processed", "Frames segmented by finished jobs", labels=["model"])
         infer = CounterMetricFamily("segq_inference_seconds", "Inference seconds of finished jobs", labels=["model"])
         fps = GaugeMetricFamily("segq_job_fps", "Inference FPS of the last finished job", labels=["kind", "model"])
+        resent = CounterMetricFamily("segq_watchdog_resent", "Lost messages the watchdog sent again")
+        lost = CounterMetricFamily("segq_watchdog_failed", "Jobs failed for losing their messages too often")
         families = {keys.STAT_JOBS: jobs, keys.STAT_FRAMES: frames, keys.STAT_INFERENCE: infer,
-                    keys.STAT_LAST_FPS: fps}
+                    keys.STAT_LAST_FPS: fps, keys.STAT_RESENT: resent, keys.STAT_LOST_FAILED: lost}
+        seen = set()
         for name, value in self.r.hgetall(keys.STATS).items():
             parsed = keys.parse_stat_field(name)
-            if parsed:
+            if parsed and parsed[0] in families:
                 families[parsed[0]].add_metric(list(parsed[1]), float(value))
-        yield from (jobs, frames, infer, fps)
+                seen.add(parsed[0])
+        for metric in (keys.STAT_RESENT, keys.STAT_LOST_FAILED):
+            if metric not in seen:
+                families[metric].add_metric([], 0.0)
+        yield from (jobs, frames, infer, fps, resent, lost)
 
         loads = GaugeMetricFamily("segq_model_load_seconds", "Model load time per live worker",
                                   labels=["worker", "model"])
@@ -76,6 +107,30 @@ class SegqCollector(Collector):
         yield serving
         yield busy
         yield items
+
+
+    def _batches(self):
+        names = sorted(self.r.smembers(keys.ACTIVE_BATCHES))
+        active = GaugeMetricFamily("segq_batches_active", "Batches not finished", value=len(names))
+        jobs = GaugeMetricFamily("segq_batch_jobs", "Jobs of each active batch by state", labels=["batch", "state"])
+        frames = GaugeMetricFamily("segq_batch_frames", "Frames of each active batch", labels=["batch", "which"])
+        batches = BatchStore(self.r, self.settings.job_ttl_seconds)
+        for name in names[:MAX_BATCHES]:
+            try:
+                b = batches.get(name)
+            except BatchNotFound:  # expired meanwhile
+                continue
+            for state, n in b.counts.items():
+                jobs.add_metric([name, state], n)
+            frames.add_metric([name, "done"], b.frames_done)
+            frames.add_metric([name, "total"], b.frames_total)
+        yield active
+        yield jobs
+        yield frames
+
+
+#: Active batches exported one by one, at most (label cardinality); the count covers all.
+MAX_BATCHES = 200
 
 
 def serve(settings: Settings, address: str, port: int) -> None:

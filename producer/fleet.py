@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
-from segq import keys, leases, registry
+from segq import deadletters, keys, leases, registry
 from segq.protocol import model_queue
 from segq.scheduler import Scheduler
 from segq.states import PRIORITIES
@@ -98,9 +98,17 @@ def queue_report(settings: Settings, r: redis.Redis) -> dict:
                           "pending": {p.value: pending.get(name, {}).get(p.value, 0) for p in PRIORITIES}}
                    for name in sorted(set(waiting) | set(unacked) | set(pending))},
         "in_flight": Scheduler(r).in_flight(),
+        "dead_letters": deadletters.count(r),
+        "watchdog": watchdog_counts(r),
         "leases": {"running": sum(lease.running for lease in held), "held": len(held),
                    "of_lost_workers": sum((lease.worker, lease.pid) not in live for lease in held)},
     }
+
+
+def watchdog_counts(r: redis.Redis) -> dict[str, int]:
+    """What the watchdog did (``segq.watchdog``): lost messages sent again, jobs failed for it."""
+    stats = r.hmget(keys.STATS, keys.STAT_RESENT, keys.STAT_LOST_FAILED)
+    return {"resent": int(stats[0] or 0), "gave_up": int(stats[1] or 0)}
 
 
 def local_health(r: redis.Redis, host: str | None = None) -> tuple[bool, str]:

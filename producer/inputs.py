@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from segq import access
+from segq import access, limits
 from segq.batches import identity
 from segq.errors import InputError
 from segq.media import HEAD_BYTES, sniff
@@ -162,9 +162,10 @@ def _directory(path: Path, follow_symlinks: bool) -> Iterator[tuple[Path, Path]]
                 yield entry, resolved
 
 
-def check_explicit(args: list[str], follow_symlinks: bool = False) -> None:
+def check_explicit(args: list[str], follow_symlinks: bool = False, max_bytes: int | None = None) -> None:
     """Refuse, before anything is submitted, what the command line names that cannot be submitted:
-    a missing path, a file that is not an image or video, a directory symlink not to follow."""
+    a missing path, a file that is not an image or video (or larger than ``max_bytes``), a
+    directory symlink not to follow."""
     for arg in args:
         if arg.startswith("s3://"):
             if is_prefix(arg):
@@ -176,7 +177,9 @@ def check_explicit(args: list[str], follow_symlinks: bool = False) -> None:
             if path.is_symlink() and not follow_symlinks:
                 raise InputError(f"{arg}: a symlink to a directory; not followed without --follow-symlinks")
         elif path.is_file():
-            _file(path.resolve(), arg, explicit=True)
+            item = _file(path.resolve(), arg, explicit=True)
+            if max_bytes is not None:
+                limits.check_bytes(item.size, max_bytes, what=arg)
         elif glob.has_magic(arg):
             continue
         elif path.exists():
@@ -235,5 +238,5 @@ def expand(args: list[str], settings=None, storage: Storage | None = None, follo
         from segq.settings import Settings
 
         settings = Settings()
-    check_explicit(args, follow_symlinks)
+    check_explicit(args, follow_symlinks, settings.max_input_bytes)
     return list({i.identity: i for i in iter_inputs(args, settings, storage, follow_symlinks)}.values())

@@ -160,6 +160,7 @@ class RedisServer(Service):
     password: str = ""
     data_dir: Path | None = None
     host: str = LOOPBACK  # the address clients use; the server also listens on loopback
+    replica_of: tuple[str, int] | None = None  # start as a replica of this primary
 
     @property
     def url(self) -> str:
@@ -173,17 +174,103 @@ class RedisServer(Service):
         assert self.data_dir is not None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # The password goes into a config file only its owner reads, never onto the command line
-        # (which every local user sees in `ps`).
+        # (which every local user sees in `ps`). masterauth: so that it can follow a new primary
+        # after a Sentinel failover (every node of a stack shares the password).
         config = self.data_dir / "redis.conf"
-        write_private(config, "\n".join([
+        lines = [
             f"bind {' '.join(dict.fromkeys([LOOPBACK, self.host]))}", f"port {self.port}",
-            f"requirepass {self.password}", f'dir "{self.data_dir}"', "appendonly yes", 'save ""',
-            "maxmemory-policy noeviction", "daemonize no", "protected-mode yes",
-        ]) + "\n")
+            f"requirepass {self.password}", f"masterauth {self.password}", f'dir "{self.data_dir}"',
+            "appendonly yes", 'save ""', "maxmemory-policy noeviction", "daemonize no", "protected-mode yes",
+        ]
+        if self.replica_of:
+            lines.append(f"replicaof {self.replica_of[0]} {self.replica_of[1]}")
+        write_private(config, "\n".join(lines) + "\n")
         self.spawn([redis_binary(), str(config)])
         client = redis.Redis.from_url(self.url)
         _wait(client.ping, f"redis-server on port {self.port}", timeout, self.proc, self.log_path)
         return self
+
+
+@dataclass
+class SentinelServer(Service):
+    """A Redis Sentinel (the same ``redis-server`` binary, ``--sentinel``) monitoring one primary
+    under ``master``, with the stack's password for itself and for the data nodes."""
+
+    port: int = 0
+    password: str = ""
+    data_dir: Path | None = None
+    primary: tuple[str, int] = (LOOPBACK, 0)
+    master: str = "segq"
+    quorum: int = 2
+    down_after_ms: int = 2000
+
+    def start(self, timeout: float = 20.0) -> "SentinelServer":
+        import redis
+
+        self.port = self.port or free_port()
+        assert self.data_dir is not None and self.password
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "sentinel.conf"  # Sentinel rewrites it as it learns the topology
+        write_private(config, "\n".join([
+            f"bind {LOOPBACK}", f"port {self.port}", f'dir "{self.data_dir}"', "daemonize no",
+            f"requirepass {self.password}", f"sentinel sentinel-pass {self.password}",
+            f"sentinel monitor {self.master} {self.primary[0]} {self.primary[1]} {self.quorum}",
+            f"sentinel auth-pass {self.master} {self.password}",
+            f"sentinel down-after-milliseconds {self.master} {self.down_after_ms}",
+            f"sentinel failover-timeout {self.master} 10000", f"sentinel parallel-syncs {self.master} 1",
+        ]) + "\n")
+        self.spawn([redis_binary(), str(config), "--sentinel"])
+        client = redis.Redis(host=LOOPBACK, port=self.port, password=self.password)
+        _wait(client.ping, f"redis sentinel on port {self.port}", timeout, self.proc, self.log_path)
+        return self
+
+
+class SentinelRedis:
+    """A primary, a replica and three Sentinels on loopback: ``url`` is the ``sentinel://`` URL
+    every segq client uses (``segq.connections``). For failover tests and a highly available
+    local stack."""
+
+    def __init__(self, root: Path, master: str = "segq", password: str | None = None):
+        self.root, self.master = root, master
+        self.password = password or secrets.token_hex(16)
+        logs = root / "logs"
+        self.primary = RedisServer("redis-primary", logs / "redis-primary.log", password=self.password,
+                                   data_dir=root / "primary")
+        self.replica: RedisServer | None = None
+        self.sentinels: list[SentinelServer] = []
+
+    def start(self) -> "SentinelRedis":
+        self.primary.start()
+        self.replica = RedisServer("redis-replica", self.root / "logs" / "redis-replica.log", password=self.password,
+                                   data_dir=self.root / "replica",
+                                   replica_of=(LOOPBACK, self.primary.port)).start()
+        self.sentinels = [SentinelServer(f"sentinel{i}", self.root / "logs" / f"sentinel{i}.log",
+                                         password=self.password, data_dir=self.root / f"sentinel{i}",
+                                         primary=(LOOPBACK, self.primary.port), master=self.master).start()
+                          for i in range(3)]
+        return self
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"{LOOPBACK}:{s.port}" for s in self.sentinels)
+        return f"sentinel://:{self.password}@{hosts}/0?master={self.master}"
+
+    def current_primary(self) -> tuple[str, int]:
+        import redis
+
+        for s in self.sentinels:
+            try:
+                host, port = redis.Redis(host=LOOPBACK, port=s.port, password=self.password,
+                                         decode_responses=True).sentinel_get_master_addr_by_name(self.master)
+                return host, int(port)
+            except redis.RedisError:
+                continue
+        raise ServiceUnavailable("no Sentinel answers")
+
+    def stop(self) -> None:
+        for service in [*self.sentinels, self.replica, self.primary]:
+            if service is not None:
+                service.stop()
 
 
 @dataclass

@@ -171,7 +171,7 @@ class BatchStore:
     def get(self, name: str) -> BatchRecord:
         data = self.r.hgetall(keys.batch(name))
         if not data:
-            raise BatchNotFound(f"no batch {name} (unknown name, or it expired)")
+            raise BatchNotFound(f"no batch {name!r} (unknown name, or it expired)")
         return BatchRecord.from_hash({"name": name, **data})
 
     def recent(self, limit: int = 20) -> list[BatchRecord]:

@@ -191,7 +191,7 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord:
         data = self.r.hgetall(keys.job(job_id))
         if not data:
-            raise JobNotFound(f"no job {job_id} (unknown id, or its record expired)")
+            raise JobNotFound(f"no job {job_id!r} (unknown id, or its record expired)")
         return JobRecord.from_hash(data)
 
     def get_many(self, job_ids: Iterable[str]) -> list[JobRecord | None]:

@@ -23,7 +23,10 @@ STAT_JOBS = "jobs"  # labels: state, kind, model
 STAT_FRAMES = "frames"  # labels: model
 STAT_INFERENCE = "inference_s"  # labels: model
 STAT_LAST_FPS = "last_fps"  # labels: kind, model
-_STAT_LABELS = {STAT_JOBS: 3, STAT_FRAMES: 1, STAT_INFERENCE: 1, STAT_LAST_FPS: 2}
+STAT_RESENT = "watchdog_resent"  # no labels: lost messages the watchdog sent again
+STAT_LOST_FAILED = "watchdog_failed"  # no labels: jobs failed for losing their messages too often
+_STAT_LABELS = {STAT_JOBS: 3, STAT_FRAMES: 1, STAT_INFERENCE: 1, STAT_LAST_FPS: 2, STAT_RESENT: 0,
+                STAT_LOST_FAILED: 0}
 
 
 def stat_field(metric: str, *labels: str) -> str:
@@ -42,6 +45,9 @@ def parse_stat_field(name: str) -> tuple[str, tuple[str, ...]] | None:
 
 #: Sorted set of batch names, scored by creation time (``segq batches``).
 BATCHES_INDEX = f"{PREFIX}:batches"
+
+#: Set of the batches not finished yet (the exporter's per-batch gauges read these only).
+ACTIVE_BATCHES = f"{PREFIX}:batches:active"
 
 #: Prefix of every batch's keys; ``segq.lua.lib`` derives them from the same prefix.
 BATCH_PREFIX = f"{PREFIX}:batch:"

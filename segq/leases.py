@@ -21,6 +21,7 @@ messages of dead workers) and rq's started-job registry.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -196,17 +197,24 @@ def _orphans(r: redis.Redis, now: float, age: float) -> list[Reaped]:
     return out
 
 
+@contextlib.contextmanager
+def maintenance(r: redis.Redis, hold_seconds: float = 30.0):
+    """The fleet's maintenance lock: yields True to the one caller that holds it now (which runs
+    the reaper and the watchdog, ``segq.watchdog``), False to the others."""
+    token = f"{os.getpid()}-{time.time()}"
+    held = bool(r.set(keys.REAPER_LOCK, token, nx=True, px=int(hold_seconds * 1000)))
+    try:
+        yield held
+    finally:
+        if held and r.get(keys.REAPER_LOCK) == token:
+            r.delete(keys.REAPER_LOCK)
+
+
 def try_reap(r: redis.Redis, max_losses: int, hold_seconds: float = 30.0, ttl: float | None = None
              ) -> list[Reaped] | None:
     """Run the reaper if no other worker is running it right now (None when it is)."""
-    token = f"{time.time()}"
-    if not r.set(keys.REAPER_LOCK, token, nx=True, px=int(hold_seconds * 1000)):
-        return None
-    try:
-        return reap(r, max_losses, ttl=ttl)
-    finally:
-        if r.get(keys.REAPER_LOCK) == token:
-            r.delete(keys.REAPER_LOCK)
+    with maintenance(r, hold_seconds) as held:
+        return reap(r, max_losses, ttl=ttl) if held else None
 
 
 def unacknowledged(r: redis.Redis) -> int:

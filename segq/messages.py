@@ -39,7 +39,7 @@ def build(app: Celery, name: str, kwargs: dict, task_id: str, queue: str) -> Out
     """The Redis envelope of task ``name`` with ``kwargs``, ``task_id``, for ``queue``."""
     from kombu import serialization
 
-    message = app.amqp.as_task_v2(task_id, name, kwargs=kwargs)
+    message = app.amqp.as_task_v2(task_id, name, kwargs=kwargs, ignore_result=True)  # segq stores no results
     content_type, encoding, data = serialization.dumps(message.body, serializer="json")
     raw = data if isinstance(data, bytes) else data.encode(encoding or "utf-8")
     envelope = {

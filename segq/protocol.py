@@ -166,6 +166,12 @@ def _check_fields(cls, data: Any, ints: tuple[str, ...] = (), bools: tuple[str, 
         raise PayloadError("invalid model name")
 
 
+def chunk_ranges(frames: int, chunk_frames: int) -> list[tuple[int, int]]:
+    """A video's chunks: ``[start, end)`` ranges of ``chunk_frames`` frames; the last one may be
+    shorter. The split step plans them; the watchdog rebuilds a lost chunk's message from them."""
+    return [(s, min(s + chunk_frames, frames)) for s in range(0, frames, max(1, chunk_frames))]
+
+
 def check_video_options(chunk_frames: int, batch_size: int) -> None:
     """PayloadError unless a video's chunk and batch sizes are within the protocol's caps."""
     if not 1 <= chunk_frames <= MAX_CHUNK_FRAMES:

@@ -45,6 +45,7 @@ def _substitutions() -> dict[str, str]:
         "stats": keys.STATS,
         "jobs_index": keys.JOBS_INDEX,
         "batches_index": keys.BATCHES_INDEX,
+        "active_batches": keys.ACTIVE_BATCHES,
     }
 
 

@@ -36,7 +36,7 @@ def _boot(sender=None, **_):
 
     logging.getLogger("workers").setLevel(logging.INFO)
     try:
-        runtime.boot(sender.hostname, Settings.from_env())
+        runtime.boot(sender.hostname, Settings.from_env(), app=sender.app)
     except BaseException as exc:  # noqa: BLE001 (any failure: the process must not serve)
         deterministic = isinstance(exc, SegqError) and not isinstance(exc, ServiceUnavailable)
         log = logging.getLogger("workers.app")

@@ -68,11 +68,13 @@ def worker(gpus, models, queues, name, threads, precision, loglevel):
     from segq.settings import Settings
     from workers import launcher
 
-    procs = launcher.plan(Settings.from_env(), gpus=gpus, models=models, extra_queues=queues, name=name)
+    settings = Settings.from_env()
+    procs = launcher.plan(settings, gpus=gpus, models=models, extra_queues=queues, name=name)
     for p in procs:
         device = f"GPU {p.cuda_visible_devices}" if p.cuda_visible_devices else "CPU"
         click.echo(f"starting {p.hostname} on {device}: models {', '.join(p.models)}", err=True)
-    sys.exit(launcher.run(procs, loglevel=loglevel, threads=threads, precision=precision))
+    sys.exit(launcher.run(procs, loglevel=loglevel, threads=threads, precision=precision,
+                          redis_url=settings.redis_url))
 
 
 @click.command(name="tiny")

@@ -129,21 +129,70 @@ def environment(proc: WorkerProcess, threads: int | None = None, precision: str 
 EXIT_BOOT_FAILED = 78
 
 #: A worker process that dies is started again, up to this many times in RESTART_WINDOW seconds;
-#: past that the launcher stops the others and exits non-zero, for its supervisor to act.
+#: past that the launcher stops the others and exits non-zero, for its supervisor to act. Exits
+#: during a Redis outage do not count (``BrokerWatch``).
 MAX_RESTARTS = 5
 RESTART_WINDOW = 600.0
+#: An exit this soon after Redis was unreachable, restarted or failed over counts as the outage's.
+OUTAGE_GRACE = 60.0
 
 
-def run(procs: list[WorkerProcess], loglevel: str = "info", threads: int | None = None, precision: str | None = None) -> int:
+class BrokerWatch:
+    """What the launcher knows of Redis, checked every few seconds: when it last could not be
+    reached, and when it last changed identity (a restart or a failover gives a new ``run_id``).
+    A worker process that exits within ``OUTAGE_GRACE`` of either exited because of the outage,
+    not because it is broken: it is started again without counting toward the crash-loop limit."""
+
+    def __init__(self, url: str | None, every: float = 2.0, clock=time.monotonic):
+        self.url, self.every, self.clock = url, every, clock
+        self.client = None
+        self.run_id: str | None = None
+        self.last_outage: float | None = None
+        self.checked: float | None = None
+
+    def _connect(self):
+        if self.client is None and self.url:
+            from segq.connections import redis_client
+
+            self.client = redis_client(self.url, patient=False, timeout=1.0)
+        return self.client
+
+    def check(self, force: bool = False) -> None:
+        now = self.clock()
+        if not force and self.checked is not None and now - self.checked < self.every:
+            return
+        self.checked = now
+        client = self._connect()
+        if client is None:
+            return
+        try:
+            run_id = client.info("server").get("run_id")
+        except Exception:  # unreachable, refused, failing over: an outage
+            self.last_outage = now
+            return
+        if self.run_id is not None and run_id != self.run_id:
+            self.last_outage = now  # a restart or a failover
+        self.run_id = run_id
+
+    def outage(self) -> bool:
+        """Whether Redis is, or just was, away (or replaced)."""
+        self.check(force=True)
+        return self.last_outage is not None and self.clock() - self.last_outage < OUTAGE_GRACE
+
+
+def run(procs: list[WorkerProcess], loglevel: str = "info", threads: int | None = None, precision: str | None = None,
+        redis_url: str | None = None) -> int:
     """Start the worker processes and supervise them until a signal.
 
-    A process that dies (killed, out of memory, or Celery giving up after losing Redis: kombu can
-    fail while restoring its messages on a broken connection) is started again in place after a
-    short pause; its lost work comes back through the leases (``segq.leases``). A process that
-    keeps dying (``MAX_RESTARTS`` in ``RESTART_WINDOW`` s) stops the unit with its exit code, for
-    the supervisor (systemd, Kubernetes, Compose) to act; so does one that could not start on its
-    configuration (``EXIT_BOOT_FAILED``: a model that does not load), at once.
+    A process that dies (killed, out of memory) is started again in place after a short pause;
+    its lost work comes back through the leases (``segq.leases``). A process that keeps dying
+    (``MAX_RESTARTS`` in ``RESTART_WINDOW`` s) stops the unit with its exit code, for the
+    supervisor (systemd, Kubernetes, Compose) to act; so does one that could not start on its
+    configuration (``EXIT_BOOT_FAILED``: a model that does not load), at once. Exits during a Redis
+    outage (``redis_url``, watched by ``BrokerWatch``) are restarted without being counted: an
+    outage is the broker's, not the worker's, fault.
     """
+    watch = BrokerWatch(redis_url)
     if threads is None and procs and not procs[0].cuda_visible_devices:
         threads = max(1, (os.cpu_count() or 1) // len(procs))
 
@@ -166,11 +215,19 @@ def run(procs: list[WorkerProcess], loglevel: str = "info", threads: int | None 
     code = 0
     try:
         while True:
+            watch.check()
             for i, child in enumerate(children):
                 if child.poll() is None or stopping:
                     continue
                 now = time.monotonic()
                 restarts[i] = [t for t in restarts[i] if now - t < RESTART_WINDOW]
+                if child.returncode != EXIT_BOOT_FAILED and watch.outage():
+                    print(f"segq worker: {procs[i].hostname} exited with {child.returncode} during a Redis outage; "
+                          f"starting it again (not counted as a crash)", file=sys.stderr, flush=True)
+                    time.sleep(2.0)
+                    if not stopping:
+                        children[i] = spawn(procs[i])
+                    continue
                 if child.returncode == EXIT_BOOT_FAILED:
                     print(f"segq worker: {procs[i].hostname} could not start (its configuration: see the "
                           f"reason above); stopping", file=sys.stderr, flush=True)

@@ -18,7 +18,7 @@ from typing import Callable
 import redis
 
 from segq import leases as leases_mod
-from segq import manifest, registry
+from segq import manifest, registry, watchdog
 from segq.batches import BatchStore
 from segq.connections import redis_client
 from segq.errors import ServiceUnavailable, UnknownModel
@@ -44,6 +44,7 @@ class Runtime:
     registration: WorkerRegistration
     batches: BatchStore | None = None
     scheduler: Scheduler | None = None
+    app: object = None  # the worker's Celery app (builds the messages the watchdog sends again)
     models: dict[str, models_mod.LoadedModel] = field(default_factory=dict)
     stage: ModelStage | None = None
     leases: leases_mod.LeaseBook | None = None
@@ -147,17 +148,30 @@ class Runtime:
                 try:
                     self.registration.publish()
                     self.leases.renew()
-                    self.reap()
+                    self.maintain()
                     self.release()
                 except Exception as exc:  # Redis blip: the next beat retries
                     log.warning("heartbeat failed: %s", exc)
 
         threading.Thread(target=beat, name="segq-heartbeat", daemon=True).start()
 
-    def reap(self) -> None:
-        """Put back the work of dead workers; note it on their jobs."""
-        reaped = leases_mod.try_reap(self.redis, self.settings.max_worker_losses, ttl=self.leases.ttl)
-        for r in reaped or []:
+    def maintain(self) -> None:
+        """The fleet's upkeep, by one worker at a time: the reaper (the work of dead workers back on
+        its queues) and the watchdog (lost messages sent again, ``segq.watchdog``)."""
+        with leases_mod.maintenance(self.redis) as held:
+            if not held:
+                return
+            self._reaped(leases_mod.reap(self.redis, self.settings.max_worker_losses, ttl=self.leases.ttl))
+            if self.app is not None:
+                beat = self.settings.heartbeat_seconds
+                for lost in watchdog.sweep(self.redis, self.store, self.app, min_age=beat, grace=beat,
+                                           max_lost=self.settings.max_worker_losses):
+                    if lost.outcome == "failed":
+                        self.count(registry.JOBS_FAILED)
+
+    def _reaped(self, reaped: list) -> None:
+        """Note what the reaper did on the jobs."""
+        for r in reaped:
             lease = r.lease
             log.info("reaper: lease %s of task %s (worker %s pid %s, %s): %s", lease.tag, lease.task_id,
                      lease.worker, lease.pid, "running" if lease.running else "held", r.outcome)
@@ -236,8 +250,8 @@ def _model_stage(settings: Settings) -> ModelStage:
     return ModelStage(init=this_thread(threads), caller_init=this_thread(share))
 
 
-def boot(hostname: str, settings: Settings | None = None) -> Runtime:
-    """Create this process's runtime and load its models (once)."""
+def boot(hostname: str, settings: Settings | None = None, app=None) -> Runtime:
+    """Create this process's runtime and load its models (once). ``app``: the worker's Celery app."""
     global _runtime
     if _runtime is not None:
         return _runtime
@@ -255,6 +269,7 @@ def boot(hostname: str, settings: Settings | None = None) -> Runtime:
                                         compile=settings.compile, concurrency=settings.worker_concurrency),
         batches=BatchStore(r, settings.job_ttl_seconds),
         scheduler=Scheduler(r),
+        app=app,
     )
     store.on_batch_finished = rt.batch_finished
     rt.leases = leases_mod.LeaseBook(store.r, hostname, ttl=settings.heartbeat_seconds * registry.MISSED_BEATS)

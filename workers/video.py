@@ -137,11 +137,6 @@ def probe(source: IO[bytes] | str | Path, max_frames: int, max_pixels: int) -> V
         )
 
 
-def plan_chunks(frames: int, chunk_frames: int) -> list[tuple[int, int]]:
-    """``[start, end)`` ranges of ``chunk_frames`` frames; the last one may be shorter."""
-    return [(s, min(s + chunk_frames, frames)) for s in range(0, frames, chunk_frames)]
-
-
 def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
     """Apply the display rotation (degrees counter-clockwise) to a decoded frame."""
     k = (rotation // 90) % 4

@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 
 from segq import layout, limits, registry
-from segq.protocol import ASSEMBLE_VIDEO, SEGMENT_CHUNK, SPLIT_VIDEO, VideoJob, assembly_task_id, chunk_task_id
+from segq.protocol import (
+    ASSEMBLE_VIDEO, SEGMENT_CHUNK, SPLIT_VIDEO, VideoJob, assembly_task_id, chunk_ranges, chunk_task_id,
+)
 from segq.storage import S3Object, S3Reader
 from workers import runtime, video
 from workers.chunk_render import ChunkRenderer
@@ -45,7 +47,7 @@ def split_video(ctx: Context) -> dict:
     limits.check_bytes(rt.storage.size(ctx.input), rt.settings.max_input_bytes)
     info = video.probe(S3Reader(rt.storage, ctx.input), rt.settings.max_video_frames, rt.settings.max_image_pixels)
     rt.storage.put_bytes(layout.frames_key(job.job_id), info.to_json(), "application/json")
-    chunks = video.plan_chunks(info.frames, job.chunk_frames)
+    chunks = chunk_ranges(info.frames, job.chunk_frames)
     entries = [ctx.entry(SEGMENT_CHUNK, job.for_chunk(index, start, end), chunk_task_id(job.job_id, job.run, index))
                for index, (start, end) in enumerate(chunks)]
     split_s = time.perf_counter() - t0
@@ -96,7 +98,7 @@ def assemble_video(ctx: Context) -> dict:
     rt.store.count_assembly(job.job_id)  # runs of assembly, for `segq status`
     record = rt.store.get(job.job_id)
     info = _info(rt, job.job_id)
-    chunks = video.plan_chunks(info.frames, job.chunk_frames)
+    chunks = chunk_ranges(info.frames, job.chunk_frames)
     with tempfile.TemporaryDirectory(prefix="segq-assemble-") as tmp:
         parts = [rt.storage.download(layout.part_key(job.job_id, i), Path(tmp) / f"{i:05d}.mp4")
                  for i in range(len(chunks))]

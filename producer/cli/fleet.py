@@ -73,12 +73,65 @@ def queues(as_json):
     if as_json:
         display.print_json(out, report)
         return
-    out.print(f"{'queue':<40} {'waiting':>8} {'unacked':>8}", highlight=False)
+    out.print(f"{'queue':<36} {'waiting':>8} {'unacked':>8}   pending (high/normal/low)", highlight=False)
     for name, n in report["queues"].items():
-        out.print(f"{name:<40} {n['waiting']:>8} {n['unacked']:>8}", highlight=False)
+        p = n["pending"]
+        out.print(f"{name:<36} {n['waiting']:>8} {n['unacked']:>8}   {p['high']}/{p['normal']}/{p['low']}",
+                  highlight=False)
     lease = report["leases"]
-    out.print(f"leases: {lease['running']} running, {lease['held']} held in all, "
-              f"{lease['of_lost_workers']} of lost workers (requeued by the reaper)", highlight=False)
+    out.print(f"in flight: {report['in_flight']} released and not acknowledged; leases: {lease['running']} running, "
+              f"{lease['held']} held in all, {lease['of_lost_workers']} of lost workers (requeued by the reaper)",
+              highlight=False)
+    watchdog = report.get("watchdog", {})
+    if watchdog:
+        out.print(f"watchdog: {watchdog.get('resent', 0)} lost message(s) sent again, "
+                  f"{watchdog.get('gave_up', 0)} job(s) failed for losing them", highlight=False)
+    if report.get("dead_letters"):
+        out.print(f"[yellow]dead letters: {report['dead_letters']}[/] poison message(s) taken off the queues "
+                  f"(segq dead-letters lists them)", highlight=False)
+
+
+@click.command(name="dead-letters")
+@click.option("-n", "--limit", default=20, show_default=True, help="How many, newest first.")
+@click.option("--purge", is_flag=True, help="Empty the dead-letter list (after looking at it).")
+@click.option("--json", "as_json", is_flag=True)
+def dead_letters(limit, purge, as_json):
+    """Poison messages taken off the queues: not JSON, not a segq task, a payload that does not
+    parse. Each is listed with when, its queue, why, its size and a SHA-256 of its bytes (the
+    bytes themselves are never printed). The workers acknowledged them and went on serving.
+
+    \b
+    Examples:
+      segq dead-letters
+      segq dead-letters --json | jq -r '.[].reason' | sort | uniq -c
+      segq dead-letters --purge
+    """
+    from segq import deadletters
+
+    client = _client()
+    with client._redis():
+        if purge:
+            n = deadletters.purge(client.r)
+            err.print(f"purged {n} dead letter(s)")
+            return
+        letters = deadletters.recent(client.r, limit)
+        total = deadletters.count(client.r)
+    if as_json:
+        display.print_json(out, [d.to_dict() for d in letters])
+        return
+    if not letters:
+        err.print("no dead letters")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("when", "queue", "reason", "bytes", "sha256"):
+        table.add_column(col)
+    for d in letters:
+        table.add_row(display.when(d.at), display.plain(d.queue), display.plain(d.reason), str(d.size), d.sha256[:16])
+    out.print(table)
+    if total > len(letters):
+        err.print(f"{len(letters)} of {total} shown (-n for more)")
 
 
 @click.command()
@@ -122,4 +175,4 @@ def exporter(address, port):
     serve(Settings.from_env(), address, port)
 
 
-COMMANDS = (workers, queues, health, exporter)
+COMMANDS = (workers, queues, dead_letters, health, exporter)

@@ -41,7 +41,7 @@ def _split(refs) -> tuple[list[str], list[str]]:
 @click.option("-b", "--batch", "batch", metavar="NAME",
               help="Name of the batch (default: a new generated name). Submitting to an existing batch adds only "
                    "the inputs it does not hold yet: run the same command again to resume.")
-@click.option("-p", "--priority", type=click.Choice(PRIORITIES), default="normal", show_default=True,
+@click.option("-p", "--priority", type=click.Choice([p.value for p in PRIORITIES]), default="normal", show_default=True,
               help="Workers take high before normal before low work; low runs only when no normal work waits.")
 @click.option("--chunk-frames", type=click.IntRange(1, MAX_CHUNK_FRAMES), default=DEFAULT_CHUNK_FRAMES,
               show_default=True, help="Videos: frames per chunk; chunks run on any worker in parallel.")
@@ -109,8 +109,8 @@ def submit(paths, task, model, batch, priority, chunk_frames, batch_size, annota
     if len(report.refused) > 20:
         err.print(f"[red]refused:[/] and {len(report.refused) - 20} more", highlight=False)
     if wait_:
-        [batch_record] = wait_batches_with_progress(client, [report.batch], timeout, quiet=as_json)
-        finish_batches(client, [batch_record], as_json)
+        wait_batches_with_progress(client, [report.batch], timeout, quiet=as_json)
+        finish(list(client.batch_jobs(report.batch)), as_json)
     elif as_json:
         display.print_json(out, {**report.to_dict(), "jobs": ids})
     if report.refused:

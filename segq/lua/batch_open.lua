@@ -22,4 +22,5 @@ redis.call('HSET', bkey, 'name', name, 'task', task, 'model', model, 'priority',
            'sealed', '0', 'jobs', 0, 'queued', 0, 'running', 0, 'done', 0, 'failed', 0, 'canceled', 0,
            'frames_total', 0, 'frames_done', 0)
 redis.call('ZADD', '$batches_index', now, name)
+redis.call('SADD', '$active_batches', name)
 return {1, 0}

@@ -93,6 +93,7 @@ local function maybe_finish_batch(batch, now, ttl)
   local b = redis.call('HMGET', bkey, 'queued', 'running', 'sealed', 'finished_at')
   if b[3] ~= '1' or num(b[1]) > 0 or num(b[2]) > 0 or b[4] then return 0 end
   redis.call('HSET', bkey, 'finished_at', now)
+  redis.call('SREM', '$active_batches', batch)
   for _, key in ipairs({bkey, batch_jobs_key(batch), batch_inputs_key(batch), pending_key(batch)}) do
     redis.call('EXPIRE', key, ttl)
   end
@@ -117,6 +118,7 @@ end
 local function reopen_batch(batch)
   local bkey = batch_key(batch)
   redis.call('HDEL', bkey, 'finished_at', 'manifest_at')
+  redis.call('SADD', '$active_batches', batch)
   for _, key in ipairs({bkey, batch_jobs_key(batch), batch_inputs_key(batch), pending_key(batch)}) do
     redis.call('PERSIST', key)
   end

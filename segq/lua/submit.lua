@@ -28,7 +28,7 @@ for i, job in ipairs(jobs) do
     redis.call('HSET', key, unpack(flat))
     redis.call('EXPIRE', key, ttl)
     redis.call('RPUSH', batch_jobs_key(batch), job.id)
-    redis.call('ZADD', '$jobs_index', now, job.id)
+    redis.call('ZADD', '$jobs_index', tonumber(job.record.created_at) or now, job.id)
     table.insert(entries, job.entry)
     added = added + 1
     if job.record.kind == 'image' then frames = frames + 1 end

@@ -51,6 +51,8 @@ def test_exporter_counts_jobs_frames_and_queues(client, worker, tmp_path):
         assert after[failed_key] - before.get(failed_key, 0) == 1
         assert after[frames_key] - before.get(frames_key, 0) == 2
         assert after[("segq_queue_depth", (("queue", "segq.model.coco-panoptic"),))] == 0
+        assert after[("segq_pending_tasks", (("model", "coco-panoptic"), ("priority", "normal")))] == 0
+        assert ("segq_in_flight_tasks", ()) in after and ("segq_batches_active", ()) in after
         assert after[("segq_workers", (("model", "coco-panoptic"),))] >= 1
         assert after[("segq_model_load_seconds", (("model", "coco-panoptic"), ("worker", worker)))] > 0
         assert after[("segq_job_fps", (("kind", "image"), ("model", "coco-panoptic")))] > 0
@@ -78,21 +80,21 @@ def test_health_fails_when_redis_is_unreachable(worker):
     assert result.returncode == 1 and "redis unreachable" in result.stderr
 
 
-def test_queue_depth_counts_waiting_messages(client, redis_client):
-    """A model no worker serves: its jobs wait, and `segq queues` counts them."""
-    from segq.jobs import JobRecord, new_job_id
-    from segq.protocol import SEGMENT_IMAGE, model_queue
+def test_work_for_a_model_no_worker_serves_waits_pending_and_queues_counts_it(client, stack_env, tmp_path):
+    """A model no live worker serves: its jobs are not released into its queue (no slot would take
+    them) but wait in their batch, and `segq queues` counts them by priority."""
+    import json
 
-    queue = model_queue("nobody-serves-this")
-    for _ in range(3):
-        job_id = new_job_id()
-        client.store.create(JobRecord(id=job_id, kind="image", task="semantic", model="nobody-serves-this",
-                                      input="s3://segq/x"))
-        client.celery.send_task(SEGMENT_IMAGE, kwargs={"job_id": job_id}, queue=queue, task_id=job_id)
-    try:
-        import json
-
-        report = json.loads(segq("queues", "--json").stdout)
-        assert report["queues"][queue] == {"waiting": 3, "unacked": 0}
-    finally:
-        redis_client.delete(queue)
+    env = {"SEGQ_MODELS": stack_env["SEGQ_MODELS"] + ",lonely=" + stack_env["SEGQ_MODELS"].split(",")[0].split("=")[1]}
+    srcs = [str(photo(tmp_path / f"l{i}.png", (40, 30), seed=i)) for i in range(3)]
+    result = segq("submit", *srcs, "--task", "semantic", "--model", "lonely", "--priority", "low",
+                  "--batch", "lonely-1", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "no live worker serves model 'lonely'" in result.stderr
+    report = json.loads(segq("queues", "--json", env=env).stdout)
+    assert report["queues"]["segq.model.lonely"] == {"waiting": 0, "unacked": 0,
+                                                     "pending": {"high": 0, "normal": 0, "low": 3}}
+    result = segq("cancel", "lonely-1", env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(segq("queues", "--json", env=env).stdout)
+    assert report["queues"]["segq.model.lonely"]["pending"]["low"] == 0

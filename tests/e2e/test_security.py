@@ -20,6 +20,7 @@ from segq.storage import S3Object
 
 from support.cli import segq
 from support.media import photo
+from support.fleet import lone_record
 
 pytestmark = pytest.mark.e2e
 
@@ -138,7 +139,7 @@ def test_a_hand_made_message_naming_a_forbidden_key_fails_without_reading_it(cli
     client.storage.put_bytes(layout.frames_key(other), secret, "application/json")
     job_id = new_job_id()
     key = layout.frames_key(other)
-    client.store.create(JobRecord(id=job_id, kind="image", task="semantic", model="ade-semantic",
+    lone_record(client.r, JobRecord(id=job_id, kind="image", task="semantic", model="ade-semantic",
                                   input=f"s3://{client.settings.s3_bucket}/{key}"))
     client.celery.send_task(SEGMENT_IMAGE, kwargs={
         "job_id": job_id, "task": "semantic", "model": "ade-semantic",

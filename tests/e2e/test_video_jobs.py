@@ -15,6 +15,7 @@ from segq import layout
 from segq.protocol import SEGMENT_CHUNK, VideoJob, model_queue
 from segq.settings import Settings
 
+from support.fleet import wait_handled
 from support.media import audio_only, video
 from support.reference import assert_matches
 from support.storage import fetch
@@ -91,14 +92,11 @@ def test_a_chunk_delivered_twice_neither_assembles_twice_nor_corrupts_the_output
     bucket, key = job.input.removeprefix("s3://").split("/", 1)
     base = VideoJob(job_id=job.id, task="instance", model=job.model, input_bucket=bucket, input_key=key,
                     chunk_frames=10, batch_size=3)
-    duplicates = [
+    for n, (i, s, e) in enumerate([(0, 0, 10), (0, 0, 10), (4, 40, 45)]):
         client.celery.send_task(SEGMENT_CHUNK, kwargs=base.for_chunk(i, s, e).to_message(),
                                 queue=model_queue(job.model), task_id=f"{job.id}-dup{n}")
-        for n, (i, s, e) in enumerate([(0, 0, 10), (0, 0, 10), (4, 40, 45)])
-    ]
     [done] = client.wait([job.id], timeout=300)
-    for d in duplicates:
-        d.get(timeout=120)  # every duplicate ran (or was skipped) without error
+    wait_handled(client.r, {f"{job.id}-dup{n}" for n in range(3)})  # every duplicate ran (or was skipped)
     assert done.state == "done", done.error
     assert done.assemblies == 1
     assert (done.frames_done, done.chunks_done, done.chunks_total) == (45, 5, 5)

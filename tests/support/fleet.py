@@ -19,3 +19,42 @@ def workers_of_a_mixed_batch(client, tmp_path) -> tuple[set[str], list[str], str
     records = client.wait([j.id for j in images] + [clip.id], timeout=300)
     assert all(r.state == "done" for r in records), [r.error for r in records]
     return {r.worker for r in records[:-1]} | chunk_workers(client, clip.id), [j.id for j in images], clip.id
+
+
+def queued_or_held(r, task_ids: set[str]) -> set[str]:
+    """Which of ``task_ids`` still have a message in a model queue or held unacknowledged."""
+    import json
+
+    from segq import keys, messages
+
+    found = set()
+    for queue in r.scan_iter(match="segq.model.*"):
+        for raw in r.lrange(queue, 0, -1):
+            task = messages.task_of(raw)
+            if task and task[1] in task_ids:
+                found.add(task[1])
+    for raw in r.hvals(keys.KOMBU_UNACKED):
+        try:
+            found |= {json.loads(raw)[0]["headers"]["id"]} & task_ids
+        except (ValueError, KeyError, IndexError, TypeError):
+            pass
+    return found
+
+
+def wait_handled(r, task_ids, timeout: float = 120.0) -> None:
+    """Block until the messages of ``task_ids`` (sent by hand, with no result backend to ask) were
+    taken and acknowledged by a worker: in no queue and held by none."""
+    import time
+
+    ids, deadline = set(task_ids), time.monotonic() + timeout
+    while queued_or_held(r, ids):
+        assert time.monotonic() < deadline, f"messages not handled in {timeout:g}s: {queued_or_held(r, ids)}"
+        time.sleep(0.1)
+
+
+def lone_record(r, record, ttl: int = 3600) -> None:
+    """A job record with no batch and no message, as a hand-made message's job would have."""
+    from segq import keys
+
+    r.hset(keys.job(record.id), mapping=record.to_hash())
+    r.expire(keys.job(record.id), ttl)

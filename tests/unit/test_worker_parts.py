@@ -12,7 +12,7 @@ from segq.errors import UsageError
 from segq.settings import Settings
 from workers import launcher, labels, render
 from workers.prediction import Prediction, Segment, semantic_segments, with_stats
-from workers.video import plan_chunks
+from segq.protocol import chunk_ranges as plan_chunks
 
 
 def test_the_launcher_pins_one_process_per_gpu_with_its_models_queues():

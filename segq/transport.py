@@ -1,0 +1,108 @@
+"""segq's kombu transport: kombu's Redis transport, made to survive what it pops.
+
+kombu's Redis channel parses every item it pops from a queue as a JSON envelope, and an item that
+is not one (a stray ``LPUSH``, a buggy client, a message of another system) raises inside the
+consumer, which Celery treats as unrecoverable: the worker process dies, and a handful of such
+items take a fleet down. A Celery worker would also run any task it knows that a message names,
+its built-in ``celery.*`` tasks included.
+
+So a segq worker consumes through :class:`Transport` (``celery_config`` sets
+``broker_transport``; :class:`SentinelTransport` for ``sentinel://``), whose channel inspects each
+popped item before kombu delivers it (:func:`problem`): not JSON, not a kombu envelope, a body
+that is not a Celery protocol-2 JSON body, or a task name outside ``segq.protocol.TASK_NAMES``.
+Such an item goes to the dead-letter list (``segq.deadletters``) with the reason, and is never
+delivered; since it was never recorded as unacknowledged, it is thereby acknowledged, and the
+process goes on serving. Payloads that are valid envelopes of segq tasks but do not parse are the
+task skeleton's to refuse (it fails their job, if they name one, and dead-letters them too).
+
+Everything else is kombu's own code path: the copy of ``_brpop_read`` below differs from kombu's
+only in the inspection (``tests/unit/test_transport.py`` runs both against a real Redis).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from queue import Empty
+
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+
+from segq import deadletters
+from segq.protocol import TASK_NAMES
+
+
+def problem(raw: str) -> tuple[dict | None, str | None]:
+    """``(envelope, None)`` for a popped item a segq worker may take, else ``(None, why not)``."""
+    try:
+        envelope = json.loads(raw)
+    except ValueError:
+        return None, "not JSON"
+    if not isinstance(envelope, dict):
+        return None, "not a message envelope (a JSON object)"
+    headers, properties = envelope.get("headers"), envelope.get("properties")
+    if not isinstance(headers, dict) or not isinstance(properties, dict):
+        return None, "not a message envelope (no headers or properties)"
+    if not isinstance(properties.get("delivery_tag"), str) or not isinstance(properties.get("delivery_info"), dict):
+        return None, "not a message envelope (no delivery tag or delivery info)"
+    task = headers.get("task")
+    if not isinstance(task, str) or not isinstance(headers.get("id"), str):
+        return None, "not a Celery task message (no task name or id)"
+    if task not in TASK_NAMES:
+        return None, f"task {task[:80]!r} is not a segq task"
+    body = envelope.get("body")
+    try:
+        if properties.get("body_encoding") == "base64":
+            body = base64.b64decode(body, validate=True)
+        args, kwargs, _embed = json.loads(body)
+    except (ValueError, TypeError):
+        return None, "the body is not a Celery JSON body ([args, kwargs, embed])"
+    if envelope.get("content-type") != "application/json":
+        return None, "the body is not JSON (content-type)"
+    if args or not isinstance(kwargs, dict):
+        return None, "segq tasks take keyword arguments only"
+    return envelope, None
+
+
+class _Inspecting:
+    """The channel part: inspect each popped item (module docstring)."""
+
+    def _brpop_read(self, **options):
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                # if there's a ConnectionError, disconnect so the next iteration will reconnect
+                self.client.connection.disconnect()
+                raise
+            if not dest__item:
+                raise Empty()
+            dest, item = dest__item
+            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            raw = bytes_to_str(item)
+            envelope, why = problem(raw)
+            if why is not None:
+                deadletters.add(self.client, dest, raw, why)
+                raise Empty()
+            self.connection._deliver(envelope, dest)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+
+class Channel(_Inspecting, kombu_redis.Channel):
+    pass
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+
+class SentinelChannel(_Inspecting, kombu_redis.SentinelChannel):
+    pass
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
