@@ -15,7 +15,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from producer.display import redact
+from rich.markup import escape
+
+from producer.display import redact, safe
 
 from segq.protocol import TASKS
 from segq.settings import Settings
@@ -69,7 +71,7 @@ def run_demo(data_dir: Path, out_dir: Path, *, offline: bool, keep: bool, out: C
                       highlight=False)
             if rec.state != "done":
                 failed += 1
-                out.print(f"  error: {rec.error}", highlight=False)
+                out.print(f"  error: {escape(safe(rec.error))}", highlight=False)
                 continue
             for key in rec.outputs:
                 out.print(f"  s3://{stack.s3.bucket}/{key}", highlight=False)

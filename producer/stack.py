@@ -396,10 +396,12 @@ class FlowerService(Service):
 
         self.port = self.port or free_port()
         # Secrets by environment, never on the command line (`ps` shows it to every local user):
-        # Celery reads the broker from CELERY_BROKER_URL, Flower its options from FLOWER_*.
-        argv = [sys.executable, "-m", "celery", "flower",
+        # the app (producer.flower_app) reads SEGQ_REDIS_URL as every segq client does (Sentinel
+        # included), Flower its options from FLOWER_*.
+        argv = [sys.executable, "-m", "celery", "-A", "producer.flower_app", "flower",
                 f"--address={LOOPBACK}", f"--port={self.port}", "--persistent=False"]
-        env = {**env, "CELERY_BROKER_URL": redis_url}
+        env = {**env, "SEGQ_REDIS_URL": redis_url}
+        env.pop("CELERY_BROKER_URL", None)
         env.pop("FLOWER_BASIC_AUTH", None)
         if basic_auth:
             env["FLOWER_BASIC_AUTH"] = basic_auth
@@ -435,8 +437,11 @@ class LocalStack:
         self.flower = FlowerService("flower", logs / "flower.log")
 
     def env(self) -> dict[str, str]:
-        """The variables that point segq (CLI, workers, Python API) at this stack."""
+        """The variables that point segq (CLI, workers, Python API) at this stack (and Flower's
+        credentials, when it has them: the env file is its owner's alone)."""
         env = {"SEGQ_REDIS_URL": self.redis.url, **self.s3.env()}
+        if self.with_flower and self.flower_auth:
+            env["FLOWER_BASIC_AUTH"] = self.flower_auth
         if self.with_flower and self.flower.port:
             env["SEGQ_FLOWER_URL"] = self.flower.url
         if self.models:

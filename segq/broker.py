@@ -17,6 +17,8 @@ register their tasks on it. Reliability settings for long GPU tasks:
 - no result backend: the job record (``segq.jobs``) holds what a task's result would, and a
   stored result per task would cost Redis memory per job for nothing (``task_ignore_result``).
 - task events on, so Flower sees every task (arguments and outcomes come with the events).
+- ``segq.transport``: a popped item that is not a segq task message goes to the dead-letter list
+  instead of killing the worker process.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def celery_config(settings: Settings) -> dict:
     }
     conf = {
         "broker_url": broker_url,
+        # kombu's Redis transport, made to dead-letter what it cannot deliver (segq.transport)
+        "broker_transport": "segq.transport:SentinelTransport" if sentinel else "segq.transport:Transport",
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         # Keep reconnecting while Redis is away (a restart, a failover) instead of giving up.

@@ -213,6 +213,11 @@ class Settings:
         "tasks a worker process runs at once (threads: one fetching and decoding, one in the model, one "
         "rendering and uploading); every forward pass still runs on the process's one model thread",
         parse=_parse_int, side="worker")
+    worker_pixel_budget: int = setting(
+        "SEGQ_WORKER_PIXEL_BUDGET", 0,
+        "pixels a worker process's tasks may hold at once (an image its width x height, a video chunk the "
+        "frames it holds); a task that does not fit waits for room; 0: `SEGQ_MAX_IMAGE_PIXELS` (the largest "
+        "image runs alone)", parse=_parse_count, side="worker")
     precision: str = setting(
         "SEGQ_PRECISION", "auto", "worker precision: `auto` (fp16 on CUDA, fp32 on CPU), `fp32`, `fp16`, `bf16`",
         parse=_choice(PRECISIONS), side="worker")

@@ -15,8 +15,17 @@ delivered; since it was never recorded as unacknowledged, it is thereby acknowle
 process goes on serving. Payloads that are valid envelopes of segq tasks but do not parse are the
 task skeleton's to refuse (it fails their job, if they name one, and dead-letters them too).
 
+It also mends, at its source, why a Redis restart used to kill a worker process: when the broker
+connection breaks, Celery closes it and kombu's channel, closing, restores its unacknowledged
+messages through a client it builds from a connection that is already gone, and fails with an
+``AttributeError`` (``'NoneType' object has no attribute 'hostname'``), which Celery cannot
+ignore and which ends the process. Here building a client without a connection raises the
+connection error it is, Celery ignores it as it ignores every error of a broken connection, and
+reconnects; the messages stay unacknowledged in Redis, where segq's leases and their orphan
+sweep put them back (``segq.leases``).
+
 Everything else is kombu's own code path: the copy of ``_brpop_read`` below differs from kombu's
-only in the inspection (``tests/unit/test_transport.py`` runs both against a real Redis).
+only in the inspection (``tests/unit/test_transport.py`` runs it against a real Redis).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import base64
 import json
 from queue import Empty
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 
@@ -65,7 +75,13 @@ def problem(raw: str) -> tuple[dict | None, str | None]:
 
 
 class _Inspecting:
-    """The channel part: inspect each popped item (module docstring)."""
+    """The channel part: inspect each popped item; no client from a closed connection (module
+    docstring)."""
+
+    def _connparams(self, asynchronous=False):
+        if self.connection is None or self.connection.client is None:
+            raise redis.ConnectionError("the broker connection is closed")
+        return super()._connparams(asynchronous=asynchronous)
 
     def _brpop_read(self, **options):
         try:

@@ -6,8 +6,9 @@ thread of its own (``add_all``, ``workers.pipeline.Ahead``), and keeps the model
 - every ``batch_size`` frames it preprocesses the batch and submits it to the model stage
   (``workers.pipeline.ModelStage``, the worker's one thread for forward passes), and keeps one
   batch in the stage while it post-processes the one before (``ahead``);
-- post-processing (per frame) runs in the task's thread; it keeps the label map and segment
-  list of every frame for the chunk's label archive;
+- post-processing (per frame) runs in the task's thread; each frame's label map goes straight
+  to the chunk's label archive (:class:`LabelArchive`: spooled to a temporary file, so a chunk
+  holds no more than a few frames in memory, however many it has), its segment list is kept;
 - rendering each overlay (with the inference FPS written on it if asked, as the article's script
   does) and handing it to the part encoder (``write``) run behind, on an encode thread of their
   own (``workers.pipeline.Behind``), in frame order.
@@ -28,7 +29,9 @@ from __future__ import annotations
 import collections
 import io
 import json
+import tempfile
 import time
+import zipfile
 from typing import Callable, Iterable
 
 import numpy as np
@@ -37,6 +40,47 @@ from PIL import Image
 from workers import inference, render, video
 from workers.models import LoadedModel
 from workers.pipeline import Ahead, Behind, InlineStage, ModelStage
+
+
+class LabelArchive:
+    """A chunk's label maps, written as they come, then packed into the ``.npz`` of the layout
+    (``labels`` (frames, H, W), ``frames``, ``segments``): the maps are spooled, raw, to a
+    temporary file (the ``.npy`` header needs the count, known only at the end), and copied into the
+    compressed archive a block at a time, so memory holds one frame, never the chunk."""
+
+    BLOCK = 8 * 1024 * 1024
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        self.shape: tuple[int, int] | None = None
+        self.count = 0
+        self._spool = tempfile.TemporaryFile(prefix="segq-labels-")
+
+    def add(self, label_map: np.ndarray) -> None:
+        if self.shape is None:
+            self.shape = tuple(label_map.shape)
+        elif tuple(label_map.shape) != self.shape:
+            raise ValueError(f"label maps of one chunk differ in size: {label_map.shape} after {self.shape}")
+        self._spool.write(np.ascontiguousarray(label_map, dtype=self.dtype).tobytes())
+        self.count += 1
+
+    def write(self, target, frames: np.ndarray, segments: list) -> None:
+        """Pack the archive into ``target`` (a path or a binary file)."""
+        h, w = self.shape or (0, 0)
+        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            with zf.open("labels.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_2_0(
+                    f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                        "shape": (self.count, h, w)})
+                self._spool.seek(0)
+                while block := self._spool.read(self.BLOCK):
+                    f.write(block)
+            for name, array in (("frames", frames), ("segments", np.array(json.dumps(segments)))):
+                with zf.open(f"{name}.npy", "w") as f:
+                    np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)
+
+    def close(self) -> None:
+        self._spool.close()
 
 
 class ChunkRenderer:
@@ -50,7 +94,7 @@ class ChunkRenderer:
         self.stage = stage if stage is not None else InlineStage()
         self.ahead = ahead
         self.dtype = render.label_map_dtype(model.max_label_value)
-        self.labels: list[np.ndarray] = []
+        self.labels = LabelArchive(self.dtype)
         self.segments: list[list[dict]] = []
         self.inference_s = 0.0  # preprocessing + forward passes + post-processing, no waiting
         self._batch: list[np.ndarray] = []
@@ -91,7 +135,7 @@ class ChunkRenderer:
         if self.device_blend:
             inference.render_on_device(self.model, preds, frames)
         for rgb, pred in zip(frames, preds):
-            self.labels.append(pred.label_map.astype(self.dtype))
+            self.labels.add(pred.label_map)
             self.segments.append([render.segment_entry(s, pred.task, self.model.labels) for s in pred.segments])
             self._encode.put((rgb, pred, fps))
 
@@ -109,14 +153,17 @@ class ChunkRenderer:
         while self._pending:
             self._finish(*self._pending.popleft())
 
-    def archive(self, start: int, end: int) -> bytes:
-        """The chunk's label archive (``.npz``): ``labels`` (frames, H, W), ``frames``, ``segments``.
-        Every overlay has been written when it returns."""
+    def archive(self, start: int, end: int, target=None) -> bytes | None:
+        """The chunk's label archive (``.npz``): ``labels`` (frames, H, W), ``frames``, ``segments``,
+        written to ``target`` (a path or binary file), or returned as bytes without one. Every
+        overlay has been written when it returns."""
         self.flush()
         self._encode.close()
+        if target is not None:
+            self.labels.write(target, np.arange(start, end), self.segments)
+            return None
         buf = io.BytesIO()
-        np.savez_compressed(buf, labels=np.stack(self.labels), frames=np.arange(start, end),
-                            segments=np.array(json.dumps(self.segments)))
+        self.labels.write(buf, np.arange(start, end), self.segments)
         return buf.getvalue()
 
     def abort(self) -> None:
@@ -131,3 +178,4 @@ class ChunkRenderer:
 
     def __exit__(self, *_) -> None:
         self.abort()  # after archive() a no-op; on an error it stops the encode thread first
+        self.labels.close()

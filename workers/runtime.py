@@ -28,6 +28,7 @@ from segq.scheduler import Scheduler, slots
 from segq.settings import Settings
 from segq.storage import Storage
 from workers import device as device_mod
+from workers.budget import PixelBudget
 from workers import models as models_mod
 from workers.pipeline import ModelStage
 
@@ -45,6 +46,7 @@ class Runtime:
     batches: BatchStore | None = None
     scheduler: Scheduler | None = None
     app: object = None  # the worker's Celery app (builds the messages the watchdog sends again)
+    budget: PixelBudget = field(default_factory=lambda: PixelBudget(1))  # pixels its tasks hold at once
     models: dict[str, models_mod.LoadedModel] = field(default_factory=dict)
     stage: ModelStage | None = None
     leases: leases_mod.LeaseBook | None = None
@@ -270,6 +272,7 @@ def boot(hostname: str, settings: Settings | None = None, app=None) -> Runtime:
         batches=BatchStore(r, settings.job_ttl_seconds),
         scheduler=Scheduler(r),
         app=app,
+        budget=PixelBudget(settings.worker_pixel_budget or settings.max_image_pixels),
     )
     store.on_batch_finished = rt.batch_finished
     rt.leases = leases_mod.LeaseBook(store.r, hostname, ttl=settings.heartbeat_seconds * registry.MISSED_BEATS)

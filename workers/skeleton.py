@@ -32,6 +32,7 @@ The task then raises ``JobFailure``, so Flower shows it as failed too.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -42,7 +43,7 @@ import redis
 from celery import Task, shared_task
 from celery.exceptions import Retry
 
-from segq import keys, messages, registry
+from segq import deadletters, keys, messages, registry
 from segq.access import require_input
 from segq.errors import InputError, ObjectNotFound, ServiceUnavailable, UsageError
 from segq.protocol import ImageJob, PayloadError, VideoJob, model_queue, valid_job_id
@@ -82,11 +83,18 @@ def fail(rt: Runtime, job_id: str, message: str) -> JobFailure:
     return JobFailure(message)
 
 
-def parse(rt: Runtime, payload: dict, parser: Callable[[dict], Any]):
-    """Parse a payload; a malformed one fails its job (if it names a real one)."""
+def parse(task: Task, rt: Runtime, payload: dict, parser: Callable[[dict], Any]):
+    """Parse a payload; a malformed one is dead-lettered with the reason (``segq.deadletters``)
+    and fails its job, if it names a real one."""
     try:
         return parser(payload)
     except PayloadError as exc:
+        queue = (task.request.delivery_info or {}).get("routing_key", "") if task.request else ""
+        try:
+            raw = json.dumps(payload, default=str)
+        except (TypeError, ValueError):
+            raw = repr(payload)
+        deadletters.add(rt.redis, queue, raw, f"payload does not parse: {exc}", task_id=task.request.id or "")
         job_id = payload.get("job_id") if isinstance(payload.get("job_id"), str) else ""
         if job_id and valid_job_id(job_id) and rt.store.exists(job_id):
             raise fail(rt, job_id, f"invalid request: {exc}") from None
@@ -212,7 +220,7 @@ def job_task(name: str, parser: Callable[[dict], Any], *, starts_job: bool):
     def decorate(body: Callable[[Context], dict]):
         def run(self: Task, **payload) -> dict:
             rt = runtime.get()
-            job = parse(rt, payload, parser)
+            job = parse(self, rt, payload, parser)
             reason = skip_reason(rt, job.job_id, starts_job)
             if reason:
                 return {"job_id": job.job_id, "skipped": reason}

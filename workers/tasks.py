@@ -17,7 +17,7 @@ import numpy as np
 from segq import layout, registry
 from segq.protocol import SEGMENT_IMAGE, ImageJob
 from workers import inference, pipeline, render
-from workers.decode import decode_image
+from workers.decode import load, open_image
 from workers.skeleton import Context, job_task
 
 
@@ -27,7 +27,14 @@ def segment_image(ctx: Context) -> dict:
     t0 = time.perf_counter()
     model = rt.model(job.model)
     data = rt.storage.get_bytes(ctx.input, max_bytes=rt.settings.max_input_bytes)
-    image = decode_image(data, rt.settings.max_image_pixels)
+    header = open_image(data, rt.settings.max_image_pixels)
+    # The worker's memory budget: a large image waits for room instead of running beside others.
+    with rt.budget.hold(header.width * header.height):
+        return _segment(ctx, model, load(header, rt.settings.max_image_pixels), t0)
+
+
+def _segment(ctx: Context, model, image, t0: float) -> dict:
+    rt, job = ctx.rt, ctx.job
     on_device = inference.blends_on_device(model)
     timed = pipeline.predict(rt.stage, model, [image], job.task, keep_on_device=on_device)
     pred = timed.predictions[0]

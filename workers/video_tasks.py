@@ -29,6 +29,7 @@ from segq.protocol import (
 )
 from segq.storage import S3Object, S3Reader
 from workers import runtime, video
+from workers.budget import chunk_pixels
 from workers.chunk_render import ChunkRenderer
 from workers.skeleton import Context, check_canceled, job_task
 
@@ -66,19 +67,21 @@ def segment_chunk(ctx: Context) -> dict:
     model = rt.model(job.model)
     info = _info(rt, job.job_id)
     reader = S3Reader(rt.storage, ctx.input, block_size=256 * 1024)
-    with tempfile.TemporaryDirectory(prefix="segq-chunk-") as tmp:
-        part = Path(tmp) / "part.mp4"
+    # The worker's memory budget: the frames this chunk holds at once (workers.budget).
+    with rt.budget.hold(chunk_pixels(info.width, info.height, job.batch_size)), \
+            tempfile.TemporaryDirectory(prefix="segq-chunk-") as tmp:
+        part, labels = Path(tmp) / "part.mp4", Path(tmp) / "labels.npz"
         encoder = video.PartEncoder(part, info.fps)
         # Frames decoded ahead, the model on the worker's model stage, overlays rendered and
         # encoded behind, each in a thread of its own (workers.chunk_render); errors surface here.
         with ChunkRenderer(model, job.task, job.batch_size, encoder.write, annotate_fps=job.annotate_fps,
                            stage=rt.stage, check=lambda: check_canceled(rt, job.job_id)) as renderer:
             renderer.add_all(video.decode_range(reader, info, job.start, job.end))
-            archive = renderer.archive(job.start, job.end)
+            renderer.archive(job.start, job.end, target=labels)
         frames = encoder.close()
-        rt.storage.put_bytes(layout.part_key(job.job_id, job.chunk), part.read_bytes(), "video/mp4")
-    rt.storage.put_bytes(layout.output_key(job.job_id, layout.chunk_labels_name(job.chunk)), archive,
-                         "application/x-npz")
+        rt.storage.put_file(part, layout.part_key(job.job_id, job.chunk), "video/mp4")
+        rt.storage.put_file(labels, layout.output_key(job.job_id, layout.chunk_labels_name(job.chunk)),
+                            "application/x-npz")
     inference_s = renderer.inference_s
     chunk_info = {
         "chunk": job.chunk, "start": job.start, "end": job.end, "frames": frames,

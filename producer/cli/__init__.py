@@ -24,6 +24,7 @@ from producer.cli import jobs as _jobs
 from producer.cli import models as _models
 from producer.cli import stack as _stack
 from producer.cli.progress import err
+from producer.display import safe
 
 #: The entry-point group through which installed packages add commands to ``segq``.
 ENTRY_POINT_GROUP = "segq.commands"
@@ -68,7 +69,9 @@ class SegqGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SegqError as exc:
-            err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            # user-supplied names (paths, keys) are in messages: control characters escaped
+            message = "\n".join(safe(line) for line in str(exc).split("\n"))
+            err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             ctx.exit(exc.exit_code)
 
 

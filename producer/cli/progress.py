@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from segq.errors import JobFailed
@@ -75,7 +76,7 @@ def finish(records, as_json: bool, console: Console | None = None) -> None:
             elif r.state == "done":
                 line += f"  inference {display.secs(r.inference_s)}, {r.segments} segments"
             elif r.error:
-                line += f"  {r.error}"
+                line += f"  {escape(display.safe(r.error))}"
             console.print(line, highlight=False)
     failed = [r for r in records if r.state == "failed"]
     canceled = [r for r in records if r.state == "canceled"]

@@ -28,31 +28,43 @@ def _stack_models(data_dir: Path, offline: bool) -> dict[str, str] | None:
               help="--offline: generated tiny checkpoints; --hub: the real ones (needs hub access or HF cache).")
 @click.option("--gpus", default="auto", show_default=True)
 @click.option("--flower/--no-flower", default=True, show_default=True)
-@click.option("--flower-auth", metavar="USER:PASSWORD", help="Basic auth for Flower (default: none, loopback only).")
-def up(data_dir, offline, gpus, flower, flower_auth):
+@click.option("--flower-auth", is_flag=True,
+              help="Basic auth for Flower: the password from SEGQ_FLOWER_PASSWORD, else a generated one; "
+                   "either way it is written to DATA_DIR/segq.env, never printed, never on a command line.")
+@click.option("--flower-user", default="admin", show_default=True, help="With --flower-auth: the user name.")
+def up(data_dir, offline, gpus, flower, flower_auth, flower_user):
     """Start a local stack: Redis, SeaweedFS S3, one worker and Flower, on loopback.
 
-    Prints the endpoints and writes DATA_DIR/segq.env; in another terminal run
-    `export SEGQ_ENV_FILE=DATA_DIR/segq.env` and use segq as usual. Ctrl-C stops everything.
+    Prints the endpoints and writes DATA_DIR/segq.env (readable by you alone: it holds the
+    credentials); in another terminal run `export SEGQ_ENV_FILE=DATA_DIR/segq.env` and use segq as
+    usual. Ctrl-C stops everything. No secret is ever taken from or put on a command line, which
+    every local user can read (`ps`).
 
     \b
     Example:
-      segq up --flower-auth admin:secret          # then, in another shell:
+      segq up --flower-auth                       # then, in another shell:
       export SEGQ_ENV_FILE=.segq/segq.env && segq submit street.jpg --task panoptic --wait
+      grep FLOWER_BASIC_AUTH .segq/segq.env       # Flower's user:password
     """
+    import os
+    import secrets
     import signal
     import time
 
     from producer.stack import LocalStack
 
+    auth = None
+    if flower_auth:
+        auth = f"{flower_user}:{os.environ.get('SEGQ_FLOWER_PASSWORD') or secrets.token_urlsafe(16)}"
     stack = LocalStack(data_dir, models=_stack_models(data_dir, offline), flower=flower, gpus=gpus,
-                       flower_auth=flower_auth)
+                       flower_auth=auth)
     err.print("starting redis, s3, worker" + (", flower" if flower else "") + " ...")
     with stack:
         out.print(f"redis   {redact(stack.redis.url)}  (credentials in {stack.env_file})", highlight=False)
         out.print(f"s3      {stack.s3.endpoint}  bucket {stack.s3.bucket}", highlight=False)
         if flower:
-            out.print(f"flower  {stack.flower.url}", highlight=False)
+            out.print(f"flower  {stack.flower.url}" + (f"  (user {flower_user}, password in {stack.env_file})"
+                                                       if auth else ""), highlight=False)
         out.print(f"logs    {stack.data_dir / 'logs'}", highlight=False)
         out.print(f"\nexport SEGQ_ENV_FILE={stack.env_file}", highlight=False)
         err.print("ready; Ctrl-C stops")

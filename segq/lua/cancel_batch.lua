@@ -6,7 +6,7 @@ if not meta[1] then return 0 end
 local pkey = pending_key(ARGV[1])
 local n = redis.call('LLEN', pkey)
 redis.call('DEL', pkey)
-redis.call('HINCRBY', PENDING_COUNTS, meta[1] .. '|' .. meta[2], -n)
+if n > 0 then redis.call('HINCRBY', PENDING_COUNTS, meta[1] .. '|' .. meta[2], -n) end
 redis.call('LREM', ring_key(meta[1], meta[2]), 0, ARGV[1])
 redis.call('HDEL', bkey, 'inring')
 return n

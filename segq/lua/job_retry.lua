@@ -16,8 +16,9 @@ if not batch or batch == '' or redis.call('EXISTS', batch_key(batch)) == 0 then
 end
 redis.call('HSET', KEYS[1], 'retry', n)
 if run[1] == 'video' then  -- the batch counted this run's frames: the next run counts them again
-  redis.call('HINCRBY', batch_key(batch), 'frames_total', -num(run[2]))
-  redis.call('HINCRBY', batch_key(batch), 'frames_done', -num(run[3]))
+  -- (never HINCRBY by a Lua -0, which Redis refuses as no integer)
+  if num(run[2]) ~= 0 then redis.call('HINCRBY', batch_key(batch), 'frames_total', -num(run[2])) end
+  if num(run[3]) ~= 0 then redis.call('HINCRBY', batch_key(batch), 'frames_done', -num(run[3])) end
 end
 redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'started_at', 'frames_done', 'chunks_done', 'inference_s',
            'fps', 'e2e_fps', 'total_s', 'assembly_queued', 'assemblies', 'split_queued', 'split_s',

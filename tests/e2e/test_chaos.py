@@ -8,6 +8,8 @@ in seconds. Each wait is bounded; no timing is asserted (``bench/faults.py`` mea
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import time
@@ -18,8 +20,10 @@ import pytest
 
 from producer.client import Client
 from producer.stack import RedisServer, SeaweedS3, wait_until
+from producer import fleet
 from segq import layout, leases, registry
 from segq.settings import Settings
+from support.cli import segq
 from support.media import photo, video
 from support.servers import start_worker, wait_for_worker
 from support.storage import fetch
@@ -197,3 +201,100 @@ def test_cancel_stops_a_video_and_retry_runs_it_again(chaos, tmp_path):
     assert done.state == "done" and done.frames_done == 96
     assert frames_of(chaos, job.id, tmp_path) == 96
     assert chaos.client.cancel([job.id])[0][1] == "already done"
+
+
+def celery_pid(chaos, hostname: str) -> int:
+    record = registry.get(chaos.r, hostname)
+    assert record is not None
+    return record.pid
+
+
+def test_a_message_lost_between_the_pop_and_its_unacked_record_still_ends_done(chaos, tmp_path):
+    """The window kombu leaves open: a worker frozen in its blocking pop gets the message from
+    Redis, then is killed before it records it. The watchdog sends it again."""
+    hosts = chaos.live_workers()
+    pids = [celery_pid(chaos, h) for h in hosts]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)  # every consumer frozen inside its BRPOP
+    try:
+        [job] = chaos.client.submit([str(photo(tmp_path / "lost.png", (64, 48)))], task="semantic")
+        queue = f"segq.model.{job.model}"
+        wait_for(lambda: chaos.r.llen(queue) == 0, 30, "a frozen worker's pop to take the message")
+        assert not chaos.r.hlen("unacked"), "popped, never recorded as unacknowledged"
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    # `segq worker` starts its processes again; the job is not forgotten
+    [done] = chaos.client.wait([job.id], timeout=180)
+    assert done.state == "done", done.error
+    assert done.requeues == 1 and "lost" in done.note
+    assert fleet.watchdog_counts(chaos.r)["resent"] >= 1
+    wait_for(lambda: len(chaos.live_workers()) >= 2, 120, "the workers started again")
+
+
+def test_poison_messages_are_dead_lettered_and_every_worker_keeps_serving(chaos, tmp_path):
+    from segq import deadletters
+
+    pids = {h: celery_pid(chaos, h) for h in chaos.live_workers()}
+    before = deadletters.count(chaos.r)
+    queue = "segq.model.ade-semantic"
+    for i in range(10):
+        chaos.r.lpush(queue, f"not json {i} \x00\xff")
+    forged = {"body": base64.b64encode(json.dumps([[1, 2], {}, {}]).encode()).decode(), "content-type":
+              "application/json", "content-encoding": "utf-8",
+              "headers": {"task": "celery.accumulate", "id": "forged-1"},
+              "properties": {"delivery_tag": "forged-tag", "delivery_info": {"exchange": "", "routing_key": queue},
+                             "body_encoding": "base64"}}
+    chaos.r.lpush(queue, json.dumps(forged))
+    wait_for(lambda: deadletters.count(chaos.r) - before >= 11, 60, "the poison items dead-lettered")
+    reasons = [d.reason for d in deadletters.recent(chaos.r, 11)]
+    assert reasons.count("not JSON") == 10 and "task 'celery.accumulate' is not a segq task" in reasons
+    listed = json.loads(segq("dead-letters", "--json", "-n", "11", env=chaos.env).stdout)
+    assert len(listed) == 11 and all("raw" not in d for d in listed)  # the bytes are never printed
+    # every worker process is the one that was there, and still serves
+    [job] = chaos.client.submit([str(photo(tmp_path / "after.png", (64, 48)))], task="semantic")
+    [done] = chaos.client.wait([job.id], timeout=120)
+    assert done.state == "done"
+    assert {h: celery_pid(chaos, h) for h in chaos.live_workers()} == pids
+    assert segq("dead-letters", "--purge", env=chaos.env).returncode == 0 and deadletters.count(chaos.r) == 0
+
+
+def test_ten_redis_restarts_leave_every_worker_up(chaos, tmp_path):
+    pids = {h: celery_pid(chaos, h) for h in chaos.live_workers()}
+    launchers = [service for service, _ in chaos.workers.values()]
+    jobs = []
+    for i in range(10):
+        jobs += chaos.client.submit([str(photo(tmp_path / f"r{i}.png", (64, 48), seed=i))], task="semantic")
+        chaos.redis.stop(sig=signal.SIGKILL)
+        time.sleep(2)
+        chaos.redis.start()
+        time.sleep(4)
+    records = chaos.client.wait([j.id for j in jobs], timeout=300)
+    assert [r.state for r in records] == ["done"] * 10, [r.error for r in records]
+    assert all(service.running for service in launchers), "every `segq worker` is still up"
+    wait_for(lambda: set(chaos.live_workers()) >= set(pids), 60, "the workers' records again")
+    assert {h: celery_pid(chaos, h) for h in pids} == pids, "no worker process had to be started again"
+
+
+def test_a_worker_killed_and_redis_restarted_while_work_is_released_loses_nothing(chaos, tmp_path):
+    images = chaos.client.submit([str(photo(tmp_path / f"w{i}.png", (64, 48), seed=i)) for i in range(30)],
+                                 task="semantic", batch="chaos-window")
+    [clip] = chaos.client.submit([str(video(tmp_path / "w.mp4", frames=80, size=(96, 64)))], task="semantic",
+                                 chunk_frames=8, batch_size=4)
+    wait_for(lambda: chaos.client.batch("chaos-window").done >= 5, 120, "the batch under way")
+    lease = wait_for(lambda: chaos.running_lease(clip.id, "segq.segment_chunk"), 120, "a running chunk")
+    chaos.kill(lease.worker)
+    chaos.redis.stop(sig=signal.SIGKILL)
+    time.sleep(3)
+    chaos.redis.start()
+    chaos.add_worker()
+    records = chaos.client.wait([j.id for j in images] + [clip.id], timeout=400)
+    assert [r.state for r in records] == ["done"] * 31, [r.error for r in records]
+    assert records[-1].frames_done == 80 and frames_of(chaos, clip.id, tmp_path) == 80
+    assert records[-1].assemblies == 1
+    for r in records[:-1]:
+        # a job runs more than once only when its worker died under it (a requeue) or its message
+        # was lost and sent again, each noted on the job
+        assert r.attempts <= 1 + (r.requeues or 0), (r.id, r.attempts, r.requeues, r.note)
+    batch = chaos.client.batch("chaos-window")
+    assert (batch.done, batch.queued, batch.running) == (30, 0, 0) and batch.final

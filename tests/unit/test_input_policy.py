@@ -119,7 +119,17 @@ def test_the_stack_puts_no_secret_on_a_command_line(tmp_path, monkeypatch):
     monkeypatch.setattr(stack, "_wait", lambda *a, **k: None)
     stack.FlowerService("flower", tmp_path / "f.log").start("redis://:pw123456@h:1/0", {}, basic_auth="u:pw654321")
     assert not any("pw123456" in a or "pw654321" in a for a in seen["argv"])
-    assert seen["env"]["CELERY_BROKER_URL"] == "redis://:pw123456@h:1/0"
+    assert seen["env"]["SEGQ_REDIS_URL"] == "redis://:pw123456@h:1/0" and "producer.flower_app" in seen["argv"]
     assert seen["env"]["FLOWER_BASIC_AUTH"] == "u:pw654321"
+    # `segq up --flower-auth` takes no password on its command line: it comes from the environment
+    # (or is generated) and goes to the owner-only env file
+    from click.testing import CliRunner
+
+    from producer.cli import cli
+
+    result = CliRunner().invoke(cli, ["up", "--flower-auth", "admin:secret"])
+    assert result.exit_code == 2 and "unexpected extra argument" in result.output.lower()
+    up_help = CliRunner().invoke(cli, ["up", "--help"]).output
+    assert "SEGQ_FLOWER_PASSWORD" in up_help and "USER:PASSWORD" not in up_help
     toml = stack.seaweedfs_security_toml()
     assert toml.count("key = ") == 4 and "[jwt.filer_signing.read]" in toml

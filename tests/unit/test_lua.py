@@ -205,5 +205,17 @@ def test_batches_take_turns_and_priorities_are_strict(r):
 def test_canceling_a_batch_drops_its_pending_work(r):
     batches = jobs(r, "e-cancel", [f"e{i:015x}" for i in range(5)])
     assert batches.drop_pending("e-cancel") == 5
+    assert batches.drop_pending("e-cancel") == 0  # again: nothing left, and no error
     assert Scheduler(r).dispatch("m", 10) == 0
     assert Scheduler(r).pending() == {}
+
+
+def test_a_canceled_video_with_no_frame_done_is_retried(store, r):
+    """A video canceled before its split counted frames (none done): the retry moves its batch's
+    frame counters by nothing, and succeeds."""
+    job = "00000000000000f9"
+    jobs(r, "b9", [job], kind=JobKind.VIDEO)
+    store.cancel(job)
+    assert store.reset_for_retry(job, 1, entry(f"{job}-r1")) == 1
+    b = BatchStore(r, TTL).get("b9")
+    assert (b.queued, b.canceled, b.frames_total, b.frames_done) == (1, 0, 0, 0)

@@ -1,0 +1,88 @@
+"""segq's kombu transport against a real redis-server: what a consumer pops that is not a segq task
+message is dead-lettered with the reason and never delivered, the rest is delivered as kombu would;
+a channel whose connection is gone raises a connection error instead of an AttributeError."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import redis
+from celery import Celery
+from kombu import Connection, Consumer, Queue
+
+from producer.stack import RedisServer
+from segq import deadletters, messages
+from segq.transport import Transport, problem
+
+
+def good(task: str = "segq.segment_image", kwargs: dict | None = None) -> str:
+    return messages.build(Celery("t"), task, kwargs or {"job_id": "0123456789abcdef"}, "0123456789abcdef",
+                          "segq.model.m").body
+
+
+def envelope(**changes) -> str:
+    data = json.loads(good())
+    data.update(changes)
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ("not json", "not JSON"),
+    ("[1, 2]", "not a message envelope (a JSON object)"),
+    ('{"headers": {}}', "not a message envelope (no headers or properties)"),
+    (envelope(properties={"delivery_info": {}}), "not a message envelope (no delivery tag or delivery info)"),
+    (envelope(headers={"id": "x"}), "not a Celery task message (no task name or id)"),
+    (good("celery.accumulate"), "task 'celery.accumulate' is not a segq task"),
+    (envelope(body="!!!"), "the body is not a Celery JSON body ([args, kwargs, embed])"),
+    (envelope(body=base64.b64encode(b'[[1], {}, {}]').decode()), "segq tasks take keyword arguments only"),
+    (envelope(**{"content-type": "application/x-python-serialize"}), "the body is not JSON (content-type)"),
+])
+def test_what_is_not_a_segq_task_message_is_named(raw, reason):
+    assert problem(raw) == (None, reason)
+
+
+def test_a_segq_message_passes():
+    envelope_, why = problem(good())
+    assert why is None and envelope_["headers"]["task"] == "segq.segment_image"
+
+
+def test_a_consumer_dead_letters_poison_and_takes_the_rest(tmp_path):
+    server = RedisServer("redis", tmp_path / "redis.log", data_dir=tmp_path).start()
+    try:
+        r = redis.Redis.from_url(server.url, decode_responses=True)
+        for item in ("garbage \x00", good("celery.accumulate"), good()):
+            r.lpush("segq.model.m", item)
+        got = []
+        with Connection(server.url, transport=Transport) as conn:
+            consumer = Consumer(conn, [Queue("segq.model.m")], accept=["json"],
+                                callbacks=[lambda body, message: (got.append(body), message.ack())])
+            with consumer:
+                for _ in range(20):
+                    try:
+                        conn.drain_events(timeout=0.5)
+                    except (TimeoutError, OSError):
+                        pass
+                    if got:
+                        break
+        assert got and got[0][1] == {"job_id": "0123456789abcdef"}
+        letters = deadletters.recent(r)
+        assert [d.reason for d in letters] == ["task 'celery.accumulate' is not a segq task", "not JSON"]
+        assert all(d.queue == "segq.model.m" for d in letters) and r.llen("segq.model.m") == 0
+        assert not r.hlen("unacked")  # nothing poison was ever recorded as delivered
+    finally:
+        server.stop()
+
+
+def test_a_channel_without_its_connection_raises_a_connection_error(tmp_path):
+    server = RedisServer("redis", tmp_path / "redis.log", data_dir=tmp_path).start()
+    try:
+        conn = Connection(server.url, transport=Transport)
+        channel = conn.channel()
+        channel.connection = None  # what Celery's reconnect leaves behind while it closes
+        with pytest.raises(redis.ConnectionError):
+            channel._connparams()
+        conn.release()
+    finally:
+        server.stop()
