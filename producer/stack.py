@@ -366,16 +366,15 @@ class WorkerService(Service):
     def wait_ready(self, redis_url: str, *, hostnames: list[str] | None = None, count: int | None = None,
                    timeout: float = 180.0) -> list:
         """Block until the workers this process started are ready (``segq.registry``)."""
-        import redis
-
         from segq import registry
+        from segq.connections import redis_client
 
         def alive() -> str | None:
             if self.proc is not None and self.proc.poll() is not None:
                 return f"the worker exited (code {self.proc.returncode})"
             return None
 
-        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        client = redis_client(redis_url)
         try:
             return registry.wait_ready(client, hostnames=hostnames, count=count, timeout=timeout, alive=alive)
         except (RuntimeError, TimeoutError) as exc:

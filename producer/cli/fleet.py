@@ -146,14 +146,12 @@ def health(local):
     Example:
       segq health --local || echo "not ready"
     """
-    import redis
-
     from producer import fleet
+    from segq.connections import redis_client
     from segq.settings import Settings
 
     settings = Settings.from_env()
-    ok, message = fleet.local_health(redis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                                          socket_timeout=5, socket_connect_timeout=5))
+    ok, message = fleet.local_health(redis_client(settings.redis_url, patient=False, timeout=5))
     (out if ok else err).print(message, highlight=False)
     sys.exit(0 if ok else 1)
 

@@ -174,7 +174,7 @@ def test_a_real_part_encodes_every_frame_in_order(model, stage, tmp_path):
         renderer.add_all(video.decode_range(src, info, 2, 11))
         renderer.archive(2, 11)
     assert part.close() == 9
-    assert len(renderer.labels) == 9
+    assert renderer.labels.count == 9
 
 
 def test_parts_encode_with_the_chosen_h264_encoder(tmp_path):
