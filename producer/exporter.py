@@ -27,7 +27,8 @@ metric                                 meaning
 
 from __future__ import annotations
 
-import time
+import json
+from urllib.parse import parse_qs
 
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -37,6 +38,7 @@ from segq import keys, registry
 from segq.batches import BatchStore
 from segq.connections import redis_client
 from segq.errors import BatchNotFound
+from segq.protocol import QUEUE_PREFIX
 from segq.scheduler import Scheduler
 from segq.settings import Settings
 from segq.states import PRIORITIES
@@ -133,11 +135,55 @@ class SegqCollector(Collector):
 MAX_BATCHES = 200
 
 
+def backlog(settings: Settings, r: redis.Redis) -> dict:
+    """Per model, the work not taken by a worker yet: pending in its batches (not released),
+    waiting in its queue, held by workers (reserved or running); ``backlog`` is their sum, what
+    an autoscaler scales the workers on (KEDA's metrics-api trigger, ``deploy/k8s/keda.yaml``)."""
+    report = fleet.queue_report(settings, r)
+    out = {}
+    for queue, n in report["queues"].items():
+        model = queue.removeprefix(QUEUE_PREFIX)
+        pending = sum(n["pending"].values())
+        out[model] = {"pending": pending, "waiting": n["waiting"], "held": n["unacked"],
+                      "backlog": pending + n["waiting"] + n["unacked"]}
+    return out
+
+
+def app(settings: Settings, r: redis.Redis):
+    """The exporter's WSGI app: ``/metrics`` (Prometheus) and ``/backlog[?model=NAME]`` (JSON)."""
+    from prometheus_client import CollectorRegistry, make_wsgi_app
+
+    registry_ = CollectorRegistry()
+    registry_.register(SegqCollector(settings, r))
+    metrics = make_wsgi_app(registry_)
+
+    def route(environ, start_response):
+        if environ.get("PATH_INFO") != "/backlog":
+            return metrics(environ, start_response)
+        models = backlog(settings, r)
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        if "model" in query:
+            model = query["model"][0]
+            body = {"model": model, **models.get(model, {"pending": 0, "waiting": 0, "held": 0, "backlog": 0})}
+        else:
+            body = {"models": models, "backlog": sum(m["backlog"] for m in models.values())}
+        data = json.dumps(body).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    return route
+
+
 def serve(settings: Settings, address: str, port: int) -> None:
-    from prometheus_client import REGISTRY, start_http_server
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):  # no access log on stderr
+            pass
 
     r = redis_client(settings.redis_url)
-    REGISTRY.register(SegqCollector(settings, r))
-    start_http_server(port, addr=address)
-    while True:
-        time.sleep(3600)
+    make_server(address, port, app(settings, r), server_class=Server, handler_class=Quiet).serve_forever()

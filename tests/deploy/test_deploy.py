@@ -52,7 +52,8 @@ EXTRA_SEGQ_VARIABLES: set[str] = set()
 #: The metrics `segq exporter` serves.
 EXPORTER_METRICS = {
     "segq_queue_depth", "segq_jobs_total", "segq_frames_processed_total", "segq_inference_seconds_total",
-    "segq_job_fps", "segq_model_load_seconds", "segq_workers",
+    "segq_job_fps", "segq_model_load_seconds", "segq_workers", "segq_pending_tasks", "segq_batch_jobs",
+    "segq_in_flight_tasks", "segq_dead_letters", "segq_watchdog_resent_total",
 }
 
 
@@ -488,10 +489,10 @@ def test_compose_flower_has_basic_auth_and_listens_on_loopback_only():
     if words[:2] == ["sh", "-c"]:
         words = shlex.split(words[2])
     words = [w.replace("$$", "$") for w in words if w != "exec"]  # $$ is Compose's escaped $
-    assert words[0] == "celery" and "flower" in words
+    assert words[0] == "celery" and "flower" in words and words[words.index("-A") + 1] == "producer.flower_app"
     # No secret on the command line: the broker (with its password) comes from the environment.
     assert "--broker" not in words and not any("REDIS" in w or "@" in w or "auth" in w for w in words)
-    assert "${REDIS_PASSWORD" in environment_of(flower)["CELERY_BROKER_URL"]
+    assert "${REDIS_PASSWORD" in environment_of(flower)["SEGQ_REDIS_URL"]
     auth = environment_of(flower).get("FLOWER_BASIC_AUTH", "")
     assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", auth), "basic auth from .env, required"
     ports = published_ports(flower)
@@ -560,7 +561,7 @@ def test_kustomize_renders_and_every_builtin_object_validates():
             custom.add((obj["apiVersion"], obj["kind"]))
     assert {"Namespace", "ConfigMap", "Secret", "Service", "Deployment", "StatefulSet", "NetworkPolicy"} <= validated
     # Nothing else escapes schema validation.
-    assert custom == {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication")}
+    assert custom == {("keda.sh/v1alpha1", "ScaledObject")}
 
 
 def test_the_kubernetes_validator_rejects_a_broken_deployment():
@@ -618,10 +619,12 @@ def test_keda_scales_the_worker_deployment_on_every_default_model_queue():
     assert target.get("kind", "Deployment") == "Deployment"
     assert target.get("apiVersion", "apps/v1") == "apps/v1"
     triggers = scaled["spec"]["triggers"]
-    assert {t["type"] for t in triggers} == {"redis"}
-    list_names = [t["metadata"]["listName"] for t in triggers]
-    assert len(list_names) == len(set(list_names))
-    assert set(list_names) == DEFAULT_QUEUES
+    # segq keeps a model's queue short (work waits in its batches until a slot frees), so the
+    # workers scale on each model's backlog, served by the exporter, not on the queue's length
+    assert {t["type"] for t in triggers} == {"metrics-api"}
+    models = [trigger_model(t) for t in triggers]
+    assert len(models) == len(set(models))
+    assert {model_queue(m) for m in models} == DEFAULT_QUEUES
     assert scaled["spec"]["minReplicaCount"] in (0, 1)
     assert scaled["spec"]["maxReplicaCount"] >= 2
     assert scaled["spec"]["cooldownPeriod"] >= 300
@@ -629,27 +632,30 @@ def test_keda_scales_the_worker_deployment_on_every_default_model_queue():
         metadata = trigger["metadata"]
         # KEDA's trigger metadata is map[string]string: numbers must be quoted.
         assert all(isinstance(v, str) for v in metadata.values()), metadata
-        assert int(metadata["listLength"]) >= 1
+        assert int(metadata["targetValue"]) >= 1 and metadata["valueLocation"] == "backlog"
 
 
-def test_keda_reaches_redis_with_the_password_secret():
+def trigger_model(trigger: dict) -> str:
+    from urllib.parse import parse_qs, urlsplit
+
+    return parse_qs(urlsplit(trigger["metadata"]["url"]).query)["model"][0]
+
+
+def test_keda_reads_the_backlog_from_the_exporter_service():
+    from urllib.parse import urlsplit
+
     namespace = one("Namespace")["metadata"]["name"]
-    redis_service = one("Service", "redis")
-    port = redis_service["spec"]["ports"][0]["port"]
-    secrets = {s["metadata"]["name"]: s for s in objects("Secret")}
-    auths = {a["metadata"]["name"]: a for a in objects("TriggerAuthentication")}
+    exporter = one("Service", "segq-exporter")
+    port = exporter["spec"]["ports"][0]["port"]
     for trigger in one("ScaledObject")["spec"]["triggers"]:
+        url = urlsplit(trigger["metadata"]["url"])
         # The KEDA operator runs in its own namespace: the address must be fully qualified.
-        assert trigger["metadata"]["address"] == f"redis.{namespace}.svc.cluster.local:{port}"
-        assert "password" not in trigger["metadata"], "never a password in trigger metadata"
-        auth = auths[trigger["authenticationRef"]["name"]]
-        refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
-        secret = secrets[refs["password"]["name"]]
-        assert refs["password"]["key"] in secret.get("stringData", {}) | secret.get("data", {})
-    # The same Secret key is what Redis itself is started with.
-    redis_env = {e["name"]: e for e in container(one("StatefulSet", "redis"))["env"]}
-    ref = redis_env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    assert (ref["name"], ref["key"]) == (refs["password"]["name"], refs["password"]["key"])
+        assert (url.scheme, url.hostname, url.port, url.path) == (
+            "http", f"segq-exporter.{namespace}.svc.cluster.local", port, "/backlog")
+    # and what it reads is what the exporter serves: the backlog endpoint exists with that field
+    from producer import exporter as exporter_module
+
+    assert "/backlog" in exporter_module.app.__doc__ and "backlog" in exporter_module.backlog.__doc__
 
 
 def test_configmap_settings_parse_and_match_the_keda_queues():
@@ -659,8 +665,8 @@ def test_configmap_settings_parse_and_match_the_keda_queues():
     settings = Settings.from_env(environ=data)  # the real parser: raises on bad values
     served = sorted(set(settings.task_models.values()) & set(settings.models))
     assert {model_queue(m) for m in served} == DEFAULT_QUEUES
-    triggers = {t["metadata"]["listName"] for t in one("ScaledObject")["spec"]["triggers"]}
-    assert triggers == {model_queue(m) for m in served}
+    triggers = {trigger_model(t) for t in one("ScaledObject")["spec"]["triggers"]}
+    assert triggers == set(served)
 
 
 def test_every_env_reference_resolves():
@@ -741,12 +747,13 @@ def test_k8s_redis_is_persistent_password_protected_and_never_evicts():
 
 
 def test_k8s_flower_has_basic_auth_and_is_fenced_in():
-    flower = workload_running(["celery", "flower"])
+    flower = workload_running(["celery", "-A", "producer.flower_app", "flower"])
     c = container(flower)
     argv = c.get("command", []) + c.get("args", [])
     assert "--broker" not in argv and not any("$(" in a for a in argv), "no secret on the command line"
     env = {e["name"]: e for e in c["env"]}
-    assert env["CELERY_BROKER_URL"]["value"] == "$(SEGQ_REDIS_URL)"
+    assert argv[argv.index("-A") + 1] == "producer.flower_app"  # segq's broker settings, SEGQ_REDIS_URL
+    assert "$(REDIS_PASSWORD)" in env["SEGQ_REDIS_URL"]["value"]
     assert "secretKeyRef" in env["FLOWER_BASIC_AUTH"]["valueFrom"]
     labels = flower["spec"]["template"]["metadata"]["labels"]
     policies = [p for p in objects("NetworkPolicy")
@@ -975,3 +982,6 @@ def test_grafana_dashboard_has_the_expected_panels():
     panel_with(r"segq_job_fps")
     panel_with(r"segq_model_load_seconds")
     panel_with(r"segq_workers")
+    panel_with(r"by \(priority\) \(segq_pending_tasks")
+    panel_with(r"segq_batch_jobs")
+    panel_with(r"segq_dead_letters")

@@ -53,6 +53,14 @@ def test_exporter_counts_jobs_frames_and_queues(client, worker, tmp_path):
         assert after[("segq_queue_depth", (("queue", "segq.model.coco-panoptic"),))] == 0
         assert after[("segq_pending_tasks", (("model", "coco-panoptic"), ("priority", "normal")))] == 0
         assert ("segq_in_flight_tasks", ()) in after and ("segq_batches_active", ()) in after
+        # the backlog KEDA scales on (deploy/k8s/keda.yaml): everything ended, nothing left
+        import json
+
+        backlog = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/backlog?model=coco-panoptic",
+                                                    timeout=10).read())
+        assert backlog == {"model": "coco-panoptic", "pending": 0, "waiting": 0, "held": 0, "backlog": 0}
+        every = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/backlog", timeout=10).read())
+        assert set(every["models"]) >= {"ade-semantic", "coco-instance", "coco-panoptic"}
         assert after[("segq_workers", (("model", "coco-panoptic"),))] >= 1
         assert after[("segq_model_load_seconds", (("model", "coco-panoptic"), ("worker", worker)))] > 0
         assert after[("segq_job_fps", (("kind", "image"), ("model", "coco-panoptic")))] > 0
