@@ -55,11 +55,13 @@ def segq_submit(client, folder: Path, batch: str, threads: int = 8) -> float:
 
 
 def redis_bytes_per_job(root: Path, env: dict, jobs: int) -> dict:
-    """used_memory growth per finished image job, with one worker running them."""
+    """used_memory growth per finished image job, with one worker running them, on an emptied
+    Redis (the submission rounds' batches, never run, are dropped first)."""
     from producer.client import Client
     from segq import keys
     from segq.settings import Settings
 
+    Client(Settings.from_env()).r.flushall()
     workers = start_workers(root, env, 1, os.cpu_count() or 1)
     try:
         client = Client(Settings.from_env())

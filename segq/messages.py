@@ -39,7 +39,10 @@ def build(app: Celery, name: str, kwargs: dict, task_id: str, queue: str) -> Out
     """The Redis envelope of task ``name`` with ``kwargs``, ``task_id``, for ``queue``."""
     from kombu import serialization
 
-    message = app.amqp.as_task_v2(task_id, name, kwargs=kwargs, ignore_result=True)  # segq stores no results
+    # segq stores no results; the reprs Flower shows are the payload's plain repr (Celery's saferepr,
+    # which gives the same for payloads this small, costs most of a message's build time)
+    message = app.amqp.as_task_v2(task_id, name, kwargs=kwargs, ignore_result=True, argsrepr="()",
+                                  kwargsrepr=repr(kwargs))
     content_type, encoding, data = serialization.dumps(message.body, serializer="json")
     raw = data if isinstance(data, bytes) else data.encode(encoding or "utf-8")
     envelope = {

@@ -9,7 +9,7 @@ task, an over-size batch or chunk).
 from __future__ import annotations
 
 import re
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any
 
 from segq.states import PRIORITIES, Priority
@@ -172,6 +172,11 @@ def chunk_ranges(frames: int, chunk_frames: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk_frames, frames)) for s in range(0, frames, max(1, chunk_frames))]
 
 
+def _fields_of(payload) -> dict[str, Any]:
+    """A payload as its JSON object (its fields are plain values: no deep copy needed)."""
+    return {f.name: getattr(payload, f.name) for f in fields(payload)}
+
+
 def check_video_options(chunk_frames: int, batch_size: int) -> None:
     """PayloadError unless a video's chunk and batch sizes are within the protocol's caps."""
     if not 1 <= chunk_frames <= MAX_CHUNK_FRAMES:
@@ -195,7 +200,7 @@ class ImageJob:
     version: int = PAYLOAD_VERSION
 
     def to_message(self) -> dict[str, Any]:
-        return asdict(self)
+        return _fields_of(self)
 
     @property
     def task_id(self) -> str:
@@ -232,7 +237,7 @@ class VideoJob:
     version: int = PAYLOAD_VERSION
 
     def to_message(self) -> dict[str, Any]:
-        return asdict(self)
+        return _fields_of(self)
 
     def for_chunk(self, index: int, start: int, end: int) -> "VideoJob":
         return replace(self, chunk=index, start=start, end=end)
