@@ -22,50 +22,69 @@ What transformers computes (transformers 5.x, ``image_processing_mask2former.py`
   repeat earlier ones, a transformers quirk kept here); an int32 map, 0 where nothing won; with no
   query kept at all, a float32 map of -1.
 
-How it avoids the full-resolution tensors:
+How it avoids the full-resolution tensors (and most of the work):
 
-- semantic does not compute the 384 x 384 class scores everywhere (that product alone, 150
-  classes x 200 queries x 384^2, costs more than the rest): a resized mask logit lies between
-  the four source values around it, the sigmoid is increasing and class probabilities are
-  >= 0, so inside one source cell every class's score lies between the class-query products
-  of the sigmoid of the smallest and of the largest corner (two small matrix products on the
-  source grid). Where one class's lower bound beats every other's upper bound (with a 1e-4
-  margin), that class wins at every grid point of the cell (``settled_cells``); exact scores
-  are computed only at the corners of the 384-cells that this does not settle, with torch's
-  bilinear indices and weights (an ulp from ``F.interpolate``'s own rounding at most), and
-  noise-like logits that settle little (a random-weight model's, for one) fall back to dense
-  bands, decided first on a sample of one cell in 9. Panoptic's arg-max over the
-  kept queries' ``score x sigmoid(mask)`` is settled the same way, and its thresholded areas
-  are bounded from source windows (``_window_counts``): a pixel's value lies between the
-  extremes of the 2-3 x 2-3 source values its grid corners draw on;
-- otherwise the 384 x 384 grid is computed in bands of rows (the 96 -> 384 resize is an
-  integer ratio, so a crop of the input with one row of margin gives bit-identical rows);
-- a bilinear value is a convex combination of its cell's four corners, and the difference of two
-  bilinear interpolants is the interpolant of the differences: where the same channel wins at
-  the four corners of a grid cell, it wins at every pixel of that cell (up to float rounding at
-  an exact or near tie), and those pixels are filled by indexing. Only the pixels of the other
-  ("boundary") cells are evaluated, for the few channels whose largest corner reaches the best
-  smallest corner; a band where that would be most of its pixels (noise-like outputs) is
-  evaluated densely, a few channels at a time;
-- on the dense path, thresholded areas (panoptic ``original_area``) count whole cells whose
-  corners are all clearly above the threshold; the pixels of cells that straddle it give
-  bounds; on either path the areas are counted exactly (in a second pass, for those queries
-  only) when the overlap-ratio decision differs between the bounds;
+- the 384 x 384 grid. Model-like outputs (regions): semantic does not compute the class
+  scores everywhere (the product alone, 150 classes x 200 queries x 384^2, costs more than the
+  rest): a resized mask logit lies between the four source values around it, the sigmoid is
+  increasing and class probabilities are >= 0, so inside one source cell every class's score
+  lies between the class-query products of the sigmoid of the smallest and of the largest
+  corner (two small matrix products on the source grid). Where one class's lower bound beats
+  every other's upper bound (with a 1e-4 margin), that class wins at every grid point of the
+  cell (``settled_cells``); exact scores are computed only at the corners of the 384-cells that
+  this does not settle (``_decided_grid``). Panoptic's arg-max over the kept queries'
+  ``score x sigmoid(mask)`` is settled the same way, and its thresholded areas are bounded from
+  source windows (``_window_counts``): a pixel's value lies between the extremes of the
+  2-3 x 2-3 source values its grid corners draw on.
+  Noise-like outputs (mask logits that vary at the source-pixel scale, as a random-weight
+  model's: those bounds settle almost nothing; decided first on a sample of one source cell in
+  9, where over 35 % unsettled means dense), and source grids larger than a quarter of the
+  384 grid: the grid is computed in bands of 32 rows (the "dense" path): the mask logits
+  resized in two passes, channels-last (``_SeparableGrid``, where ``_separable_exact``
+  confirms torch's order for the shape: about twice as fast as ``F.interpolate``, and no full
+  384 x 384 plane per query; else ``F.interpolate``'s rows), the sigmoid, and for
+  semantic the class x query product per band (classes x queries by the band's queries x
+  points, read from the channels-last band; one product for the whole grid at once was about
+  2.5x slower here);
+- full size, both paths (``resized_argmax``): a bilinear value is a convex combination of its
+  cell's four corners, and the difference of two bilinear interpolants is the interpolant of the
+  differences, so where the same channel wins at the four corners of a grid cell it wins at
+  every pixel of the cell: those pixels are filled by indexing. In the other cells
+  (``_candidates``) a channel can win at a pixel only if, for every corner's winner, it reaches
+  that winner's value (within a relative margin 1e-5) at some corner; a superset is found with
+  one vectorised comparison per band (each grid point against the smallest threshold that the
+  cells around it set), then the exact test per (cell, channel) pair. Only those pairs are
+  evaluated, at the pixels of their cell (``_eval_blocks``: pixel blocks of up to kr x kc, 3 x 5
+  at 1080p; an edge cell, which also holds the pixels whose source index is clamped, has two),
+  and the best per pixel taken with (value bits, channel) integer keys (``_segment_max``).
+  With pixel-scale boundaries about half the cells need this, with 2-4 candidates each;
+- thresholded areas (panoptic ``original_area``) on the dense path: cells whose corners are all
+  clearly above the threshold are counted whole, the pixels of cells that straddle it give
+  bounds; on either path the areas are counted exactly (``count_above``, in a second pass, for
+  those queries only) when the overlap-ratio decision differs between the bounds;
 - instance needs no bilinear step at full size: nearest resizing is a gather, so masks are
-  painted on the 384 grid and the result gathered once.
+  resized to the 384 grid a few queries at a time (never 1 or 3 at once, see below), their
+  scores computed as transformers does, painted on the 384 grid (the largest id covering a
+  point is the last painted) and the result gathered once.
 
-The pixel evaluator uses torch's weights exactly (same source indices and lambdas; the source
-index is computed with a fused multiply-add as torch's kernel does) but its own order of float
-operations, which can differ from ``F.interpolate`` by an ulp (we could not find torch's exact
-order: no tested order matched bit for bit); a decision can therefore only differ where the
-reference's own decision is a float near-tie (see ``workers/equivalence.py``). The 384 x 384
-intermediates of the dense bands are bit-identical to transformers' (crops of the same
-``F.interpolate``; the class x query product, a matrix product per band, matched einsum bit for
-bit on CPU/MKL with 1 and 2 threads, though another BLAS could sum in another order); semantic's
-exact points may differ from them by an ulp, which again matters only at a near-tie.
+Exactness. On the CPU (torch 2.13), the 384 x 384 intermediates are bit-identical to
+transformers': the mask logits come from crops of the same ``F.interpolate`` or from
+``_SeparableGrid``, whose two passes are torch's own order (each ``fma(a, w0, b * w1)``,
+along rows then across; used only after ``_separable_exact`` checked it for the shape), the
+class x query product (per band, and at the sparse path's exact points) matched einsum bit for
+bit with 1 and 2 threads (another BLAS could sum in another order). The pixel evaluator uses
+torch's weights (same source indices and lambdas, the source index computed with a fused
+multiply-add as torch's kernel does) and its order for upscaling, checked bit for bit; torch
+computes 3 channels, and downscaling, in other orders (an ulp apart at most). So a decision can
+only differ where the reference's own decision is a float near-tie (see
+``workers/equivalence.py``), and on the CPU, upscaling, it does not differ at all in practice.
+On CUDA the same code runs with torch's own resizes and products (TF32 kept out of them, see
+``_matmul``): differences at near-ties only.
 """
 
 from __future__ import annotations
+
+import bisect
 
 import torch
 import torch.nn.functional as F
@@ -144,24 +163,88 @@ def grid_source(logits: torch.Tensor):
     return lambda r0, r1: full[:, r0:r1].clone()
 
 
-def _eval_points(g: torch.Tensor, ch, r0, r1, rl0, rl1, c0, c1, cl0, cl1) -> torch.Tensor:
-    """Bilinear value of band ``g`` (n, rows, gw) at points: channel, local rows, cols, weights."""
-    n, rows, gw = g.shape
-    flat = g.reshape(-1)
-    plane = ch * (rows * gw)
-    top = plane + r0 * gw
-    bot = plane + r1 * gw
-    a = flat.take(top + c0)
-    b = flat.take(top + c1)
-    c = flat.take(bot + c0)
-    d = flat.take(bot + c1)
-    t0 = a * cl0 + b * cl1
-    t1 = c * cl0 + d * cl1
-    return t0 * rl0 + t1 * rl1
+class _SeparableGrid:
+    """Rows of the 384 x 384 bilinear resize of ``logits`` (Q, h, w), channels-last: (rows, 384, Q).
+
+    Torch's CPU kernel upscales (for any channel count but 3) in two passes, along rows then
+    across them, each ``fma(a, w0, b * w1)`` (found by trying the orders; ``_separable_exact``
+    checks it for each shape before use): the pass along rows is done once for the source
+    (h, 384, Q), the other per band. Channels-last rows are what the class x query product
+    reads fastest, and about twice as fast to build as ``F.interpolate``'s channels-first ones."""
+
+    def __init__(self, logits: torch.Tensor):
+        q, h, w = logits.shape
+        device = logits.device
+        self.ry0, self.ry1, self.ryl0, self.ryl1 = axis_weights(h, GRID, device)
+        cx0, cx1, cxl0, cxl1 = axis_weights(w, GRID, device)
+        x = logits.permute(1, 2, 0).contiguous()  # (h, w, Q)
+        self.t = x.index_select(1, cx1).mul_(cxl1[None, :, None]).addcmul_(x.index_select(1, cx0), cxl0[None, :, None])
+
+    def __call__(self, r0: int, r1: int) -> torch.Tensor:
+        w1 = self.ryl1[r0:r1, None, None]
+        w0 = self.ryl0[r0:r1, None, None]
+        return self.t.index_select(0, self.ry1[r0:r1]).mul_(w1).addcmul_(self.t.index_select(0, self.ry0[r0:r1]), w0)
+
+
+_SEPARABLE_EXACT: dict = {}
+
+
+def _separable_exact(q: int, h: int, w: int, device) -> bool:
+    """Whether ``_SeparableGrid`` reproduces ``F.interpolate`` bit for bit for logits of this shape
+    on this device: checked once per shape, on random logits (with at most 16 channels: the
+    kernel's order depends on whether there are 3 channels, not on how many more)."""
+    if torch.device(device).type != "cpu" or h > GRID or w > GRID:
+        return False
+    key = (q if q < 16 else 16, h, w)
+    if key not in _SEPARABLE_EXACT:
+        x = 8 * torch.randn(key, generator=torch.Generator().manual_seed(0))
+        ref = F.interpolate(x[None], size=(GRID, GRID), mode="bilinear", align_corners=False)[0]
+        _SEPARABLE_EXACT[key] = torch.equal(_SeparableGrid(x)(0, GRID).permute(2, 0, 1), ref)
+    return _SEPARABLE_EXACT[key]
+
+
+def grid_source_cl(logits: torch.Tensor):
+    """``rows(r0, r1)`` -> rows [r0, r1) of the 384 x 384 resize of ``logits`` (Q, h, w),
+    channels-last (rows, 384, Q), bit-identical to ``F.interpolate``'s."""
+    if _separable_exact(*logits.shape, logits.device):
+        return _SeparableGrid(logits)
+    rows = grid_source(logits)
+    return lambda r0, r1: rows(r0, r1).permute(1, 2, 0)
+
+
+class _Blocks:
+    """One axis of a (grid -> target) resize cut into pixel blocks: cell ``i`` holds the pixels
+    ``start[i] .. start[i] + count[i] - 1`` (those whose first source index is ``i``), split into
+    blocks of at most ``k`` pixels (``k``: the most any inner cell holds; an edge cell, which also
+    holds the pixels whose source index is clamped, may need two). Cell ``i``'s blocks are
+    ``first[i] .. first[i] + nblocks[i] - 1``; block ``b``'s pixels are ``p[b]`` (``valid`` where
+    real), with weights ``w0t``/``w1t`` (k, blocks; 0 on padding) and flat offsets ``off``
+    (blocks, k: pixel x ``stride``, or ``dump`` on padding)."""
+
+    def __init__(self, count: torch.Tensor, start: torch.Tensor, l0: torch.Tensor, l1: torch.Tensor, stride: int, dump: int):
+        device = count.device
+        n = count.numel()
+        inner = count[1:-1] if n > 2 else count
+        k = max(int(inner.max()) if inner.numel() else 1, 1)
+        self.k = k
+        self.nblocks = (count + k - 1) // k
+        self.first = torch.cumsum(self.nblocks, 0) - self.nblocks
+        self.cell = torch.repeat_interleave(torch.arange(n, device=device), self.nblocks)  # (blocks,)
+        q = torch.arange(self.cell.numel(), device=device) - self.first[self.cell]
+        pstart = start[self.cell] + q * k
+        pcount = torch.clamp(count[self.cell] - q * k, max=k)
+        r = torch.arange(k, device=device)
+        self.valid = r[None, :] < pcount[:, None]
+        self.p = torch.where(self.valid, pstart[:, None] + r[None, :], torch.zeros_like(pstart)[:, None])
+        zero = torch.zeros((), device=device)
+        self.w0t = torch.where(self.valid, l0[self.p], zero).t().contiguous()
+        self.w1t = torch.where(self.valid, l1[self.p], zero).t().contiguous()
+        self.off = torch.where(self.valid, self.p * stride, torch.full_like(self.p, dump))
 
 
 class _Geometry:
-    """Row and column maps from output pixels to grid cells for one (grid, target) pair."""
+    """Row and column maps from output pixels to grid cells for one (grid, target) pair, and the
+    pixel blocks of the cells (``rows``, ``cols``: ``_Blocks``)."""
 
     def __init__(self, gh: int, gw: int, H: int, W: int, device):
         self.gh, self.gw, self.H, self.W = gh, gw, H, W
@@ -173,13 +256,17 @@ class _Geometry:
         self.ys = torch.cumsum(self.rc, 0) - self.rc
         self.xs = torch.cumsum(self.cc, 0) - self.cc
         self.xnext = torch.clamp(torch.arange(gw, device=device) + 1, max=gw - 1)
+        self.cellpx = (self.rc[:, None] * self.cc[None, :]).float()  # pixels per cell (< 2^24)
+        self.rows = _Blocks(self.rc, self.ys, self.yl0, self.yl1, W, H * W)
+        self.cols = _Blocks(self.cc, self.xs, self.xl0, self.xl1, 1, H * W)
 
 
 def _rows(v: torch.Tensor, ncell: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top and bottom corner rows of the cells whose top row is 0..ncell-1 of band ``v``."""
-    top = v[:, :ncell]
-    bot = v[:, 1 : ncell + 1] if v.shape[1] > ncell else torch.cat([v[:, 1:ncell], v[:, ncell - 1 : ncell]], 1)
-    return top, bot
+    """Top and bottom corner rows (dim -2) of the cells whose top row is 0..ncell-1 of band ``v``."""
+    top = v[..., :ncell, :]
+    if v.shape[-2] > ncell:
+        return top, v[..., 1 : ncell + 1, :]
+    return top, torch.cat([v[..., 1:ncell, :], v[..., ncell - 1 : ncell, :]], -2)
 
 
 def _shift(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -188,12 +275,89 @@ def _shift(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim) if n > 1 else x
 
 
-def _corner_flat(cell: torch.Tensor, gw: int, rows: int, xnext: torch.Tensor) -> torch.Tensor:
-    """(u, 4) flat indices into a band of ``rows`` x ``gw`` of the corners of cells ``i * gw + j``."""
-    i, j = cell // gw, cell % gw
-    i1 = torch.clamp(i + 1, max=rows - 1)
-    j1 = xnext[j]
-    return torch.stack([i * gw + j, i * gw + j1, i1 * gw + j, i1 * gw + j1], -1)
+def _corner_points(ci: torch.Tensor, cj: torch.Tensor, rows: int, geo: _Geometry) -> torch.Tensor:
+    """(u, 4) point indices into a band of ``rows`` x gw grid points of the corners of cells
+    (ci, cj) (band-local rows): top-left, top-right, bottom-left, bottom-right."""
+    gw = geo.gw
+    ci1 = torch.clamp(ci + 1, max=rows - 1)
+    cj1 = geo.xnext[cj]
+    return torch.stack([ci * gw + cj, ci * gw + cj1, ci1 * gw + cj, ci1 * gw + cj1], -1)
+
+
+def _nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Flat indices (ascending) of the true elements of a bool tensor; on the CPU a sparse mask is
+    scanned eight bytes at a time (``nonzero`` costs a few ns per element there)."""
+    flat = mask.reshape(-1)
+    if flat.device.type != "cpu" or flat.numel() < 4096:
+        return flat.nonzero()[:, 0]
+    pad = (-flat.numel()) % 8
+    if pad or flat.storage_offset() % 8:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    words = flat.view(torch.uint8).view(torch.int64).nonzero()[:, 0]
+    hit = flat.view(-1, 8).index_select(0, words).nonzero()
+    return words[hit[:, 0]] * 8 + hit[:, 1]
+
+
+def _expand(cell: torch.Tensor, ci: torch.Tensor, cj: torch.Tensor, geo: _Geometry):
+    """Per item of cells ``cell`` (indices into (ci, cj), global cell rows and columns), one item
+    per pixel block of its cell: (item index, block row, block column, block rank in the cell,
+    blocks of the cell), items in order and each item's blocks together."""
+    rb, cb = geo.rows, geo.cols
+    ncb = cb.nblocks[cj[cell]]
+    nb = rb.nblocks[ci[cell]] * ncb
+    if bool((nb == 1).all()):
+        one = torch.zeros_like(cell)
+        return torch.arange(cell.numel(), device=cell.device), rb.first[ci[cell]], cb.first[cj[cell]], one, nb
+    item = torch.repeat_interleave(torch.arange(cell.numel(), device=cell.device), nb)
+    k = torch.arange(item.numel(), device=cell.device) - (torch.cumsum(nb, 0) - nb)[item]
+    c = cell[item]
+    return item, rb.first[ci[c]] + k // ncb[item], cb.first[cj[c]] + k % ncb[item], k, nb[item]
+
+
+def _eval_blocks(geo: _Geometry, vi: torch.Tensor, vj: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
+    """Bilinear values (kr * kc, P) at the pixels of blocks (vi, vj) (pixel-major: pair p's block
+    is column p) of channels whose cell corner values are ``corners`` (P, 4: top-left,
+    top-right, bottom-left, bottom-right), in the order of torch's CPU kernel for upscaling
+    (``F.interpolate`` bilinear, float32, more or fewer than 3 channels; checked bit for bit,
+    see ``_separable_exact``): along the row first, ``fma(a, wx0, b * wx1)``, then across rows,
+    ``fma(top, wy0, bottom * wy1)``. (Torch computes other cases in other orders: an ulp
+    apart at most.) Padding pixels get weight 0."""
+    rb, cb = geo.rows, geo.cols
+    wy0, wy1 = rb.w0t.index_select(1, vi)[:, None], rb.w1t.index_select(1, vi)[:, None]  # (kr, 1, P)
+    wx0, wx1 = cb.w0t.index_select(1, vj), cb.w1t.index_select(1, vj)  # (kc, P)
+    a, b, c, d = corners.t().contiguous()
+    top = (wx1 * b).addcmul_(wx0, a)
+    bot = (wx1 * d).addcmul_(wx0, c)
+    val = (wy1 * bot).addcmul_(wy0, top)  # (kr, kc, P)
+    return val.view(rb.k * cb.k, -1)
+
+
+def _argmax0(v: torch.Tensor) -> torch.Tensor:
+    """``v.max(0).indices`` (first index on ties) of a non-negative float32 ``v`` (n, ...).
+
+    On the CPU, with at most 256 channels, about a third faster: the low 8 bits of every value
+    are replaced by 255 - channel, so that one integer ``amax`` (the bits of non-negative floats
+    order as their values) finds the largest value up to those bits and, among those equal,
+    the first channel; it is that channel unless a value equal up to 8 bits exceeds it (checked
+    against the exact maximum; those points are redone with ``max``)."""
+    n = v.shape[0]
+    if v.device.type != "cpu" or n > 256 or v.dtype != torch.float32:
+        return v.max(0).indices  # (max(0) is faster than argmax on CPU; first index on ties too)
+    low = (255 - torch.arange(n, dtype=torch.int32, device=v.device)).view((n,) + (1,) * (v.dim() - 1))
+    key = v.view(torch.int32) & 0x7FFFFF00  # (the sign bit, of a -0.0, cleared)
+    key |= low
+    idx = (255 - (key.amax(0) & 255)).long()
+    del key
+    miss = v.gather(0, idx[None])[0] != v.amax(0)
+    if bool(miss.any()):
+        flat = idx.view(-1)
+        pts = miss.view(-1).nonzero()[:, 0]
+        flat[pts] = v.reshape(n, -1).index_select(1, pts).max(0).indices
+    return idx
+
+
+#: (candidate, block) pairs x pixels per block evaluated at once
+PAIR_PIXELS = 1 << 19
 
 
 def resized_argmax(
@@ -209,6 +373,11 @@ def resized_argmax(
     """Arg-max over ``n`` channels of ``F.interpolate(G, (H, W), bilinear) * scale`` at every
     pixel (first index on ties), where ``band_fn(r0, r1)`` returns rows [r0, r1) of G (n, gh, gw).
 
+    Where the same channel wins at the four corners of a grid cell it wins at every pixel of the
+    cell (a difference of two bilinear interpolants is the interpolant of the corner
+    differences): those pixels are filled by indexing. In the other cells only a few candidate
+    channels are evaluated at the pixels (``_candidates``; ``_Pending`` takes the best).
+
     With ``threshold``, also bounds on the number of pixels of each channel whose value is
     >= threshold: the pixels of cells clearly above it, and those of cells that straddle it
     (``count_above`` counts those exactly, for the channels where it matters).
@@ -218,170 +387,272 @@ def resized_argmax(
     Returns (argmax map (H, W), (sure, unsure) (n,) int64 each or None, pixels evaluated)."""
     gh, gw, H, W = geo.gh, geo.gw, geo.H, geo.W
     device = geo.y0.device
-    out = torch.empty((H, W), dtype=out_dtype, device=device)
+    flat = torch.empty(H * W + 1, dtype=out_dtype, device=device)  # the last element: padding's writes
+    out = flat[: H * W].view(H, W)
     sure = torch.zeros(n, dtype=torch.float64, device=device)
     unsure = torch.zeros(n, dtype=torch.float64, device=device)
-    evaluated = 0
+    pending = _Pending(flat, geo)
     for i0 in range(0, gh, band):
         i1 = min(gh, i0 + band)
         ncell = i1 - i0
         g = band_fn(i0, min(gh, i1 + 1)).contiguous()  # (n, rows, gw)
         v = g * scale.view(-1, 1, 1) if scale is not None else g
         ya, yb = int(geo.ys[i0]), int(geo.ys[i1 - 1] + geo.rc[i1 - 1])
-        if n == 1:
-            pure = torch.ones((ncell, gw), dtype=torch.bool, device=device)
-            best = torch.zeros((ncell, gw), dtype=torch.long, device=device)
-        else:
-            # the same channel wins at the four corners: it wins inside (a difference of two
-            # bilinear interpolants is the interpolant of the corner differences, >= 0 here);
-            # only a float near-tie inside the cell can round the other way
-            idx = index_fn(i0, min(gh, i1 + 1)) if index_fn is not None else v.max(0).indices
-            # (max(0) is faster than argmax on CPU; first index on ties too)
-            it, ib = _rows(idx[None], ncell)
-            same = it == ib
-            same = same & _shift(same, -1) & (it == _shift(it, -1))
-            pure = same[0]
-            best = it[0]
-        if yb > ya:
-            ly = geo.y0[ya:yb] - i0
-            out[ya:yb] = best.to(out_dtype).index_select(1, geo.x0).index_select(0, ly)
-            # boundary cells that hold pixels
-            bad = ~pure & (geo.rc[i0:i1, None] > 0) & (geo.cc[None, :] > 0)
-            ucell = bad.reshape(-1).nonzero()[:, 0]
-            if ucell.numel():
-                flat_idx = _corner_flat(ucell, gw, v.shape[1], geo.xnext).reshape(-1)
-                corners = v.reshape(n, -1).index_select(1, flat_idx).view(n, -1, 4)  # (n, u, 4)
-                floor_ = corners.amin(-1).amax(0)  # (u,) best smallest corner
-                cand = corners.amax(-1) >= floor_ * (1 - EPS) - 1e-30  # (n, u)
-                del corners
-                npx = (yb - ya) * W
-                cellpx = geo.rc[i0 + ucell // gw] * geo.cc[ucell % gw]
-                if int((cand.sum(0) * cellpx).sum()) > 2 * npx:
-                    # boundaries everywhere (noise-like outputs): evaluate the band densely
-                    # for the channels that are candidates somewhere, one at a time
-                    chans = cand.any(1).nonzero()[:, 0]
-                    win = _dense_band(g, chans, ya, yb, i0, geo, scale)
-                    imp = bad.index_select(1, geo.x0).index_select(0, ly)
-                    evaluated += int(imp.sum())
-                    out[ya:yb][imp] = win[imp].to(out_dtype)
-                    ucell = ucell[:0]
-                    cand = cand[:, :0]
-                ch, cu = cand.nonzero(as_tuple=True)
-                ch, yy, xx = _expand(ch, ucell[cu] // gw, ucell[cu] % gw, i0, geo)
-                local = (yy - ya) * W + xx
-                step = 1 << 22
-                best_v = torch.full((npx,), float("-inf"), device=device)
-                vals = []
-                for s in range(0, ch.numel(), step):
-                    c, y, x = ch[s : s + step], yy[s : s + step], xx[s : s + step]
-                    val = _eval_points(
-                        g, c, geo.y0[y] - i0, geo.y1[y] - i0, geo.yl0[y], geo.yl1[y],
-                        geo.x0[x], geo.x1[x], geo.xl0[x], geo.xl1[x],
-                    )
-                    if scale is not None:
-                        val = val * scale[c]
-                    best_v.scatter_reduce_(0, local[s : s + step], val, "amax")
-                    vals.append(val)
-                if vals:
-                    val = torch.cat(vals)
-                    top_ = val == best_v[local]
-                    win = torch.full((npx,), n, dtype=torch.long, device=device)
-                    win.scatter_reduce_(0, local[top_], ch[top_], "amin")
-                    hit = win < n
-                    evaluated += int(hit.sum())
-                    band_out = out[ya:yb].view(-1)
-                    band_out.copy_(torch.where(hit, win.to(out_dtype), band_out))
         if threshold is not None:
-            _count_above(g, v, ncell, i0, geo, scale, threshold, sure, unsure)
+            _count_bounds(v, ncell, i0, geo, threshold, sure, unsure)
+        if yb <= ya:
+            continue
+        if n == 1:
+            out[ya:yb] = 0
+            continue
+        idx = index_fn(i0, min(gh, i1 + 1)) if index_fn is not None else _argmax0(v)  # (rows, gw)
+        it, ib = _rows(idx, ncell)
+        vert = it == ib  # the left corners agree
+        pure = vert & _shift(vert, 1) & (it == _shift(it, 1))
+        out[ya:yb] = it.to(out_dtype).index_select(1, geo.x0).index_select(0, geo.y0[ya:yb] - i0)
+        found = _candidates(v, idx, ~pure, i0, i1, geo)
+        if found is not None:
+            blocks, bcount, ch, pv = found
+            pv = (g if scale is not None else v).reshape(-1).take(pv)  # unscaled: torch scales after resizing
+            pending.add(blocks, bcount, ch, pv, scale)
+    pending.flush()
     bounds = (sure.long(), unsure.long()) if threshold is not None else None
-    return out, bounds, evaluated
+    return out, bounds, pending.evaluated
 
 
-def _dense_band(g, chans, ya, yb, i0, geo: _Geometry, scale, chunk: int = 16) -> torch.Tensor:
-    """Arg-max over ``chans`` (ascending; first on ties) of the resized values at output rows
-    [ya, yb), a few channels at a time (the same arithmetic as ``_eval_points``)."""
-    y = torch.arange(ya, yb, device=g.device)
-    r0, r1 = geo.y0[y] - i0, geo.y1[y] - i0
-    rl0, rl1 = geo.yl0[y, None], geo.yl1[y, None]
-    best = win = None
-    for s in range(0, chans.numel(), chunk):
-        cs = chans[s : s + chunk]
-        sub = g.index_select(0, cs)  # (k, rows, gw)
-        cols = sub.index_select(2, geo.x0) * geo.xl0 + sub.index_select(2, geo.x1) * geo.xl1  # (k, rows, W)
-        val = cols.index_select(1, r0) * rl0 + cols.index_select(1, r1) * rl1  # (k, nY, W)
-        if scale is not None:
-            val = val * scale[cs].view(-1, 1, 1)
-        v, i = val.max(0)
-        i = cs[i]
-        if best is None:
-            best, win = v, i
+def _candidates(v, idx, bad, i0: int, i1: int, geo: _Geometry):
+    """The candidate channels of the pixel blocks of the cells ``bad`` (i1 - i0, gw) of band ``v``
+    (n, rows, gw), whose corners' arg-max channels ``idx`` (rows, gw) differ, or None if there
+    are no such cells: ((blocks (row, column) ids, candidates per block, candidate channels,
+    flat indices into the band of their four corner values (P, 4)), the candidates of a block
+    together, in ascending channel order.
+
+    A channel c can win at a pixel of a cell only if, for every corner winner w, c's value
+    reaches w's (within a relative margin ``EPS``) at some corner: else w beats it at every pixel
+    (by more than any rounding). First a superset, with one vectorised comparison of the band:
+    at every grid point, the channels reaching the smallest of the thresholds that the cells
+    around it set there (each cell: the values of its corner winner with the best smallest
+    corner); a cell's channels are those that reach at one of its corners. Then the exact test
+    per (cell, channel) pair."""
+    n, rows, gw = v.shape
+    ncell = i1 - i0
+    npt = rows * gw
+    dev = v.device
+    bad = bad & (geo.rc[i0:i1, None] > 0) & (geo.cc[None, :] > 0)
+    cell = _nonzero(bad)
+    u = cell.numel()
+    if not u:
+        return None
+    ci, cj = cell // gw, cell % gw
+    corners = _corner_points(ci, cj, rows, geo)  # (u, 4) band points
+    winners = idx.reshape(-1)[corners]  # (u, 4): each corner's arg-max
+    vf = v.reshape(-1)
+    wv = vf.take(winners[:, None, :] * npt + corners[:, :, None])  # (u, corner, winner)
+    ref = wv.gather(2, wv.amin(1).argmax(1)[:, None, None].expand(u, 4, 1))[:, :, 0]
+    ref = ref * (1 - EPS) - 1e-30  # (u, 4): a candidate reaches it at some corner
+    # per grid point, the smallest threshold of the cells around it (cell j's right corner is
+    # column j + 1, the last column's itself; likewise rows)
+    inf = float("inf")
+    tp = torch.full((rows, gw), inf, device=dev)
+    m = min(ncell, rows - 1)  # cells whose bottom corners are the next row
+    for k in range(4):
+        t = torch.full((ncell, gw), inf, device=dev)
+        t[ci, cj] = ref[:, k]
+        if k % 2:  # right corners
+            r = torch.full_like(t, inf)
+            r[:, 1:] = t[:, :-1]
+            r[:, -1] = torch.minimum(r[:, -1], t[:, -1])
+            t = r
+        if k < 2:
+            torch.minimum(tp[:ncell], t, out=tp[:ncell])
         else:
-            better = v > best
-            best = torch.where(better, v, best)
-            win = torch.where(better, i, win)
-    return win
+            torch.minimum(tp[1 : m + 1], t[:m], out=tp[1 : m + 1])
+            if m < ncell:
+                torch.minimum(tp[rows - 1], t[ncell - 1], out=tp[rows - 1])
+    X = ncell * gw
+    if 16 * u < X:
+        # few such cells (model-like outputs): every channel's values at their corners
+        r = v.reshape(n, npt).index_select(1, corners.reshape(-1)).view(n, u, 4) >= ref
+        pos = _nonzero(r[..., 0] | r[..., 1] | r[..., 2] | r[..., 3])  # (n, u), channel-major
+        del r
+        ch, pc = pos // u, pos % u
+    else:
+        reach = v >= tp  # (n, rows, gw)
+        reach = reach | _shift(reach, 2)
+        top, bot = _rows(reach, ncell)
+        reach = top | bot
+        reach &= bad
+        pos = _nonzero(reach)  # channel-major
+        del reach, top, bot
+        ch, cf = pos // X, pos % X
+        num = torch.full((X,), -1, dtype=torch.long, device=dev)  # the cells' numbers in ``cell``
+        num[cell] = torch.arange(u, device=dev)
+        pc = num[cf]
+    # the exact test against every corner winner
+    pv = ch[:, None] * npt + corners.index_select(0, pc)  # (P, 4) flat indices of the corner values
+    x, w = vf.take(pv), (wv * (1 - EPS) - 1e-30).index_select(0, pc)
+    beats = None
+    for j in range(4):
+        r = x >= w[:, :, j]
+        r = r[:, 0] | r[:, 1] | r[:, 2] | r[:, 3]
+        beats = r if beats is None else beats & r
+    del x, w, r
+    keep = _nonzero(beats)
+    pc, ch, pv = pc.index_select(0, keep), ch.index_select(0, keep), pv.index_select(0, keep)
+    # per pixel block of each cell (an edge cell may have two or four); sorted by block, channel
+    rb, cb = geo.rows, geo.cols
+    ncb = cb.nblocks[cj]
+    nbc = rb.nblocks[i0 + ci] * ncb
+    brow, bcol = rb.first[i0 + ci], cb.first[cj]
+    vr, vc = brow.index_select(0, pc), bcol.index_select(0, pc)
+    multi = _nonzero(nbc.index_select(0, pc) > 1)
+    if multi.numel():
+        pm = pc[multi]
+        extra = nbc[pm] - 1
+        item = torch.repeat_interleave(torch.arange(pm.numel(), device=dev), extra)
+        k = 1 + torch.arange(item.numel(), device=dev) - (torch.cumsum(extra, 0) - extra)[item]
+        pe = pm[item]
+        vr = torch.cat([vr, brow[pe] + k // ncb[pe]])
+        vc = torch.cat([vc, bcol[pe] + k % ncb[pe]])
+        ch = torch.cat([ch, ch[multi][item]])
+        pv = torch.cat([pv, pv[multi][item]])
+    key = (vr * cb.cell.numel() + vc) * n + ch
+    key, order = torch.sort(key)
+    ch, pv = ch[order], pv[order]
+    bkey, bcount = torch.unique_consecutive(key // n, return_counts=True)
+    return bkey, bcount, ch, pv
+
+
+class _Pending:
+    """(candidate, block) pairs gathered over bands, resolved in batches: their values at the
+    block's pixels in torch's order (``_eval_blocks``) kept as (value bits, channel) keys in one
+    buffer, the best per pixel (``_segment_max``), written into ``flat``."""
+
+    def __init__(self, flat: torch.Tensor, geo: _Geometry):
+        self.flat, self.geo = flat, geo
+        self.px = geo.rows.k * geo.cols.k
+        self.limit = max(1, PAIR_PIXELS // self.px)  # pairs per batch
+        self.key = None
+        self.used = 0
+        self.blocks: list = []
+        self.evaluated = 0
+
+    def add(self, bkey, bcount, ch, corners, scale):
+        nc = self.geo.cols.cell.numel()
+        vi, vj = bkey // nc, bkey % nc
+        bvi, bvj = torch.repeat_interleave(vi, bcount), torch.repeat_interleave(vj, bcount)
+        vals = _eval_blocks(self.geo, bvi, bvj, corners)  # (pixels, pairs)
+        if scale is not None:
+            vals *= scale[ch]
+        p = ch.numel()
+        if self.used + p > self.limit:
+            self.flush()
+        if self.key is None or p > self.key.shape[0]:
+            self.key = torch.empty((max(p, self.limit), self.px), dtype=torch.int64, device=vals.device)
+        # (value, channel) keys: a value >= +0 orders as its bits; the first channel wins a tie
+        key = self.key[self.used : self.used + p]
+        key.copy_(vals.view(torch.int32).t())
+        key <<= 16
+        key |= (0xFFFF - ch)[:, None]
+        self.blocks.append((vi, vj, bcount))
+        self.used += p
+
+    def flush(self):
+        if not self.blocks:
+            return
+        if len(self.blocks) == 1:
+            vi, vj, bcount = self.blocks[0]
+        else:
+            vi, vj, bcount = (torch.cat([b[k] for b in self.blocks]) for k in range(3))
+        key = self.key[: self.used]
+        start = torch.cumsum(bcount, 0) - bcount
+        best, order = _segment_max(key, start, bcount)
+        win = 0xFFFF - (best & 0xFFFF)
+        _write(self.flat, win, vi[order], vj[order], self.geo)
+        self.evaluated += key.numel()
+        self.blocks, self.used = [], 0
+
+
+def _segment_max(key: torch.Tensor, start: torch.Tensor, count: torch.Tensor):
+    """Per block, the largest of its candidates' keys at every pixel: ((blocks, pixels), order of
+    the blocks). ``key`` (pairs, pixels); block b's candidates are the pairs ``start[b] ..
+    start[b] + count[b] - 1`` (count >= 1). The blocks are sorted by their number of candidates,
+    so that the blocks that have an s-th candidate are a prefix: one vectorised maximum per rank."""
+    nblock = count.numel()
+    csorted, order = torch.sort(count, descending=True)
+    st = start[order]
+    # blocks with more than s candidates, for s = 0, 1, ...
+    more = (nblock - torch.cumsum(torch.bincount(csorted, minlength=int(csorted[0]) + 1), 0))[:-1].tolist()
+    best = key.index_select(0, st)
+    for s, m in enumerate(more[1:], 1):
+        b = best[:m]
+        torch.maximum(b, key.index_select(0, st[:m] + s), out=b)
+    return best, order
+
+
+def _write(flat: torch.Tensor, win: torch.Tensor, vi: torch.Tensor, vj: torch.Tensor, geo: _Geometry) -> None:
+    """Write pixel blocks ``win`` (u, kr * kc) of blocks (vi, vj) into ``flat`` (H * W + 1: the
+    padding pixels all write to the last element)."""
+    idx = (geo.rows.off.index_select(0, vi)[:, :, None] + geo.cols.off.index_select(0, vj)[:, None, :]).clamp_(max=geo.H * geo.W)
+    flat.index_put_((idx.view(-1),), win.reshape(-1).to(flat.dtype))
+
+
+def _count_bounds(v, ncell, i0, geo: _Geometry, threshold, sure, unsure=None):
+    """Add, per channel, the pixels of cell rows [i0, i0 + ncell) of band ``v`` (n, rows, gw,
+    scaled) that are surely >= threshold (all four corners above it) to ``sure``, and those of
+    cells that straddle it to ``unsure``; returns the straddling cells (n, ncell, gw) bool."""
+    n = v.shape[0]
+    # every corner clearly above (AND of the four corners), some corner about above (OR)
+    over = v >= threshold * (1 + EPS) + 1e-30
+    over &= _shift(over, 2)
+    top, bot = _rows(over, ncell)
+    above = top & bot
+    near = v >= threshold * (1 - EPS) - 1e-30
+    near |= _shift(near, 2)
+    top, bot = _rows(near, ncell)
+    mixed = top | bot
+    del over, near, top, bot
+    cellpx = geo.cellpx[i0 : i0 + ncell].reshape(-1, 1)
+    # sums of integers below 2^24 are exact in float32
+    sure += _matmul(above.view(n, -1).float(), cellpx)[:, 0].double()
+    mixed &= ~above
+    mixed &= geo.cellpx[i0 : i0 + ncell] > 0
+    if unsure is not None:
+        unsure += _matmul(mixed.view(n, -1).float(), cellpx)[:, 0].double()
+    return mixed
 
 
 def count_above(band_fn, n: int, geo: _Geometry, scale: torch.Tensor | None, threshold: float, band: int = BAND):
-    """Exact number of pixels of each of the ``n`` channels of ``band_fn`` whose resized value
-    (times ``scale``) is >= threshold."""
-    sure = torch.zeros(n, dtype=torch.float64, device=geo.y0.device)
+    """Exact number of pixels of each of the ``n`` channels of ``band_fn`` (bands (n, rows, gw))
+    whose resized value (times ``scale``) is >= threshold: whole cells above it by their
+    corners, the pixels of the cells that straddle it evaluated in torch's order."""
+    counts = torch.zeros(n, dtype=torch.float64, device=geo.y0.device)
+    px = geo.rows.k * geo.cols.k
     for i0 in range(0, geo.gh, band):
         i1 = min(geo.gh, i0 + band)
-        g = band_fn(i0, min(geo.gh, i1 + 1)).contiguous()
+        g = band_fn(i0, min(geo.gh, i1 + 1)).contiguous()  # (n, rows, gw)
         v = g * scale.view(-1, 1, 1) if scale is not None else g
-        _count_above(g, v, i1 - i0, i0, geo, scale, threshold, sure, None)
-    return sure.long()
-
-
-def _count_above(g, v, ncell, i0, geo: _Geometry, scale, threshold, counts, unsure):
-    """Add, per channel, the pixels of cell rows [i0, i0 + ncell) whose value is >= threshold:
-    to ``counts`` those surely above; those of straddling cells to ``unsure`` if given, else
-    evaluated and the ones above added to ``counts``."""
-    top, bot = _rows(v, ncell)
-    lo = torch.minimum(top, bot)
-    lo = torch.minimum(lo, _shift(lo, -1))
-    hi = torch.maximum(top, bot)
-    hi = torch.maximum(hi, _shift(hi, -1))
-    rc, cc = geo.rc[i0 : i0 + ncell].float(), geo.cc.float()
-
-    def pixels(cells: torch.Tensor) -> torch.Tensor:
-        # sum over cells of rows x cols per cell; integers below 2^24 add exactly in float32
-        return _matmul(_matmul(cells.float(), cc), rc).double()
-
-    above = lo >= threshold * (1 + EPS) + 1e-30
-    counts += pixels(above)
-    mixed = ~above & (hi >= threshold * (1 - EPS) - 1e-30) & (rc[:, None] > 0) & (cc[None, :] > 0)
-    if unsure is not None:
-        unsure += pixels(mixed)
-        return
-    k, ci, cj = mixed.nonzero(as_tuple=True)
-    if not k.numel():
-        return
-    k, yy, xx = _expand(k, ci, cj, i0, geo)
-    step = 1 << 22
-    for s in range(0, k.numel(), step):
-        kk, y, x = k[s : s + step], yy[s : s + step], xx[s : s + step]
-        val = _eval_points(
-            g, kk, geo.y0[y] - i0, geo.y1[y] - i0, geo.yl0[y], geo.yl1[y], geo.x0[x], geo.x1[x], geo.xl0[x], geo.xl1[x]
-        )
-        if scale is not None:
-            val = val * scale[kk]
-        counts += torch.bincount(kk[val >= threshold], minlength=counts.numel()).double()
-
-
-def _expand(k, ci, cj, i0, geo: _Geometry):
-    """Expand (channel, cell row - i0, cell col) triples to one (channel, y, x) per pixel."""
-    # expand (channel, cell) to its pixels: rows then columns
-    nr = geo.rc[i0 + ci]
-    k, ci, cj = k.repeat_interleave(nr), ci.repeat_interleave(nr), cj.repeat_interleave(nr)
-    first = torch.cumsum(nr, 0) - nr
-    yy = geo.ys[i0 + ci] + (torch.arange(k.numel(), device=k.device) - first.repeat_interleave(nr))
-    ncol = geo.cc[cj]
-    k, yy, cj = k.repeat_interleave(ncol), yy.repeat_interleave(ncol), cj.repeat_interleave(ncol)
-    first = torch.cumsum(ncol, 0) - ncol
-    xx = geo.xs[cj] + (torch.arange(k.numel(), device=k.device) - first.repeat_interleave(ncol))
-    return k, yy, xx
+        mixed = _count_bounds(v, i1 - i0, i0, geo, threshold, counts)
+        pos = _nonzero(mixed)
+        if not pos.numel():
+            continue
+        rows, gw = g.shape[1:]
+        ncell = i1 - i0
+        ch, ci, cj = pos // (ncell * gw), pos // gw % ncell, pos % gw
+        item, vi, vj, _, _ = _expand(torch.arange(pos.numel(), device=pos.device), i0 + ci, cj, geo)
+        gflat = g.reshape(-1)
+        step = max(1, PAIR_PIXELS // px)
+        for s in range(0, item.numel(), step):
+            it = item[s : s + step]
+            k = ch[it]
+            corners = _corner_points(ci[it], cj[it], rows, geo) + (k * rows * gw)[:, None]
+            vals = _eval_blocks(geo, vi[s : s + step], vj[s : s + step], gflat[corners])  # (pixels, pairs)
+            if scale is not None:
+                vals *= scale[k]
+            valid = (geo.rows.valid[vi[s : s + step]][:, :, None] & geo.cols.valid[vj[s : s + step]][:, None, :]).flatten(1)
+            hits = ((vals.t() >= threshold) & valid).sum(1)
+            counts += torch.bincount(k, weights=hits.double(), minlength=n)
+    return counts.long()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,7 +681,8 @@ def semantic(class_queries_logits, masks_queries_logits, target_size: tuple[int,
     source cell S_c lies between the class-query products of the sigmoid of the smallest and
     of the largest corner; a class whose lower bound beats every other class's upper bound wins
     at every grid point of that cell. S is then computed exactly only at the corners of the
-    384-cells that such cells do not settle, and ``resized_argmax`` resolves the pixels."""
+    384-cells that such cells do not settle, and ``resized_argmax`` resolves the pixels. With
+    noise-like logits (few cells settled) S is computed on the whole grid in bands (``dense_fn``)."""
     cls, masks = _one(class_queries_logits, masks_queries_logits)
     probs = cls.softmax(-1)[:, :-1]  # (Q, C)
     probs_t = probs.t().contiguous()
@@ -423,17 +695,19 @@ def semantic(class_queries_logits, masks_queries_logits, target_size: tuple[int,
         label, _, _ = resized_argmax(band_fn, probs.shape[1], geo, out_dtype=dtype, index_fn=index)
         return label
 
-    rows = grid_source(masks)
+    rows = grid_source_cl(masks)
 
     def dense_fn(r0, r1):
-        m = rows(r0, r1).sigmoid_()  # (Q, rows, 384)
-        q, nrows, gw = m.shape
-        return _matmul(probs_t, m.reshape(q, -1)).reshape(-1, nrows, gw)
+        m = rows(r0, r1).sigmoid_()  # (rows, 384, Q)
+        nrows, gw, q = m.shape
+        return _matmul(probs_t, m.reshape(-1, q).t()).view(-1, nrows, gw)
 
     label, _, _ = resized_argmax(dense_fn, probs.shape[1], geo, out_dtype=dtype)
     return label
 
 
+#: queries resized at once by ``instance``
+INSTANCE_CHUNK = 16
 #: relative margin by which a class's lower bound must beat the others' upper bounds in a cell
 CELL_MARGIN = 1e-4
 #: above this fraction of grid points needing exact scores, the dense band path is used
@@ -577,9 +851,10 @@ def _decided_grid(probs_t: torch.Tensor | None, masks: torch.Tensor, geo: _Geome
         top, bot = ry0[r] * w, ry1[r] * w
         x0, x1 = cx0[col], cx1[col]
         wx0, wx1 = cxl0[col, None], cxl1[col, None]
-        t0 = flat.index_select(0, top + x0) * wx0 + flat.index_select(0, top + x1) * wx1
-        t1 = flat.index_select(0, bot + x0) * wx0 + flat.index_select(0, bot + x1) * wx1
-        m = (t0 * ryl0[r, None] + t1 * ryl1[r, None]).sigmoid_()  # (points, Q)
+        # torch's order (``_SeparableGrid``): along the row, then across rows, fused
+        t0 = (flat.index_select(0, top + x1) * wx1).addcmul_(flat.index_select(0, top + x0), wx0)
+        t1 = (flat.index_select(0, bot + x1) * wx1).addcmul_(flat.index_select(0, bot + x0), wx0)
+        m = (t1.mul_(ryl1[r, None])).addcmul_(t0, ryl0[r, None]).sigmoid_()  # (points, Q)
         del t0, t1
         scores[:, s : s + POINT_CHUNK] = _matmul(probs_t, m.t()) if probs_t is not None else m.t()
     index = grid.view(-1).clone()
@@ -619,39 +894,59 @@ def instance(
     H, W = target_size
     scores = torch.nn.functional.softmax(cls, dim=-1)[:, :-1]
     scores_per_image, topk = scores.flatten(0, 1).topk(num_queries, sorted=False)
-    labels_per_image = topk % num_classes
-    queries = torch.div(topk, num_classes, rounding_mode="floor")
+    labels_per_image = (topk % num_classes).tolist()
+    queries = torch.div(topk, num_classes, rounding_mode="floor").tolist()
     ridx = nearest_index(GRID, H, device)
     cidx = nearest_index(GRID, W, device)
     rows_u, cols_u = torch.unique(ridx), torch.unique(cidx)
-
-    cache: dict[int, tuple[torch.Tensor, float]] = {}
-
-    def mask_of(q: int):
-        if q not in cache:
-            # two rows: torch reduces a (1, N) tensor in another order than the rows of (Q, N)
-            m = F.interpolate(masks[[q, q]][None], size=(GRID, GRID), mode="bilinear", align_corners=False)[0]
-            pm = (m > 0).float()
-            ms = (m.sigmoid().flatten(1) * pm.flatten(1)).sum(1) / (pm.flatten(1).sum(1) + 1e-6)
-            cache[q] = (pm[0] > 0, ms[:1])
-        return cache[q]
-
-    grid = torch.full((GRID, GRID), -1.0, device=device)
-    segments = []
-    current = 0
     sp = scores_per_image.tolist()
-    for j in range(num_queries):
-        if not sp[j] >= threshold:  # the score is sp[j] x a mean probability <= 1
-            continue
-        pm, ms = mask_of(int(queries[j]))
-        score = (scores_per_image[j : j + 1] * ms)[0].item()
-        if score >= threshold and bool(pm[rows_u][:, cols_u].any()):
-            grid[pm] = current
-            segments.append(
-                {"id": current, "label_id": int(labels_per_image[j]), "was_fused": False, "score": round(score, 6)}
-            )
+    # entries that can pass: the score is sp[j] x a mean probability <= 1
+    cand = [j for j in range(num_queries) if sp[j] >= threshold]
+    uq = sorted({queries[j] for j in cand})
+    slot = {q: i for i, q in enumerate(uq)}
+    binary = torch.empty((len(uq), GRID, GRID), dtype=torch.bool, device=device)
+    mean = torch.empty(len(uq), device=device)
+    nonempty = torch.empty(len(uq), dtype=torch.bool, device=device)
+    for s in range(0, len(uq), INSTANCE_CHUNK):
+        qs = uq[s : s + INSTANCE_CHUNK]
+        # never 1 or 3 channels: torch reduces a (1, N) tensor in another order than the rows of
+        # (Q, N), and resizes 3 channels in another order than other counts
+        pad = qs + qs[:1] * (2 if len(qs) == 1 else 1 if len(qs) == 3 else 0)
+        m = F.interpolate(masks[pad][None], size=(GRID, GRID), mode="bilinear", align_corners=False)[0]
+        k = len(qs)
+        b = binary[s : s + k]
+        torch.gt(m[:k], 0, out=b)
+        pm = (b if k == len(pad) else m > 0).float()
+        # as transformers: sigmoid x (mask as 0./1.), summed, over the mask's area (+ 1e-6)
+        ms = m.sigmoid_().mul_(pm).flatten(1).sum(1) / (pm.flatten(1).sum(1) + 1e-6)
+        mean[s : s + k] = ms[:k]
+        if rows_u.numel() < GRID:
+            b = b.index_select(1, rows_u)
+        if cols_u.numel() < GRID:
+            b = b.index_select(2, cols_u)
+        nonempty[s : s + k] = b.flatten(1).any(1)
+        del m, pm, b
+    segments = []
+    last: dict[int, int] = {}  # query -> the id of its last painted entry
+    current = 0
+    ne = nonempty.tolist()
+    for j in cand:
+        q = queries[j]
+        score = (scores_per_image[j : j + 1] * mean[slot[q] : slot[q] + 1])[0].item()
+        if score >= threshold and ne[slot[q]]:
+            last[q] = current
+            segments.append({"id": current, "label_id": labels_per_image[j], "was_fused": False, "score": round(score, 6)})
             current += 1
-    segmentation = grid[ridx][:, cidx]
+    # entries are painted in order, later ones over earlier ones: the last id covering a grid
+    # point wins, and ids grow with the order, so it is the largest (per query, its last entry's)
+    grid = torch.zeros((GRID, GRID), dtype=torch.int16 if current < 32767 else torch.int32, device=device)
+    painted = list(last.items())
+    for s in range(0, len(painted), INSTANCE_CHUNK):
+        part = painted[s : s + INSTANCE_CHUNK]
+        sel = binary[[slot[q] for q, _ in part]]
+        ids = torch.tensor([i + 1 for _, i in part], dtype=grid.dtype, device=device)
+        torch.maximum(grid, (sel.to(grid.dtype) * ids[:, None, None]).amax(0), out=grid)
+    segmentation = grid.index_select(1, cidx).index_select(0, ridx).float().sub_(1)
     return {"segmentation": segmentation, "segments_info": segments}
 
 
@@ -687,16 +982,18 @@ def panoptic(
     counts = _window_counts(kmasks, kscores, mask_threshold, geo) if sparse is not None else None
     if counts is not None:
         index, band_fn = sparse
-        winner, _, _ = resized_argmax(band_fn, n, geo, scale=kscores, index_fn=index)
+        winner, _, _ = resized_argmax(band_fn, n, geo, scale=kscores, index_fn=index, out_dtype=torch.int32)
         sure, unsure = counts
     else:
-        rows = grid_source(kmasks)
+        rows = grid_source_cl(kmasks)  # (not one full 384 x 384 plane for every kept query)
 
         def band_fn(r0, r1):
-            return rows(r0, r1).sigmoid_()
+            return rows(r0, r1).sigmoid_().permute(2, 0, 1)  # (kept queries, rows, 384)
 
-        winner, (sure, unsure), _ = resized_argmax(band_fn, n, geo, scale=kscores, threshold=mask_threshold)
-    area = torch.bincount(winner.reshape(-1), minlength=n)
+        winner, (sure, unsure), _ = resized_argmax(
+            band_fn, n, geo, scale=kscores, threshold=mask_threshold, out_dtype=torch.int32
+        )
+    area = sum(torch.bincount(winner[r : r + 256].reshape(-1), minlength=n) for r in range(0, H, 256))
     # original_area lies in [sure, sure + unsure]; the ratio test is monotonic in it, so count
     # exactly only where the bounds disagree
     hi, lo = sure + unsure, sure

@@ -79,3 +79,25 @@ def noise(seed: int, num_classes: int, num_queries: int = 200, size: int = 96) -
     cls = torch.randn(1, num_queries, num_classes + 1, generator=g) * 3
     masks = torch.randn(1, num_queries, size, size, generator=g) * 4
     return cls, masks
+
+
+def pixel_noise(
+    seed: int,
+    num_classes: int,
+    num_queries: int = 200,
+    size: int | tuple[int, int] = 96,
+    confident: int = 40,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise-like outputs that still keep segments: mask logits that vary at the source-pixel
+    scale (i.i.d. per source pixel, like a random-weight model's: boundaries everywhere at the
+    384 x 384 grid and at full size), and ``confident`` queries whose best class is confident
+    enough (probability > 0.5) for instance and panoptic post-processing to keep them.
+    ``size``: the mask grid, an int (square) or (height, width)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = (size, size) if isinstance(size, int) else size
+    cls = torch.randn(1, num_queries, num_classes + 1, generator=g) * 3
+    conf = torch.randperm(num_queries, generator=g)[: min(confident, num_queries)]
+    best = torch.randint(0, num_classes, (conf.numel(),), generator=g)
+    cls[0, conf, best] += 12.0
+    masks = torch.randn(1, num_queries, h, w, generator=g) * 4
+    return cls.contiguous(), masks.contiguous()

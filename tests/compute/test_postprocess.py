@@ -3,7 +3,10 @@
 Real shapes: 200 queries, mask logits 96 x 96; 150 classes (ADE20K) for semantic, 80 (COCO)
 for instance, 133 (COCO panoptic, stuff = 80..132) for panoptic. Structured outputs (regions with
 one confident query each, duplicated queries for exact ties, queries sharing a stuff class to
-exercise fusing) and plain noise; target sizes up and down, odd ones included.
+exercise fusing) and plain noise; target sizes up and down, odd ones included. Noise-like
+outputs (mask logits varying at the source-pixel scale: ``synthetic.pixel_noise`` and the random
+tiny checkpoints' real outputs) exercise the dense band path; its parts are checked against torch
+bit for bit.
 """
 
 from __future__ import annotations
@@ -364,3 +367,163 @@ def test_equivalence_flags_a_dropped_segment():
     )
     assert c.differing > 0 and c.other == c.differing, c
     assert any("not at a near-tie" in n for n in c.notes)
+
+
+# --- noise-like outputs: the dense band path ------------------------------------------------
+#
+# Mask logits that vary at the source-pixel scale (a random-weight model's, or
+# ``synthetic.pixel_noise``) leave boundaries everywhere: the source-cell bounds settle almost
+# nothing and the 384 x 384 grid is computed in bands, the pixels of cells whose corners disagree
+# evaluated for a few candidate channels each.
+
+NOISE_SHAPES = {
+    "200q-96x96": (200, (96, 96)),  # the full-size model's shape
+    "200q-96x176": (200, (96, 176)),  # the full-size model on a 16:9 frame
+    "24q-64x120": (24, (64, 120)),  # the random tiny checkpoint on a 16:9 frame
+    "24q-20x20": (24, (20, 20)),  # a small mask grid
+}
+
+
+@pytest.mark.parametrize("shape,size", [
+    ("200q-96x96", (1080, 1920)), ("24q-64x120", (1080, 1920)), ("200q-96x96", (479, 641)),
+    ("200q-96x176", (479, 641)), ("24q-64x120", (479, 641)), ("24q-20x20", (200, 90)), ("200q-96x96", (37, 53)),
+])
+def test_semantic_noise_like(monkeypatch, shape, size):
+    taken = _paths_taken(monkeypatch)
+    q, grid = NOISE_SHAPES[shape]
+    cls, masks = synthetic.pixel_noise(101, 150, num_queries=q, size=grid)
+    print(_check_semantic(cls, masks, size))
+    if grid[0] * grid[1] > 1000:  # (a small grid takes either path: its sparse points are few)
+        assert taken == ["dense"]
+
+
+@pytest.mark.parametrize("shape,size", [
+    ("200q-96x96", (1080, 1920)), ("24q-64x120", (1080, 1920)), ("200q-96x96", (479, 641)),
+    ("200q-96x176", (479, 641)), ("24q-20x20", (200, 90)),
+])
+def test_panoptic_noise_like(monkeypatch, shape, size):
+    taken = _paths_taken(monkeypatch)
+    q, grid = NOISE_SHAPES[shape]
+    cls, masks = synthetic.pixel_noise(103, 133, num_queries=q, size=grid)
+    c, ref = _check_panoptic(cls, masks, size)
+    print(c, len(ref["segments_info"]), "segments")
+    if grid[0] * grid[1] > 1000:
+        assert taken == ["dense"]
+
+
+def test_panoptic_noise_like_keeps_segments():
+    # noise-like masks where some confident queries are raised over a strip and lowered
+    # elsewhere, so that their segments pass the overlap test while the rest stays noise-like
+    cls, masks = synthetic.pixel_noise(104, 133, num_queries=60, size=(64, 120))
+    conf = (cls[0].softmax(-1)[:, :-1].max(-1).values > 0.9).nonzero()[:, 0][:6]
+    for k, q in enumerate(conf.tolist()):
+        masks[0, q] -= 20.0
+        masks[0, q, :, 20 * k : 20 * k + 16] += 40.0
+    c, ref = _check_panoptic(cls, masks, (1080, 1920))
+    print(c, ref["segments_info"])
+    assert len(ref["segments_info"]) >= 3
+
+
+@pytest.mark.parametrize("shape,size", [("200q-96x96", (1080, 1920)), ("24q-64x120", (479, 641)), ("24q-20x20", (37, 53))])
+def test_instance_noise_like(shape, size):
+    q, grid = NOISE_SHAPES[shape]
+    cls, masks = synthetic.pixel_noise(102, 80, num_queries=q, size=grid)
+    c, ref = _check_instance(cls, masks, size)
+    print(c, len(ref["segments_info"]), "segments")
+    assert len(ref["segments_info"]) >= 10
+
+
+@pytest.fixture(scope="module")
+def tiny_outputs(tmp_path_factory):
+    """The random tiny checkpoints' real outputs on a random 1080p frame (24 queries, 64 x 120)."""
+    import numpy as np
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    from workers import checkpoints
+
+    image = np.random.default_rng(5).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    out = {}
+    for label_set in ("ade20k", "coco_panoptic", "coco_instance"):
+        folder = checkpoints.make_tiny(label_set, tmp_path_factory.mktemp(label_set))
+        model = Mask2FormerForUniversalSegmentation.from_pretrained(folder).eval()
+        proc = Mask2FormerImageProcessorPil.from_pretrained(folder)
+        with torch.no_grad():
+            o = model(**proc(images=image, return_tensors="pt"))
+        out[label_set] = (o.class_queries_logits, o.masks_queries_logits)
+    return out
+
+
+def test_tiny_random_model_outputs(monkeypatch, tiny_outputs):
+    taken = _paths_taken(monkeypatch)
+    print(_check_semantic(*tiny_outputs["ade20k"], (1080, 1920)))
+    print(_check_panoptic(*tiny_outputs["coco_panoptic"], (1080, 1920))[0])
+    print(_check_instance(*tiny_outputs["coco_instance"], (1080, 1920))[0])
+    assert taken == ["dense", "dense"]
+
+
+def test_noise_like_exact_ties():
+    # duplicated queries and classes tie exactly; the first index must win, as in transformers
+    cls, masks = synthetic.pixel_noise(105, 150, num_queries=24, size=(64, 120))
+    masks[0, 5] = masks[0, 3]
+    cls[0, 5] = cls[0, 3]
+    cls[0, :, 7] = cls[0, :, 2]  # classes 2 and 7 score the same everywhere
+    c = _check_semantic(cls, masks, (479, 641))
+    print(c)
+    ref = PROC.post_process_semantic_segmentation(_outputs(cls, masks), target_sizes=[(479, 641)])[0]
+    assert not (ref == 7).any()  # (the reference never picks the later of two tied classes)
+
+
+# --- the dense path's parts, against torch ----------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 2, 8, 24])
+@pytest.mark.parametrize("size", [(1080, 1920), (479, 641)])
+def test_eval_blocks_bit_identical(n, size):
+    # every pixel block of every cell, evaluated in torch's order, against F.interpolate
+    grid = torch.rand(n, 384, 384, generator=torch.Generator().manual_seed(n))
+    ref = torch.nn.functional.interpolate(grid[None], size=size, mode="bilinear", align_corners=False)[0]
+    geo = postprocess._Geometry(384, 384, *size, "cpu")
+    rb, cb = geo.rows, geo.cols
+    vi = torch.arange(rb.cell.numel()).repeat_interleave(cb.cell.numel())
+    vj = torch.arange(cb.cell.numel()).repeat(rb.cell.numel())
+    ci, cj = rb.cell[vi], cb.cell[vj]
+    corners = postprocess._corner_points(ci, cj, 384, geo)  # (blocks, 4) grid points
+    for c in range(n):
+        vals = postprocess._eval_blocks(geo, vi, vj, grid[c].reshape(-1)[corners])  # (pixels, blocks)
+        got = torch.full((size[0] * size[1] + 1,), float("nan"))
+        idx = (rb.off[vi][:, :, None] + cb.off[vj][:, None, :]).clamp_(max=size[0] * size[1])
+        got.index_put_((idx.reshape(-1),), vals.t().reshape(-1))
+        assert torch.equal(got[:-1].view(size), ref[c]), c
+
+
+@pytest.mark.parametrize("q,h,w", [(200, 96, 96), (200, 96, 176), (24, 64, 120), (8, 100, 100), (3, 96, 96), (24, 400, 48)])
+def test_grid_source_cl_bit_identical(q, h, w):
+    # channels-last rows of the 384 x 384 resize (two-pass where torch's own order is checked,
+    # F.interpolate's rows otherwise) are transformers' intermediates bit for bit
+    x = 20 * torch.randn(q, h, w, generator=torch.Generator().manual_seed(q + h))
+    full = torch.nn.functional.interpolate(x[None], size=(384, 384), mode="bilinear", align_corners=False)[0]
+    rows = postprocess.grid_source_cl(x)
+    for r0, r1 in [(0, 33), (32, 65), (351, 384), (100, 101)]:
+        assert torch.equal(rows(r0, r1).permute(2, 0, 1), full[:, r0:r1]), (r0, r1)
+
+
+def test_argmax0_first_index():
+    g = torch.Generator().manual_seed(7)
+    v = torch.rand(150, 33, 384, generator=g)
+    v[:, 0, 0] = 0.25  # every channel ties
+    v[9, 0, 1] = v[4, 0, 1] = 2.0  # two tie for the best
+    v[4, 0, 2] = 2.0
+    v[9, 0, 2] = torch.nextafter(torch.tensor(2.0), torch.tensor(3.0))  # equal up to the low 8 bits
+    v[:, 1] = 0.0
+    assert torch.equal(postprocess._argmax0(v), v.max(0).indices)
+    assert postprocess._argmax0(v)[0, :3].tolist() == [0, 4, 9]
+    w = torch.rand(300, 5, 7, generator=g)  # more channels than the packed form holds
+    assert torch.equal(postprocess._argmax0(w), w.max(0).indices)
+
+
+def test_nonzero_matches_torch():
+    g = torch.Generator().manual_seed(8)
+    for shape in [(150, 33, 384), (7, 1001), (3,), (5000,)]:
+        m = torch.rand(shape, generator=g) < 0.03
+        assert torch.equal(postprocess._nonzero(m), m.reshape(-1).nonzero()[:, 0])
+        sub = m.reshape(-1)[3:]  # a view whose storage does not start at a word
+        assert torch.equal(postprocess._nonzero(sub), sub.nonzero()[:, 0])
