@@ -33,18 +33,32 @@ class Prediction:
     overlay: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
-def _stats(label_map: np.ndarray, ids: list[int]) -> dict[int, tuple[int, tuple[int, int, int, int]]]:
-    """Area and bounding box of each id, in two linear passes over the map."""
-    if not ids:
+#: Pixels of a label map looked at in one step by ``_stats`` (its temporaries: a few times this,
+#: in 8-byte integers; a 40 MP map in full would need gigabytes).
+STATS_BAND_PIXELS = 1 << 20
+
+
+def _stats(label_map: np.ndarray, ids: list[int] | None) -> dict[int, tuple[int, tuple[int, int, int, int]]]:
+    """Area and bounding box of each id (every id present, for None), in one banded pass over
+    the map: per band of rows, the areas and which rows and columns hold each id."""
+    if ids is not None and not ids:
         return {}
     h, w = label_map.shape
-    k = int(label_map.max()) + 1
-    flat = label_map.ravel().astype(np.int64)
-    area = np.bincount(flat, minlength=k)
-    rows = np.bincount((np.arange(h).repeat(w) * k + flat), minlength=h * k).reshape(h, k) > 0
-    cols = np.bincount((np.tile(np.arange(w), h) * k + flat), minlength=w * k).reshape(w, k) > 0
+    k = int(label_map.max()) + 1 if label_map.size else 1
+    area = np.zeros(k, np.int64)
+    rows = np.zeros((h, k), bool)
+    cols = np.zeros((w, k), bool)
+    col_offsets = np.arange(w, dtype=np.int64) * k
+    band = max(1, STATS_BAND_PIXELS // max(w, 1))
+    for r0 in range(0, h, band):
+        block = label_map[r0:r0 + band].astype(np.int64)
+        b = block.shape[0]
+        area += np.bincount(block.ravel(), minlength=k)
+        rows[r0:r0 + b] = np.bincount((np.arange(b, dtype=np.int64)[:, None] * k + block).ravel(),
+                                      minlength=b * k).reshape(b, k) > 0
+        cols |= np.bincount((col_offsets[None, :] + block).ravel(), minlength=w * k).reshape(w, k) > 0
     out = {}
-    for i in ids:
+    for i in (ids if ids is not None else [int(i) for i in np.flatnonzero(area)]):
         if i >= k or area[i] == 0:
             out[i] = (0, (0, 0, 0, 0))
             continue
@@ -77,5 +91,8 @@ def unique_ids(segments) -> list[Segment]:
 
 
 def semantic_segments(label_map: np.ndarray) -> list[Segment]:
-    present = [int(i) for i in np.flatnonzero(np.bincount(label_map.ravel()))]
-    return with_stats(label_map, [Segment(i, i, None) for i in present])
+    """One segment per class present, with its area and box (one pass over the map)."""
+    segments = []
+    for i, (area, bbox) in sorted(_stats(label_map, None).items()):
+        segments.append(Segment(i, i, None, area=area, bbox=bbox))
+    return segments

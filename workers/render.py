@@ -46,16 +46,26 @@ def color_table(pred: Prediction, labels: LabelSet) -> tuple[np.ndarray, bool]:
     return lut, True
 
 
+#: Pixels blended per step by ``overlay`` (its temporaries are a few times this in bytes, not the
+#: whole picture's: a 40 MP overlay in one step would hold half a gigabyte of them).
+OVERLAY_BAND_PIXELS = 1 << 20
+
+
 def overlay(image: np.ndarray, pred: Prediction, labels: LabelSet) -> np.ndarray:
-    """RGB uint8 image (H, W, 3) with the segmentation blended over it."""
+    """RGB uint8 image (H, W, 3) with the segmentation blended over it, in bands of rows."""
     lut, zero_is_empty = color_table(pred, labels)
-    colors = np.take(lut, pred.label_map, axis=0)  # (several times faster than lut[label_map])
-    blended = cv2.addWeighted(
-        image, defaults.OVERLAY_IMAGE_WEIGHT, colors, defaults.OVERLAY_SEGMENT_WEIGHT, 0
-    )
-    if zero_is_empty:  # the photo where no segment is: a masked copy (faster than boolean indexing)
-        cv2.copyTo(image, (pred.label_map == 0).view(np.uint8), blended)
-    return blended
+    h, w = pred.label_map.shape
+    out = np.empty((h, w, 3), np.uint8)
+    band = max(1, OVERLAY_BAND_PIXELS // max(w, 1))
+    for r0 in range(0, h, band):
+        rows = slice(r0, r0 + band)
+        labels_ = pred.label_map[rows]
+        colors = np.take(lut, labels_, axis=0)  # (several times faster than lut[label_map])
+        cv2.addWeighted(image[rows], defaults.OVERLAY_IMAGE_WEIGHT, colors, defaults.OVERLAY_SEGMENT_WEIGHT, 0,
+                        dst=out[rows])
+        if zero_is_empty:  # the photo where no segment is: a masked copy (faster than boolean indexing)
+            cv2.copyTo(image[rows], (labels_ == 0).view(np.uint8), out[rows])
+    return out
 
 
 def blend_weights() -> tuple[float, float, float]:
@@ -165,9 +175,11 @@ def segments_document(pred: Prediction, labels: LabelSet, *, job_id: str, model:
 
 def coco_panoptic(pred: Prediction, labels: LabelSet, *, job_id: str) -> tuple[bytes, dict]:
     """COCO panoptic format: RGB PNG with id = R + 256 G + 256^2 B, and its annotation JSON."""
-    ids = pred.label_map.astype(np.uint32)
-    rgb = np.stack([ids % 256, (ids // 256) % 256, (ids // 65536) % 256], axis=-1).astype(np.uint8)
-    h, w = ids.shape
+    h, w = pred.label_map.shape
+    # The little-endian bytes of a (non-negative, < 2^24) id are R, G, B: the PNG's pixels are a
+    # view of the map, written in OpenCV's B, G, R order (one copy, no arithmetic at full size).
+    ids = pred.label_map.astype("<u4", copy=False)
+    bgr = np.ascontiguousarray(ids.view(np.uint8).reshape(h, w, 4)[:, :, 2::-1])
     segments_info = [
         {
             "id": s.id,
@@ -194,7 +206,7 @@ def coco_panoptic(pred: Prediction, labels: LabelSet, *, job_id: str) -> tuple[b
         "annotations": [{"image_id": job_id, "file_name": layout.PANOPTIC_PNG, "segments_info": segments_info}],
         "categories": categories,
     }
-    return encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)), doc
+    return encode_png(bgr), doc
 
 
 def image_outputs(

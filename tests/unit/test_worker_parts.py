@@ -83,3 +83,43 @@ def test_these_parts_do_not_import_torch():
     code = ("import sys, workers.launcher, workers.render, workers.prediction, workers.video, workers.labels; "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("band", [1, 7, 64, 1 << 20])
+def test_segment_stats_are_exact_whatever_the_band(monkeypatch, band):
+    """Areas and boxes come from a banded pass (a 40 MP map in one pass would need gigabytes of
+    temporaries); every band size gives what a direct count gives."""
+    from workers import prediction
+
+    monkeypatch.setattr(prediction, "STATS_BAND_PIXELS", band)
+    rng = np.random.default_rng(band)
+    m = rng.integers(0, 9, (53, 37)).astype(np.int32)
+    m[m == 4] = 0
+    for i, (area, (x, y, w, h)) in prediction._stats(m, None).items():
+        ys, xs = np.nonzero(m == i)
+        assert area == len(ys) and (x, y, w, h) == (xs.min(), ys.min(), xs.max() - xs.min() + 1,
+                                                    ys.max() - ys.min() + 1)
+    assert set(prediction._stats(m, None)) == set(np.unique(m).tolist())
+    assert prediction._stats(m, [4]) == {4: (0, (0, 0, 0, 0))}
+
+
+@pytest.mark.parametrize("band", [1, 333, 1 << 20])
+def test_the_banded_overlay_is_the_articles_blend_and_the_panoptic_png_holds_the_ids(monkeypatch, band):
+    import cv2
+
+    from segq import defaults
+
+    monkeypatch.setattr(render, "OVERLAY_BAND_PIXELS", band)
+    rng = np.random.default_rng(band)
+    image = rng.integers(0, 256, (61, 47, 3), dtype=np.uint8)
+    label_map = rng.integers(0, 6, (61, 47)).astype(np.int32)
+    ls = labels.load("coco_panoptic")
+    pred = Prediction("panoptic", label_map, [Segment(i, i * 7, 0.9, area=1) for i in range(1, 6)])
+    lut, _ = render.color_table(pred, ls)
+    whole = cv2.addWeighted(image, defaults.OVERLAY_IMAGE_WEIGHT, lut[label_map], defaults.OVERLAY_SEGMENT_WEIGHT, 0)
+    whole[label_map == 0] = image[label_map == 0]  # no segment: the photo
+    assert np.array_equal(render.overlay(image, pred, ls), whole)
+    big = Prediction("panoptic", (label_map * 70_001).astype(np.int32), [])
+    png, _ = render.coco_panoptic(big, ls, job_id="j")
+    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.int64)
+    assert np.array_equal(rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2], big.label_map)
