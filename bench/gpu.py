@@ -58,7 +58,7 @@ the article's runs slower, so eager runs on both sides), and prints every FPS, t
 over the faster eager run, and the label agreement of the compiled path with the eager one (and
 with the fp32 reference). Compilation is counted apart: before the compiled path, every batch
 shape it will run (the batch size, and the last, shorter batch when ``--frames`` is not a multiple
-of it) runs twice on plain images of the clip's size (``workers.models.warm_up``: the first pass
+of it) runs twice on plain images of the clip's size (``Segmenter.warm_up``: the first pass
 compiles, the second records the CUDA graphs), timed as "compile s"; the report counts the graphs
 torch compiled during the path itself (0: none in the timed loop). A GPU run decides whether the
 worker should compile: ``scripts/gpu_bench.sh --run --device cuda --compile reduce-overhead
@@ -81,6 +81,7 @@ import time
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -104,7 +105,7 @@ ADE_PROCESSOR = {  # preprocessor_config.json of facebook/mask2former-swin-*-ade
 def _import_workers():
     """segq's worker modules. Imported late so that a missing package gets a clear message."""
     try:
-        from workers import checkpoints, device, inference, models, render, video
+        from workers import checkpoints, chunk_render, device, models, pipeline, render, segmenter, video
     except ModuleNotFoundError as exc:
         hint = {
             "av": "PyAV is needed by workers.video",
@@ -113,7 +114,13 @@ def _import_workers():
         }.get(exc.name, "")
         raise SystemExit(f"bench.gpu: cannot import {exc.name!r}{': ' + hint if hint else ''}. "
                          f"On a bare host use scripts/gpu_bench.sh (it carries the wheels).") from exc
-    return checkpoints, device, inference, models, render, video
+    return SimpleNamespace(checkpoints=checkpoints, chunk_render=chunk_render, device=device, models=models,
+                           pipeline=pipeline, render=render, segmenter=segmenter, video=video)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,95 +363,110 @@ def fp32_reference(model, processor, frames: list[np.ndarray], device: torch.dev
 # (b) segq's worker path
 
 
-@contextmanager
-def _timed_forward(inference, clock: Clock):
-    """Charge ``workers.inference.forward`` (preprocessing + model) to its stage inside ``predict``."""
-    original = inference.forward
-
-    def forward(m, images):
-        out = original(m, images)
-        clock.mark("preprocess+forward")
-        clock.forward_calls += 1
-        return out
-
-    inference.forward = forward
-    try:
-        yield
-    finally:
-        inference.forward = original
+def _stopping(frames, began: float, time_limit: float, n: int, state: dict):
+    """``frames`` until ``time_limit`` seconds after ``began`` (then it says it stopped)."""
+    for i, rgb in enumerate(frames):
+        if i and time.perf_counter() - began > time_limit and i < n:
+            state["stopped"] = True
+            return
+        state["frames"] = i + 1
+        yield rgb
 
 
 def segq_path(mods, clip: Path, out: Path, m, *, batch_size: int, warmup: int, time_limit: float,
-              max_frames: int, keep: int) -> tuple[dict, list[np.ndarray]]:
-    """Returns the figures and the label maps of the first ``keep`` frames."""
-    _, _, inference, _, render, video = mods
-    device = m.spec.device
+              max_frames: int, keep: int, max_batch: int = 1) -> tuple[dict, list[np.ndarray]]:
+    """segq's chunk path as a worker runs it: the very classes of a chunk task (``ChunkRenderer``:
+    frames decoded ahead on a thread, batches through a ``Segmenter`` on a real ``ModelStage``
+    thread, overlays rendered and encoded behind on another), with the stage times the worker
+    itself counts. Returns the figures and the label maps of the first ``keep`` frames."""
+    video, chunk_render, pipeline, segmenter_mod = mods.video, mods.chunk_render, mods.pipeline, mods.segmenter
     info = video.probe(clip, max_frames=10**7, max_pixels=10**9)
     n = min(info.frames, max_frames)
-
-    # The worker's choice (ChunkRenderer): on CUDA the overlays are blended on the device.
-    on_device = inference.blends_on_device(m)
-
-    # Warm-up: the first batch through predict and overlay, ``warmup`` times.
-    first = list(video.decode_range(clip, info, 0, min(batch_size, n)))
-    for _ in range(warmup):
-        timed = inference.predict(m, [Image.fromarray(f) for f in first], "semantic", keep_on_device=on_device)
-        if on_device:
-            inference.render_on_device(m, timed.predictions, first)
-        else:
-            for rgb, pred in zip(first, timed.predictions):
-                render.overlay(rgb, pred, m.labels)
-
-    clock = Clock(device)
-    encoder = video.PartEncoder(out, info.fps)
-    kept_maps: list[np.ndarray] = []
-    done, stopped = 0, False
-    clock.start()
-    began = clock.last
-    frames = video.decode_range(clip, info, 0, n)
-    with _timed_forward(inference, clock):
-        while done < n:
-            batch = []
-            for rgb in frames:
-                batch.append(rgb)
-                if len(batch) == batch_size:
-                    break
-            if not batch:
-                break
-            images = [Image.fromarray(f) for f in batch]
-            clock.mark("decode", sync=False)
-            # forward is charged by _timed_forward
-            timed = inference.predict(m, images, "semantic", keep_on_device=on_device)
-            clock.mark("post-process")
-            fps = len(batch) / timed.seconds if timed.seconds > 0 else 0.0
-            if on_device:  # blend on the device, copy the uint8 overlays back: charged to "render"
-                inference.render_on_device(m, timed.predictions, batch)
-            for rgb, pred in zip(batch, timed.predictions):
-                frame = pred.overlay if on_device else render.overlay(rgb, pred, m.labels)
-                video.annotate_fps(frame, fps)
-                clock.mark("render", sync=False)
-                encoder.write(frame)
-                clock.mark("encode", sync=False)
-                if len(kept_maps) < keep:
-                    kept_maps.append(pred.label_map)
-            done += len(batch)
-            if time.perf_counter() - began > time_limit and done < n:
-                stopped = True
-                break
-    frames.close()
-    encoder.close()
-    clock.mark("encode", sync=False)
-    wall = clock.last - began
+    stage = pipeline.ModelStage(max_batch=max_batch, maxsize=max(4, 2 * max_batch))
+    try:
+        segmenter = segmenter_mod.Segmenter(m, stage)
+        first = list(video.decode_range(clip, info, 0, min(batch_size, n)))
+        for _ in range(warmup):  # the first batch through the whole path, ``warmup`` times
+            with chunk_render.ChunkRenderer(segmenter, "semantic", batch_size, lambda f: None,
+                                            annotate_fps=True) as warm:
+                warm.add_all(iter(first))
+                warm.archive(0, len(first))
+        encoder = video.PartEncoder(out, info.fps)
+        state = {"frames": 0, "stopped": False}
+        _sync(m.spec.device)
+        began = time.perf_counter()
+        with chunk_render.ChunkRenderer(segmenter, "semantic", batch_size, encoder.write,
+                                        annotate_fps=True) as renderer:
+            renderer.add_all(_stopping(video.decode_range(clip, info, 0, n), began, time_limit, n, state))
+            archive = renderer.archive(0, state["frames"])
+        encoder.close()
+        _sync(m.spec.device)
+        wall = time.perf_counter() - began
+    finally:
+        stage.close()
+    done = state["frames"]
+    labels = np.load(__import__("io").BytesIO(archive))["labels"]
+    t = renderer.times
+    per_frame = {  # the worker's own counters; the threads overlap, so these sum to more than the wall time
+        "decode": renderer.decode_s, "preprocess+forward": t.preprocess_s + t.forward_s,
+        "post-process": t.postprocess_s, "render": t.blend_s + renderer.render_s, "encode": 0.0,
+    }
     return {
         "frames": done,
-        # False when predict() no longer calls workers.inference.forward: post-process then holds it all
-        "forward_split": clock.forward_calls > 0,
-        "stopped_by_time_limit": stopped,
+        "stopped_by_time_limit": state["stopped"],
         "wall_s": wall,
         "fps": done / wall if wall > 0 else None,
-        "stage_ms_per_frame": {k: 1000 * v / max(done, 1) for k, v in clock.totals.items()},
-        "blend": "device" if on_device else "CPU (OpenCV)",
-    }, kept_maps
+        "stage_ms_per_frame": {k: 1000 * v / max(done, 1) for k, v in per_frame.items()},
+        "stage_detail_ms_per_frame": {"preprocess": 1000 * t.preprocess_s / max(done, 1),
+                                      "wait for the stage": 1000 * t.wait_s / max(done, 1),
+                                      "forward": 1000 * t.forward_s / max(done, 1)},
+        "items_per_pass": t.items_per_pass,
+        "blend": "device" if renderer.device_blend else "CPU (OpenCV)",
+    }, [labels[i] for i in range(min(keep, len(labels)))]
+
+
+def image_jobs(mods, m, *, images: int, size: tuple[int, int], max_batch: int, concurrency: int) -> dict:
+    """Image jobs as a worker runs them: ``concurrency`` task threads, each predicting one image at a
+    time through the model's ``Segmenter`` on one ``ModelStage`` (``max_batch``: passes of one
+    shape taken together, ``SEGQ_MAX_BATCH``), rendering and encoding its outputs
+    (``workers.render.image_outputs``). No S3 or Redis. Images per second and passes."""
+    import threading
+
+    pipeline, segmenter_mod, render = mods.pipeline, mods.segmenter, mods.render
+    rng = np.random.default_rng(0)
+    w, h = size
+    frames = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(min(images, 8))]
+    stage = pipeline.ModelStage(max_batch=max_batch, maxsize=max(4, 2 * max_batch))
+    segmenter = segmenter_mod.Segmenter(m, stage)
+    counter = iter(range(images))
+    lock = threading.Lock()
+
+    def task() -> None:
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            rgb = frames[i % len(frames)]
+            pred = segmenter.predict([Image.fromarray(rgb)], "semantic").predictions[0]
+            render.image_outputs(rgb, pred, m.labels, job_id="bench", model="m", checkpoint="c",
+                                 max_value=m.max_label_value)
+
+    try:
+        segmenter.predict([Image.fromarray(frames[0])], "semantic")  # warm-up
+        passes0 = stage.stats().passes
+        began = time.perf_counter()
+        threads = [threading.Thread(target=task) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - began
+        passes = stage.stats().passes - passes0
+    finally:
+        stage.close()
+    return {"images": images, "wall_s": wall, "images_per_s": images / wall, "passes": passes,
+            "items_per_pass": images / passes if passes else None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,9 +555,17 @@ def report(res: dict) -> str:
                 f"{ca['frames']} frames (per frame min {100 * ca['min_frame']:.3f}%); of compiled with the fp32 "
                 f"reference: {100 * ca['fraction_vs_reference']:.3f}%")
     for title, p in segqs:
-        if not p["forward_split"]:
-            tail.append(f"note ({title}): predict() did not call workers.inference.forward: its post-process row "
-                        "holds preprocess+forward too")
+        d = p.get("stage_detail_ms_per_frame")
+        if d:
+            tail.append(f"{title}: " + ", ".join(f"{k} {v:.1f} ms/frame" for k, v in d.items())
+                        + f"; {p.get('items_per_pass') or '-'} frames per forward pass (worker's own counters; "
+                          "its threads overlap, so stage times add up to more than the wall time)")
+    im = res.get("images")
+    if im:
+        rows_i = [(f"max batch {r['max_batch']}", r["concurrency"], f"{r['images_per_s']:.2f}",
+                   f"{r['items_per_pass'] or 0:.2f}", f"{r['images_per_s'] / im[0]['images_per_s']:.2f}") for r in im]
+        tail += ["", f"image jobs, {im[0]['images']} of {res['image_size']} (the worker's image path without S3):",
+                 table(rows_i, ("", "task threads", "images/s", "images per pass", "ratio to unbatched"))]
     tail.append(f"total run time {res['total_s']:.1f}s")
     return head + "\n" + table(rows, ("", *(title for title, _ in paths))) + "\n" + "\n".join(tail)
 
@@ -565,7 +595,7 @@ def _agreement(reference: list[np.ndarray], maps: list[np.ndarray]) -> dict:
     }
 
 
-def compile_shapes(models, m, batch_size: int, frames: int, size: tuple[int, int]) -> dict:
+def compile_shapes(mods, m, batch_size: int, frames: int, size: tuple[int, int]) -> dict:
     """Compile ``m`` (already ``compile_model``-ed) for every batch shape ``segq_path`` will run: the
     first batch and a last, shorter one, on plain images of the clip's ``size`` (so the processor gives
     the frames' input shape), twice: the first pass compiles, the second records the CUDA graphs of
@@ -575,7 +605,7 @@ def compile_shapes(models, m, batch_size: int, frames: int, size: tuple[int, int
     seconds = {}
     for batch in shapes:
         print(f"segq: compiling for a batch of {batch} ...", flush=True)
-        seconds[batch] = sum(models.warm_up(m, batch=batch, size=size) for _ in range(2))
+        seconds[batch] = sum(mods.segmenter.Segmenter(m).warm_up(batch=batch, size=size) for _ in range(2))
         print(f"segq: batch of {batch} compiled and ran twice in {seconds[batch]:.1f}s", flush=True)
     return {"compile_shapes": shapes, "compile_s": sum(seconds.values()),
             "compile_s_per_batch_size": {str(b): v for b, v in seconds.items()}}
@@ -636,6 +666,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--time-limit", type=float, default=120.0,
                     help="seconds after which each timed path stops early (default 120)")
     ap.add_argument("--check-frames", type=int, default=4, help="frames checked against fp32 (default 4)")
+    ap.add_argument("--image-jobs", type=int, default=0,
+                    help="also run this many image jobs through the worker's image path, unbatched and with "
+                         "--max-batch (batching across jobs, SEGQ_MAX_BATCH); 0: skip")
+    ap.add_argument("--image-size", default="1280x720", type=lambda v: tuple(int(x) for x in v.split("x")),
+                    help="size of those images WIDTHxHEIGHT (default 1280x720)")
+    ap.add_argument("--max-batch", type=int, default=8, help="SEGQ_MAX_BATCH of the batched image run (default 8)")
     ap.add_argument("--json", type=Path, help="write every figure to this JSON file")
     args = ap.parse_args(argv)
     try:
@@ -649,7 +685,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     t_all = time.perf_counter()
     mods = _import_workers()
-    checkpoints, device_mod, _, models, _, video = mods
+    checkpoints, device_mod, models, video = mods.checkpoints, mods.device, mods.models, mods.video
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -728,7 +764,7 @@ def main(argv: list[str] | None = None) -> dict:
                 extra: dict = {"compile": mode}
                 models.compile_model(m, mode)  # "off": the eager forward (again)
                 if mode != "off":
-                    extra.update(compile_shapes(models, m, args.batch_size, args.frames, (width, height)))
+                    extra.update(compile_shapes(mods, m, args.batch_size, args.frames, (width, height)))
                 _reset_peak(device)
                 graphs = _compiled_graphs()
                 run, maps = segq_path(
@@ -752,6 +788,17 @@ def main(argv: list[str] | None = None) -> dict:
             res["ratio_compiled_over_eager"] = c["fps"] / best if best and c["fps"] else None
             res["compiled_agreement"] = {**_agreement(kept_maps, compiled_maps),
                                          "fraction_vs_reference": _agreement(ref_maps, compiled_maps)["fraction"]}
+        # image jobs batched across jobs (SEGQ_MAX_BATCH), unbatched first, same model
+        if args.image_jobs:
+            models.compile_model(m, "off")
+            res["image_size"] = f"{args.image_size[0]}x{args.image_size[1]}"
+            res["images"] = []
+            for max_batch in (1, args.max_batch):
+                r = image_jobs(mods, m, images=args.image_jobs, size=args.image_size, max_batch=max_batch,
+                               concurrency=max(3, max_batch + 1))
+                res["images"].append({**r, "max_batch": max_batch, "concurrency": max(3, max_batch + 1)})
+                print(f"segq image jobs (max batch {max_batch}): {r['images_per_s']:.2f} images/s, "
+                      f"{r['items_per_pass'] or 0:.2f} per pass", flush=True)
         del m
         _free(device)
 

@@ -48,21 +48,22 @@ class Direct:
 
     def __init__(self, ckpt: str, out: Path, threads: int):
         from workers import device, models
+        from workers.segmenter import Segmenter
 
         self.ckpt, self.out = ckpt, out
         self.model = models.load("bench", ckpt, device.select("auto", threads))
+        self.segmenter = Segmenter(self.model)
 
     def run(self, paths: list[Path]) -> float:
         import numpy as np
 
         from workers import render
         from workers.decode import decode_image
-        from workers.inference import predict
 
         started = time.perf_counter()
         for p in paths:
             img = decode_image(p.read_bytes(), 10**9)
-            pred = predict(self.model, [img], "semantic").predictions[0]
+            pred = self.segmenter.predict([img], "semantic").predictions[0]
             files = render.image_outputs(np.asarray(img), pred, self.model.labels, job_id="direct", model="bench",
                                          checkpoint=self.ckpt, max_value=self.model.max_label_value)
             for name, (data, _) in files.items():

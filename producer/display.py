@@ -114,6 +114,8 @@ def job_panel(record: JobRecord) -> Table:
             ("split", secs(record.split_s)),
             ("assembly", secs(record.assemble_s)),
         ]
+    if record.stages:
+        rows.append(("stages", stages_line(record.stages)))
     rows += [
         ("segments", str(record.segments) if record.segments is not None else "-"),
         ("worker", f"{record.worker} on {record.device}" if record.worker else "-"),
@@ -130,6 +132,13 @@ def job_panel(record: JobRecord) -> Table:
     for name, value in rows:
         t.add_row(name, value)
     return t
+
+
+def stages_line(stages: dict[str, float]) -> str:
+    """Where a job's time went, in one line: ``fetch 12 ms  decode 3 ms  forward 81 ms ...``."""
+    from segq.jobs import STAGES
+
+    return "  ".join(f"{name} {secs(stages[name])}" for name in STAGES if name in stages)
 
 
 def batch_state(batch: BatchRecord) -> str:

@@ -12,6 +12,10 @@ metric                                 meaning
 ``segq_dead_letters``                  poison messages kept in the dead-letter list
 ``segq_watchdog_resent_total``         lost messages the watchdog sent again
 ``segq_watchdog_failed_total``         jobs failed for losing their messages too often
+``segq_job_latency_seconds{model,kind,priority}``  histogram: submission to done
+``segq_stage_seconds{model,stage}``    histogram: seconds of each stage of a job or chunk
+                                       (fetch, memory, decode, preprocess, wait, forward,
+                                       postprocess, render, upload)
 ``segq_jobs_total{state,kind,model}``  jobs finished, by outcome (done, failed)
 ``segq_frames_processed_total{model}``  frames segmented by finished jobs (images count 1)
 ``segq_inference_seconds_total{model}``  inference time of finished jobs; frames rate / this
@@ -34,7 +38,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from segq import keys, registry
+from segq import keys, metrics, registry
 from segq.batches import BatchStore
 from segq.connections import redis_client
 from segq.errors import BatchNotFound
@@ -67,6 +71,7 @@ class SegqCollector(Collector):
         yield GaugeMetricFamily("segq_dead_letters", "Poison messages in the dead-letter list",
                                 value=self.r.llen(keys.DEAD_LETTERS))
         yield from self._batches()
+        yield from metrics.families(self.r)
 
         jobs = CounterMetricFamily("segq_jobs", "Finished jobs by outcome", labels=["state", "kind", "model"])
         frames = CounterMetricFamily("segq_frames_processed", "Frames segmented by finished jobs", labels=["model"])

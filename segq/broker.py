@@ -74,7 +74,7 @@ def celery_config(settings: Settings) -> dict:
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": False,
         **WORKER_POLICY,
-        "worker_concurrency": settings.worker_concurrency,
+        "worker_concurrency": settings.task_slots,
     }
     if settings.redis_uses_tls:
         conf["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}

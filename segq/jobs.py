@@ -17,17 +17,24 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable
 
 import redis
 
 from segq import keys, layout
+from segq import metrics as metrics_mod
 from segq.connections import redis_client
 from segq.errors import JobNotFound
 from segq.protocol import ImageJob, VideoJob
 from segq.scripts import Scripts
 from segq.states import FINAL_STATES, JobKind, JobState, Priority
+
+
+#: The stages whose seconds a job records (a video: summed over its chunks), in order: fetching
+#: the input, waiting for room in the worker's memory budget, decoding, preprocessing, waiting for
+#: the model stage, the forward pass, post-processing, rendering and encoding, uploading.
+STAGES = ("fetch", "memory", "decode", "preprocess", "wait", "forward", "postprocess", "render", "upload")
 
 
 def new_job_id() -> str:
@@ -78,6 +85,7 @@ class JobRecord:
     retry: int | None = None  # `segq retry` count: 0 or None for the first run
     requeues: int | None = None  # tasks of the job put back after their worker died or their message was lost
     note: str = ""  # the last thing that happened to the job besides its state (requeue, retry...)
+    stages: dict = field(default_factory=dict)  # stage -> seconds (STAGES), stored as t_<stage> fields
 
     _INTS = ("frames", "width", "height", "segments", "attempts", "frames_total", "frames_done",
              "chunks_total", "chunks_done", "chunk_frames", "batch_size", "assemblies", "retry", "requeues")
@@ -120,6 +128,9 @@ class JobRecord:
         out: dict[str, str] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "stages":
+                out.update(stage_fields(value))
+                continue
             if value is None or value == "" or (f.name in self._BOOLS and not value):
                 continue
             out[f.name] = ("1" if value else "0") if f.name in self._BOOLS else str(value)
@@ -127,9 +138,15 @@ class JobRecord:
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> "JobRecord":
-        known = {f.name for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
+        known = {f.name for f in fields(cls)} - {"stages"}
+        kwargs: dict[str, Any] = {"stages": {}}
         for name, raw in data.items():
+            if name.startswith("t_") and name[2:] in STAGES:
+                try:
+                    kwargs["stages"][name[2:]] = float(raw)
+                except ValueError:
+                    pass
+                continue
             if name not in known:
                 continue
             try:
@@ -151,6 +168,12 @@ class JobRecord:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["outputs"] = self.outputs
         return data
+
+
+def stage_fields(stages: dict | None) -> dict[str, str]:
+    """A job's stage seconds as record fields: one small field per stage (``t_fetch``...), so the
+    hash stays compact."""
+    return {f"t_{k}": str(round(float(v), 6)) for k, v in (stages or {}).items() if k in STAGES}
 
 
 # Returned by chunk_done.
@@ -280,10 +303,20 @@ class JobStore:
         return Ended(True, batch)
 
     def finish(self, job_id: str, frames: int = 0, inference_s: float = 0.0, fps: float | None = None,
-               **metrics: Any) -> Ended:
-        """Mark done (unless already final, e.g. canceled meanwhile)."""
-        return self._to_final(job_id, JobState.DONE, (frames, inference_s, fps), finished_at=time.time(),
-                              inference_s=inference_s, fps=fps, frames=frames or None, **metrics)
+               stages: dict | None = None, **metrics: Any) -> Ended:
+        """Mark done (unless already final, e.g. canceled meanwhile), with the seconds of each stage
+        (``STAGES``); counts the job's latency from its submission (``segq.metrics``)."""
+        finished = time.time()
+        ended = self._to_final(job_id, JobState.DONE, (frames, inference_s, fps), finished_at=finished,
+                               inference_s=inference_s, fps=fps, frames=frames or None, **stage_fields(stages),
+                               **metrics)
+        if ended.moved:
+            created, kind, model, priority = self.r.hmget(keys.job(job_id), "created_at", "kind", "model", "priority")
+            if created:
+                metrics_mod.observe(self.r, metrics_mod.LATENCY, (model or "unknown", kind or "unknown",
+                                                                  priority or Priority.NORMAL.value),
+                                    finished - float(created))
+        return ended
 
     def fail(self, job_id: str, error: str) -> Ended:
         """Mark failed with ``error`` (unless already final)."""

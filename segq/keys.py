@@ -43,6 +43,9 @@ def parse_stat_field(name: str) -> tuple[str, tuple[str, ...]] | None:
     return metric, tuple(labels)
 
 
+#: Hash of histogram counters (``segq.metrics``): job latency, seconds per stage.
+HISTOGRAMS = f"{PREFIX}:hist"
+
 #: Sorted set of batch names, scored by creation time (``segq batches``).
 BATCHES_INDEX = f"{PREFIX}:batches"
 

@@ -11,7 +11,7 @@ import io
 import struct
 from typing import IO
 
-from segq.jobs import JobKind
+from segq.states import JobKind
 
 IMAGE = JobKind.IMAGE
 VIDEO = JobKind.VIDEO

@@ -58,6 +58,7 @@ class WorkerRecord:
     model_busy_s: float = 0.0  # seconds the model stage ran forward passes, since it started
     model_wall_s: float = 0.0  # seconds since the model stage started
     model_items: int = 0  # images and frames through the model stage
+    model_passes: int = 0  # forward passes of the model stage (items / passes: its batches' size)
     started_at: float | None = None
     heartbeat: float | None = None
     interval: float = HEARTBEAT_SECONDS
@@ -68,6 +69,11 @@ class WorkerRecord:
     @property
     def active_tasks(self) -> list[str]:
         return [t for t in self.active.split("; ") if t]
+
+    @property
+    def items_per_pass(self) -> float | None:
+        """Images and frames per forward pass of its model stage (batches across jobs)."""
+        return self.model_items / self.model_passes if self.model_passes else None
 
     @property
     def heartbeat_age(self) -> float | None:
@@ -107,6 +113,7 @@ class WorkerRecord:
             model_busy_s=num("model_busy_s") or 0.0,
             model_wall_s=num("model_wall_s") or 0.0,
             model_items=num("model_items", int) or 0,
+            model_passes=num("model_passes", int) or 0,
             started_at=num("started_at"),
             heartbeat=num("heartbeat"),
             interval=num("interval") or HEARTBEAT_SECONDS,

@@ -213,6 +213,16 @@ class Settings:
         "tasks a worker process runs at once (threads: one fetching and decoding, one in the model, one "
         "rendering and uploading); every forward pass still runs on the process's one model thread",
         parse=_parse_int, side="worker")
+    max_batch: int = setting(
+        "SEGQ_MAX_BATCH", 1,
+        "forward passes of one model whose inputs have the same shape (images of one size, a video's "
+        "frames) run as one batch, up to this many images or frames (never padded: other shapes run "
+        "apart); the worker then runs at least this many tasks + 1 at once; 1: every pass alone",
+        parse=_parse_int, side="worker")
+    batch_delay_ms: int = setting(
+        "SEGQ_BATCH_DELAY_MS", 0,
+        "with `SEGQ_MAX_BATCH` > 1: milliseconds the model stage waits for more passes to fill a batch; "
+        "0: only those already waiting", parse=_parse_count, side="worker")
     worker_pixel_budget: int = setting(
         "SEGQ_WORKER_PIXEL_BUDGET", 0,
         "pixels a worker process's tasks may hold at once (an image its width x height, a video chunk the "
@@ -285,6 +295,12 @@ class Settings:
     def served_models(self) -> list[str]:
         """What a worker process serves: ``worker_models``, else every task's default model."""
         return list(self.worker_models) or sorted(set(self.task_models.values()) & set(self.models))
+
+    @property
+    def task_slots(self) -> int:
+        """Tasks a worker process runs at once: ``SEGQ_WORKER_CONCURRENCY``, and enough to fill a
+        batch of ``SEGQ_MAX_BATCH`` (with one more being prepared)."""
+        return max(self.worker_concurrency, self.max_batch + 1 if self.max_batch > 1 else 1)
 
     @property
     def redis_uses_tls(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +267,7 @@ class S3Reader(io.RawIOBase):
         self.cache_blocks = cache_blocks
         self.pos = 0
         self.bytes_fetched = 0
+        self.fetch_s = 0.0  # seconds spent in ranged GETs
 
     def readable(self) -> bool:
         return True
@@ -287,6 +289,7 @@ class S3Reader(io.RawIOBase):
             return self.cache[index]
         start = index * self.block_size
         end = min(self.size, start + self.block_size) - 1
+        started = time.perf_counter()
         try:
             body = self.storage.client.get_object(
                 Bucket=self.obj.bucket, Key=self.obj.key, Range=f"bytes={start}-{end}"
@@ -294,6 +297,7 @@ class S3Reader(io.RawIOBase):
         except (BotoCoreError, ClientError) as exc:
             raise self.storage._explain(exc, self.obj.uri) from exc
         self.bytes_fetched += len(body)
+        self.fetch_s += time.perf_counter() - started
         self.cache[index] = body
         if len(self.cache) > self.cache_blocks:
             self.cache.popitem(last=False)

@@ -3,9 +3,9 @@
 ``ChunkRenderer`` takes decoded RGB frames one by one (``add``), or decodes them ahead in a
 thread of its own (``add_all``, ``workers.pipeline.Ahead``), and keeps the model busy:
 
-- every ``batch_size`` frames it preprocesses the batch and submits it to the model stage
-  (``workers.pipeline.ModelStage``, the worker's one thread for forward passes), and keeps one
-  batch in the stage while it post-processes the one before (``ahead``);
+- every ``batch_size`` frames it submits the batch to its ``Segmenter`` (``workers.segmenter``:
+  preprocessing here, the forward pass on the worker's model stage), and keeps one batch in the
+  stage while it post-processes the one before (``ahead``);
 - post-processing (per frame) runs in the task's thread; each frame's label map goes straight
   to the chunk's label archive (:class:`LabelArchive`: spooled to a temporary file, so a chunk
   holds no more than a few frames in memory, however many it has), its segment list is kept;
@@ -13,11 +13,10 @@ thread of its own (``add_all``, ``workers.pipeline.Ahead``), and keeps the model
   does) and handing it to the part encoder (``write``) run behind, on an encode thread of their
   own (``workers.pipeline.Behind``), in frame order.
 
-With ``device_blend`` (default: on a CUDA device, ``workers.inference.blends_on_device``) the
-overlays are blended on the device in the task's thread right after post-processing
-(``workers.inference.render_on_device``: the label maps stay there until then, and only the uint8
-overlays and the label maps come back), and the encode thread only writes the FPS on them and
-encodes them. Without it (the CPU) the encode thread blends them (``workers.render.overlay``).
+With ``device_blend`` (default: the segmenter's, on a CUDA device) the overlays are blended on
+the device in the task's thread right after post-processing (``Segmenter.finish``: the label maps
+stay there until then, and only the uint8 overlays and the label maps come back), and the encode
+thread only writes the FPS on them and encodes them. Without it (the CPU) the encode thread blends them (``workers.render.overlay``).
 Both give the same bytes. The blend is not counted in the inference time (nor the FPS).
 
 Errors of any stage are raised in the task's thread (``add``, ``archive``), so the task skeleton
@@ -35,11 +34,10 @@ import zipfile
 from typing import Callable, Iterable
 
 import numpy as np
-from PIL import Image
 
-from workers import inference, render, video
-from workers.models import LoadedModel
-from workers.pipeline import Ahead, Behind, InlineStage, ModelStage
+from workers import render, video
+from workers.pipeline import Ahead, Behind
+from workers.segmenter import Segmenter, Times
 
 
 class LabelArchive:
@@ -84,22 +82,33 @@ class LabelArchive:
 
 
 class ChunkRenderer:
-    def __init__(self, model: LoadedModel, task: str, batch_size: int, write: Callable[[np.ndarray], None],
-                 annotate_fps: bool = False, stage: ModelStage | InlineStage | None = None, ahead: int = 1,
-                 check: Callable[[], None] | None = None, device_blend: bool | None = None):
-        self.model, self.task, self.batch_size = model, task, batch_size
-        self.device_blend = inference.blends_on_device(model) if device_blend is None else device_blend
+    """A chunk's frames through ``segmenter`` (module docstring). ``times`` sums the seconds of
+    every stage of the chunk's batches (``workers.segmenter.Times``); ``decode_s`` and
+    ``render_s`` the decode thread's and the encode thread's own work."""
+
+    def __init__(self, segmenter: Segmenter, task: str, batch_size: int, write: Callable[[np.ndarray], None],
+                 annotate_fps: bool = False, ahead: int = 1, check: Callable[[], None] | None = None,
+                 device_blend: bool | None = None):
+        self.segmenter, self.task, self.batch_size = segmenter, task, batch_size
+        self.labelset = segmenter.labels
+        self.device_blend = segmenter.blends if device_blend is None else device_blend
         self.check = check  # called before each batch; raises to stop (a canceled job)
         self.write, self.annotate_fps = write, annotate_fps
-        self.stage = stage if stage is not None else InlineStage()
         self.ahead = ahead
-        self.dtype = render.label_map_dtype(model.max_label_value)
+        self.dtype = render.label_map_dtype(segmenter.model.max_label_value)
         self.labels = LabelArchive(self.dtype)
         self.segments: list[list[dict]] = []
-        self.inference_s = 0.0  # preprocessing + forward passes + post-processing, no waiting
+        self.times = Times()
+        self.decode_s = 0.0
+        self.render_s = 0.0
         self._batch: list[np.ndarray] = []
-        self._pending: collections.deque = collections.deque()  # (frames, future, preprocess seconds)
+        self._pending: collections.deque = collections.deque()  # Pending batches in the model stage
         self._encode = Behind(self._render, maxsize=2 * batch_size, name="segq-encode")
+
+    @property
+    def inference_s(self) -> float:
+        """Preprocessing + forward passes + post-processing, no waiting: what FPS divides by."""
+        return self.times.inference_s
 
     def add(self, rgb: np.ndarray) -> None:
         self._batch.append(rgb)
@@ -109,49 +118,56 @@ class ChunkRenderer:
     def add_all(self, frames: Iterable[np.ndarray]) -> None:
         """``add`` every frame of ``frames``, iterated ahead in a thread of its own (the decoder)
         up to two batches ahead; its errors are raised here."""
-        with Ahead(frames, maxsize=2 * self.batch_size, name="segq-decode") as decoded:
+        with Ahead(self._timed(frames), maxsize=2 * self.batch_size, name="segq-decode") as decoded:
             for rgb in decoded:
                 self.add(rgb)
+
+    def _timed(self, frames: Iterable[np.ndarray]):
+        """``frames``, its own time (the decoder's) counted in ``decode_s``."""
+        it = iter(frames)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                frame = next(it)
+            except StopIteration:
+                return
+            finally:
+                self.decode_s += time.perf_counter() - t0
+            yield frame
 
     def _submit(self) -> None:
         if self.check is not None:
             self.check()
         frames, self._batch = self._batch, []
-        t0 = time.perf_counter()
-        inputs = inference.preprocess(self.model, [Image.fromarray(f) for f in frames])
-        pre = time.perf_counter() - t0
-        self._pending.append((frames, self.stage.submit(self.model, inputs, items=len(frames)), pre))
+        self._pending.append(self.segmenter.submit(frames))
         while len(self._pending) > self.ahead:
-            self._finish(*self._pending.popleft())
+            self._finish(self._pending.popleft())
 
-    def _finish(self, frames: list[np.ndarray], future, pre: float) -> None:
-        outputs = future.result()
-        t0 = time.perf_counter()
-        preds = inference.post_process_batch(self.model, outputs, [f.shape[:2] for f in frames], self.task,
-                                             keep_on_device=self.device_blend)
-        seconds = pre + future.seconds + time.perf_counter() - t0
-        self.inference_s += seconds
-        fps = len(frames) / seconds if seconds > 0 else 0.0
-        if self.device_blend:
-            inference.render_on_device(self.model, preds, frames)
-        for rgb, pred in zip(frames, preds):
+    def _finish(self, pending) -> None:
+        result = self.segmenter.finish(pending, self.task, blend=self.device_blend)
+        self.times.add(result.times)
+        seconds = result.times.inference_s
+        fps = len(pending.images) / seconds if seconds > 0 else 0.0
+        for rgb, pred in zip(pending.images, result.predictions):
             self.labels.add(pred.label_map)
-            self.segments.append([render.segment_entry(s, pred.task, self.model.labels) for s in pred.segments])
+            self.segments.append([render.segment_entry(s, pred.task, self.labelset) for s in pred.segments])
             self._encode.put((rgb, pred, fps))
 
     def _render(self, item) -> None:
+        t0 = time.perf_counter()
         rgb, pred, fps = item
-        frame = pred.overlay if pred.overlay is not None else render.overlay(rgb, pred, self.model.labels)
+        frame = pred.overlay if pred.overlay is not None else render.overlay(rgb, pred, self.labelset)
         if self.annotate_fps:
             video.annotate_fps(frame, fps)
         self.write(frame)
+        self.render_s += time.perf_counter() - t0
 
     def flush(self) -> None:
         """Every frame added so far through the model (the encode thread may still be behind)."""
         if self._batch:
             self._submit()
         while self._pending:
-            self._finish(*self._pending.popleft())
+            self._finish(self._pending.popleft())
 
     def archive(self, start: int, end: int, target=None) -> bytes | None:
         """The chunk's label archive (``.npz``): ``labels`` (frames, H, W), ``frames``, ``segments``,
@@ -168,8 +184,8 @@ class ChunkRenderer:
 
     def abort(self) -> None:
         """Stop: drop the batches not yet in the model and the overlays not yet encoded."""
-        for _, future, _ in self._pending:
-            future.cancel()
+        for pending in self._pending:
+            pending.future.cancel()
         self._pending.clear()
         self._encode.abort()
 

@@ -12,9 +12,10 @@ in memory for every later job.
 forward pass, and at most :data:`COMPILED_SHAPES` shapes are compiled per process (every model
 together: torch's compile cache is per function, and the models share Mask2Former's ``forward``);
 later new shapes run uncompiled, with torch's "recompile_limit" warning in the log. The worker
-compiles one batch of one image at start (:func:`warm_up`, on its model stage's thread), so that a
+compiles one batch of one image at start (on its model stage's thread), so that a
 model that does not compile fails to load at start, with the reason, as a model that does not load
-does, rather than in a job; the first batch of each other shape still compiles in its job.
+does, rather than in a job (``workers.segmenter.Segmenter.warm_up``); the first batch of each other
+shape still compiles in its job.
 Static rather than dynamic shapes: kernels specialised to a shape are torch.compile's fastest case,
 and symbolic shapes through Swin's window padding are untested here; the cost is a compile per
 shape. Nothing here has been measured on a GPU yet: ``python -m bench.gpu --compile MODE
@@ -44,7 +45,7 @@ CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 #: ``recompile_limit``, 8 by default, is raised to this): for example three models with a batch
 #: size and a last, shorter batch each, plus single images.
 COMPILED_SHAPES = 16
-#: The image :func:`warm_up` runs through the model's processor (width, height): HD video's 16:9.
+#: The image the warm-up runs through the model's processor (width, height): HD video's 16:9.
 #: Any size gives the hub's ADE checkpoints their fixed 384x384 input; processors that keep the
 #: aspect ratio (the COCO checkpoints': shortest edge 384) give other aspect ratios other shapes.
 WARMUP_SIZE = (1920, 1080)
@@ -179,21 +180,3 @@ def _own_tensors(outputs):
         if isinstance(value, torch.Tensor):
             outputs[key] = value.clone()
     return outputs
-
-
-def warm_up(m: LoadedModel, run=None, batch: int = 1, size: tuple[int, int] = WARMUP_SIZE) -> float:
-    """One forward pass of ``m`` on a batch of ``batch`` plain images of ``size`` (width, height)
-    through its image processor: with ``SEGQ_COMPILE`` on, the compilation of that input shape.
-    ``run(m, inputs)`` runs the pass (default ``workers.inference.run_model``; the worker passes its
-    model stage: torch keeps CUDA graphs per thread, and every later pass runs on the stage's).
-    Returns seconds."""
-    from PIL import Image
-
-    from workers import inference
-
-    inputs = inference.preprocess(m, [Image.new("RGB", size, (124, 116, 104)) for _ in range(batch)])
-    started = time.perf_counter()
-    (run or inference.run_model)(m, inputs)
-    if m.spec.device.type == "cuda":
-        torch.cuda.synchronize(m.spec.device)
-    return time.perf_counter() - started

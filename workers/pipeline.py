@@ -43,9 +43,13 @@ _STOP = object()
 
 
 class StageFuture(Future):
-    """A forward pass's future; ``seconds``: how long the pass itself ran (set before the result)."""
+    """A forward pass's future. Set before the result: ``seconds``, how long the pass ran (the
+    whole pass when several submissions ran as one); ``queued_s``, how long it waited for the
+    stage; ``batch_items``, the images or frames of the pass it ran in."""
 
     seconds: float = 0.0
+    queued_s: float = 0.0
+    batch_items: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,29 +65,34 @@ class StageStats:
         return self.busy_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def _default_forward(model, inputs):
-    from workers import inference
-
-    outputs = inference.run_model(model, inputs)
-    inference._sync(model.spec.device)  # the busy time is the device's, not the launch's
-    return outputs
+def _default_forward(runner, inputs):
+    return runner.forward(inputs)  # a Segmenter's: synchronised, so busy time is the device's
 
 
 class ModelStage:
     """One thread that runs every forward pass, in submission order (module docstring).
 
-    ``forward(model, inputs)`` runs a pass (default: ``workers.inference.run_model``, synchronised
-    on CUDA). ``submit`` blocks while ``maxsize`` passes are waiting. ``init`` runs once on the
-    stage's thread before its first pass, ``caller_init`` once on each thread that submits (the
-    worker sets torch's thread counts with them: all of the worker's threads for the forward
-    passes, a share for each task thread's pre- and post-processing).
+    ``submit(runner, inputs)`` queues a pass of ``runner`` (a ``workers.segmenter.Segmenter``: its
+    ``forward`` runs it); ``forward(runner, inputs)`` replaces that call (tests). ``submit`` blocks
+    while ``maxsize`` passes are waiting. ``init`` runs once on the stage's thread before its
+    first pass, ``caller_init`` once on each thread that submits (the worker sets torch's thread
+    counts with them: all of the worker's threads for the forward passes, a share for each task
+    thread's pre- and post-processing).
+
+    Dynamic batching (``max_batch`` > 1, ``SEGQ_MAX_BATCH``): the passes waiting for the same
+    runner with the same ``runner.batch_key(inputs)`` (the same input shape: different shapes are
+    never padded into one batch) run as one, up to ``max_batch`` items, in submission order; the
+    stage waits up to ``delay`` seconds (``SEGQ_BATCH_DELAY_MS``) for more when the batch is not
+    full (0: only what is already waiting). ``runner.concat`` joins the inputs, ``runner.split``
+    hands each submission its part of the outputs.
     """
 
     def __init__(self, forward: Callable[[Any, Any], Any] | None = None, maxsize: int = STAGE_QUEUE,
                  window: float = BUSY_WINDOW_SECONDS, name: str = "segq-model",
                  clock: Callable[[], float] = time.monotonic, init: Callable[[], None] | None = None,
-                 caller_init: Callable[[], None] | None = None):
+                 caller_init: Callable[[], None] | None = None, max_batch: int = 1, delay: float = 0.0):
         self._forward = forward or _default_forward
+        self.max_batch, self.delay = max(1, max_batch), max(0.0, delay)
         self._init, self._caller_init = init, caller_init
         self._callers = threading.local()
         self._queue: queue.Queue = queue.Queue(maxsize)
@@ -112,7 +121,7 @@ class ModelStage:
             except Exception:  # a tuning hook, as ``init``
                 log.exception("model stage: caller init failed")
         future = StageFuture()
-        self._queue.put((future, model, inputs, items))
+        self._queue.put((future, model, inputs, items, self._clock()))
         return future
 
     def run(self, model, inputs, items: int = 1):
@@ -148,7 +157,7 @@ class ModelStage:
         """The stage's figures as the worker's registry record holds them."""
         s = self.stats()
         return {"model_busy": round(s.recent, 4), "model_busy_s": round(s.busy_s, 3),
-                "model_wall_s": round(s.wall_s, 3), "model_items": s.items}
+                "model_wall_s": round(s.wall_s, 3), "model_items": s.items, "model_passes": s.passes}
 
     # -- the stage thread ------------------------------------------------------------------
     def _run(self) -> None:
@@ -157,25 +166,82 @@ class ModelStage:
                 self._init()
             except Exception:  # a tuning hook: the stage must run without it
                 log.exception("model stage: init failed")
+        held: collections.deque = collections.deque()  # taken from the queue, not run yet
+        stopping = False
         while True:
-            job = self._queue.get()
-            if job is _STOP:
+            if held:
+                job = held.popleft()
+            elif stopping:
                 return
-            future, model, inputs, items = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            start = self._clock()
-            with self._lock:
-                self._running_since = start
-            try:
-                outputs = self._forward(model, inputs)
-            except BaseException as exc:  # noqa: BLE001 - it belongs to the submitter
-                future.seconds = self._account(start, 0)
-                future.set_exception(exc)
             else:
-                future.seconds = self._account(start, items)
-                future.set_result(outputs)
-            job = model = inputs = outputs = future = None  # hold no batch between passes
+                job = self._queue.get()
+            if job is _STOP:
+                stopping = True
+                continue
+            group = [job]
+            if self.max_batch > 1:
+                stopping = self._collect(group, held) or stopping
+            self._pass(group)
+            job = group = None  # hold no batch between passes
+
+    def _key(self, job):
+        runner, inputs = job[1], job[2]
+        key = getattr(runner, "batch_key", None)
+        return (id(runner), key(inputs)) if key is not None else None
+
+    def _collect(self, group: list, held: collections.deque) -> bool:
+        """Add to ``group`` the waiting passes that may run with it (module docstring); the first
+        one that may not, and what follows it, wait in ``held``. True when the stop came."""
+        key = self._key(group[0])
+        if key is None:
+            return False
+        items = group[0][3]
+        deadline = self._clock() + self.delay
+        while items < self.max_batch:
+            if held:
+                nxt = held[0]
+            else:
+                try:
+                    remaining = deadline - self._clock()
+                    nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    return False
+                held.append(nxt)
+            if nxt is _STOP or self._key(nxt) != key or items + nxt[3] > self.max_batch:
+                return False
+            held.popleft()
+            group.append(nxt)
+            items += nxt[3]
+        return False
+
+    def _pass(self, group: list) -> None:
+        group = [job for job in group if job[0].set_running_or_notify_cancel()]
+        if not group:
+            return
+        runner = group[0][1]
+        items = sum(job[3] for job in group)
+        start = self._clock()
+        with self._lock:
+            self._running_since = start
+        for future, _, _, _, submitted in group:
+            future.queued_s = start - submitted
+            future.batch_items = items
+        try:
+            if len(group) == 1:
+                parts = [self._forward(runner, group[0][2])]
+            else:
+                outputs = self._forward(runner, runner.concat([job[2] for job in group]))
+                parts = runner.split(outputs, [job[3] for job in group])
+        except BaseException as exc:  # noqa: BLE001 - it belongs to the submitters
+            seconds = self._account(start, 0)
+            for future, *_ in group:
+                future.seconds = seconds
+                future.set_exception(exc)
+            return
+        seconds = self._account(start, items)
+        for (future, *_), part in zip(group, parts):
+            future.seconds = seconds
+            future.set_result(part)
 
     def _account(self, start: float, items: int) -> float:
         end = self._clock()
@@ -333,27 +399,8 @@ class InlineStage:
         else:
             future.seconds = time.monotonic() - start
             future.set_result(outputs)
+        future.batch_items = items
         return future
 
     def run(self, model, inputs, items: int = 1):
         return self.submit(model, inputs, items).result()
-
-
-# -- inference through the stage ------------------------------------------------------------
-
-def predict(stage: ModelStage, m, images: list, task: str, keep_on_device: bool = False):
-    """``workers.inference.predict`` with the forward pass on ``stage``: preprocessing and
-    post-processing in the calling thread. ``seconds`` counts preprocessing, the pass itself and
-    post-processing, not the wait for the stage. ``keep_on_device``: keep the label maps on the
-    device for ``workers.inference.render_on_device``."""
-    from workers import inference
-
-    t0 = time.perf_counter()
-    inputs = inference.preprocess(m, images)
-    pre = time.perf_counter() - t0
-    future = stage.submit(m, inputs, items=len(images))
-    outputs = future.result()
-    t1 = time.perf_counter()
-    preds = inference.post_process_batch(m, outputs, [(img.height, img.width) for img in images], task,
-                                         keep_on_device=keep_on_device)
-    return inference.Timed(preds, pre + future.seconds + time.perf_counter() - t1)

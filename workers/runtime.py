@@ -18,7 +18,7 @@ from typing import Callable
 import redis
 
 from segq import leases as leases_mod
-from segq import manifest, registry, watchdog
+from segq import manifest, metrics, registry, watchdog
 from segq.batches import BatchStore
 from segq.connections import redis_client
 from segq.errors import ServiceUnavailable, UnknownModel
@@ -31,6 +31,7 @@ from workers import device as device_mod
 from workers.budget import PixelBudget
 from workers import models as models_mod
 from workers.pipeline import ModelStage
+from workers.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Runtime:
     scheduler: Scheduler | None = None
     app: object = None  # the worker's Celery app (builds the messages the watchdog sends again)
     budget: PixelBudget = field(default_factory=lambda: PixelBudget(1))  # pixels its tasks hold at once
-    models: dict[str, models_mod.LoadedModel] = field(default_factory=dict)
+    models: dict[str, Segmenter] = field(default_factory=dict)  # name -> its segmenter on the model stage
     stage: ModelStage | None = None
     leases: leases_mod.LeaseBook | None = None
     _targets: dict[str, tuple[float, int]] = field(default_factory=dict)  # model -> (when, slots)
@@ -59,7 +60,8 @@ class Runtime:
     def redis(self) -> redis.Redis:
         return self.store.r
 
-    def model(self, name: str) -> models_mod.LoadedModel:
+    def model(self, name: str) -> Segmenter:
+        """The segmenter of model ``name`` (UnknownModel when this worker does not serve it)."""
         try:
             return self.models[name]
         except KeyError:
@@ -76,21 +78,22 @@ class Runtime:
             loaded = models_mod.load(name, checkpoint, self.spec, self.settings.image_processor,
                                      compile=self.settings.compile)
             loaded.postprocess = self.settings.postprocess
+            segmenter = Segmenter(loaded, self.stage)
             if loaded.compile != "off":
-                self._compile_at_start(loaded)
-            self.models[name] = loaded
+                self._compile_at_start(segmenter)
+            self.models[name] = segmenter
             self.registration.loaded(name, loaded.load_seconds)
 
-    def _compile_at_start(self, m: models_mod.LoadedModel) -> None:
+    def _compile_at_start(self, segmenter: Segmenter) -> None:
         """``SEGQ_COMPILE``: compile one batch of one image now, on the model stage's thread (where
         every later pass, and its CUDA graphs, run), so that a model that does not compile fails to
         load here, with the reason (``ModelLoadError``), instead of in a job. Other shapes compile
         on their first pass (``workers.models``)."""
+        m = segmenter.model
         log.info("model %s: SEGQ_COMPILE=%s: compiling a warm-up batch (the first batches of each new "
                  "size compile too, and are slow)", m.name, m.compile)
-        run = (lambda model, inputs: self.stage.run(model, inputs, items=0)) if self.stage else None
         try:
-            seconds = models_mod.warm_up(m, run)
+            seconds = segmenter.warm_up()
         except Exception as exc:
             raise models_mod.ModelLoadError(
                 f"model {m.name!r}: torch.compile (SEGQ_COMPILE={m.compile}) failed on a warm-up batch: "
@@ -99,6 +102,14 @@ class Runtime:
 
     def count(self, counter: str) -> None:
         self.registration.count(counter)
+
+    def observe(self, model: str, stages: dict[str, float]) -> None:
+        """The seconds of each stage of a finished job or chunk, into the fleet's histograms
+        (``segq.metrics``); a metric that cannot be written never fails the work."""
+        try:
+            metrics.observe_stages(self.redis, model, stages)
+        except redis.RedisError as exc:
+            log.warning("stage timings not recorded: %s", exc)
 
     # -- the scheduler: releasing work as slots free up ------------------------------------
     def target(self, model: str) -> int:
@@ -240,7 +251,7 @@ def _model_stage(settings: Settings) -> ModelStage:
     import torch
 
     threads = settings.worker_threads or torch.get_num_threads()
-    share = max(1, threads // settings.worker_concurrency)
+    share = max(1, threads // settings.task_slots)
 
     def this_thread(n: int) -> Callable[[], None]:
         def init() -> None:
@@ -249,7 +260,8 @@ def _model_stage(settings: Settings) -> ModelStage:
 
         return init
 
-    return ModelStage(init=this_thread(threads), caller_init=this_thread(share))
+    return ModelStage(init=this_thread(threads), caller_init=this_thread(share), max_batch=settings.max_batch,
+                      delay=settings.batch_delay_ms / 1000.0, maxsize=max(4, 2 * settings.max_batch))
 
 
 def boot(hostname: str, settings: Settings | None = None, app=None) -> Runtime:
@@ -268,7 +280,7 @@ def boot(hostname: str, settings: Settings | None = None, app=None) -> Runtime:
         store=store,
         spec=spec,
         registration=WorkerRegistration(r, hostname, spec.label, interval=settings.heartbeat_seconds,
-                                        compile=settings.compile, concurrency=settings.worker_concurrency),
+                                        compile=settings.compile, concurrency=settings.task_slots),
         batches=BatchStore(r, settings.job_ttl_seconds),
         scheduler=Scheduler(r),
         app=app,

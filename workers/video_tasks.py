@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from segq import layout, limits, registry
+from segq.jobs import STAGES
 from segq.protocol import (
     ASSEMBLE_VIDEO, SEGMENT_CHUNK, SPLIT_VIDEO, VideoJob, assembly_task_id, chunk_ranges, chunk_task_id,
 )
@@ -64,33 +65,42 @@ def split_video(ctx: Context) -> dict:
 def segment_chunk(ctx: Context) -> dict:
     rt, job = ctx.rt, ctx.job
     t0 = time.perf_counter()
-    model = rt.model(job.model)
+    segmenter = rt.model(job.model)
     info = _info(rt, job.job_id)
     reader = S3Reader(rt.storage, ctx.input, block_size=256 * 1024)
     # The worker's memory budget: the frames this chunk holds at once (workers.budget).
     with rt.budget.hold(chunk_pixels(info.width, info.height, job.batch_size)), \
             tempfile.TemporaryDirectory(prefix="segq-chunk-") as tmp:
+        admitted = time.perf_counter()
         part, labels = Path(tmp) / "part.mp4", Path(tmp) / "labels.npz"
         encoder = video.PartEncoder(part, info.fps)
         # Frames decoded ahead, the model on the worker's model stage, overlays rendered and
         # encoded behind, each in a thread of its own (workers.chunk_render); errors surface here.
-        with ChunkRenderer(model, job.task, job.batch_size, encoder.write, annotate_fps=job.annotate_fps,
-                           stage=rt.stage, check=lambda: check_canceled(rt, job.job_id)) as renderer:
+        with ChunkRenderer(segmenter, job.task, job.batch_size, encoder.write, annotate_fps=job.annotate_fps,
+                           check=lambda: check_canceled(rt, job.job_id)) as renderer:
             renderer.add_all(video.decode_range(reader, info, job.start, job.end))
             renderer.archive(job.start, job.end, target=labels)
         frames = encoder.close()
+        t1 = time.perf_counter()
         rt.storage.put_file(part, layout.part_key(job.job_id, job.chunk), "video/mp4")
         rt.storage.put_file(labels, layout.output_key(job.job_id, layout.chunk_labels_name(job.chunk)),
                             "application/x-npz")
+        uploaded = time.perf_counter() - t1
+    times = renderer.times
+    stages = {"fetch": reader.fetch_s, "memory": admitted - t0, "decode": max(0.0, renderer.decode_s - reader.fetch_s),
+              "preprocess": times.preprocess_s, "wait": times.wait_s, "forward": times.forward_s,
+              "postprocess": times.postprocess_s, "render": times.blend_s + renderer.render_s, "upload": uploaded}
     inference_s = renderer.inference_s
     chunk_info = {
         "chunk": job.chunk, "start": job.start, "end": job.end, "frames": frames,
         "inference_s": round(inference_s, 6), "fps": round(frames / inference_s, 3) if inference_s else None,
         "total_s": round(time.perf_counter() - t0, 6), "worker": rt.hostname, "device": rt.spec.label,
         "read_bytes": reader.bytes_fetched, "finished_at": time.time(),
+        "stages": {k: round(v, 6) for k, v in stages.items()}, "items_per_pass": times.items_per_pass,
     }
     assembly = ctx.entry(ASSEMBLE_VIDEO, job.for_chunk(-1, 0, 0), assembly_task_id(job.job_id, job.run))
     outcome = rt.store.chunk_done(job.job_id, job.chunk, frames, inference_s, chunk_info, assembly)
+    rt.observe(job.model, stages)
     return {"job_id": job.job_id, **chunk_info, "outcome": outcome}
 
 
@@ -123,7 +133,8 @@ def assemble_video(ctx: Context) -> dict:
         "split_s": record.split_s,
         "assemble_s": round(time.perf_counter() - t0, 6),
     }
-    model = rt.model(job.model)
+    model = rt.model(job.model).model
+    stages = {name: round(sum(c.get("stages", {}).get(name, 0.0) for c in infos.values()), 6) for name in STAGES}
     doc = {
         "job_id": job.job_id, "task": job.task, "model": job.model, "checkpoint": model.checkpoint,
         "processor": model.processor_name, "postprocess": model.postprocess, "input": ctx.input.uri, "probe": info.summary(),
@@ -133,7 +144,7 @@ def assemble_video(ctx: Context) -> dict:
     }
     rt.storage.put_bytes(layout.output_key(job.job_id, layout.VIDEO_JSON), json.dumps(doc, indent=1).encode(),
                          "application/json")
-    rt.store.finish(job.job_id, checkpoint=model.checkpoint, frames=info.frames,
+    rt.store.finish(job.job_id, checkpoint=model.checkpoint, frames=info.frames, stages=stages,
                     **{k: v for k, v in metrics.items() if k != "split_s"})
     rt.count(registry.JOBS_DONE)
     for index in range(len(chunks)):  # the parts were intermediate

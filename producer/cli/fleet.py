@@ -25,7 +25,8 @@ def workers(timeout, as_json):
     Joins each worker's own record in Redis (refreshed every few seconds, even during long
     tasks) with Celery's remote control (ping, active tasks, totals). A worker runs several tasks
     at once (one per line under "active"); "model busy" is the fraction of the last 30 s its
-    model stage ran forward passes, "items" the images and frames it has put through the model.
+    model stage ran forward passes, "items" the images and frames it has put through the model,
+    "per pass" how many of them ran in one forward pass on average (SEGQ_MAX_BATCH batches them).
 
     \b
     Example:
@@ -44,13 +45,14 @@ def workers(timeout, as_json):
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for col in ("worker", "device", "models", "active", "model busy", "items", "jobs done", "failed", "tasks",
-                "heartbeat", "control"):
+    for col in ("worker", "device", "models", "active", "model busy", "items", "per pass", "jobs done", "failed",
+                "tasks", "heartbeat", "control"):
         table.add_column(col)
     for v in views:
         control = "-" if v.responding is None else ("answers" if v.responding else "[yellow]busy[/]")
         table.add_row(v.hostname, v.device, ", ".join(v.models), "\n".join(v.active_tasks) or "idle",
                       f"{v.model_busy:.0%}" if v.model_busy is not None else "-", str(v.model_items),
+                      f"{v.items_per_pass:.1f}" if v.items_per_pass else "-",
                       str(v.jobs_done), str(v.jobs_failed), str(v.tasks_done),
                       f"{v.heartbeat_age:.0f}s ago" if v.heartbeat_age is not None else "-", control)
     out.print(table)

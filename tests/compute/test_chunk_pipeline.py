@@ -2,11 +2,11 @@
 
 ``ChunkRenderer`` with the worker's model stage (frames decoded ahead, the forward pass on the
 stage's thread, overlays rendered and encoded behind) against the serial loop it replaced
-(``workers.inference.predict`` on each batch, then render and write in order): the same label
-maps, segments and overlay frames, bit for bit, in the same order; and an image through
-``workers.pipeline.predict`` equals ``workers.inference.predict``. The CUDA worker's path
-(overlays blended in torch right after post-processing) forced on the CPU writes the same frames.
-The errors of each thread surface in the caller."""
+(``Segmenter.predict`` inline on each batch, then render and write in order): the same label maps,
+segments and overlay frames, bit for bit, in the same order; and an image through the stage
+equals one predicted inline. The CUDA worker's path (overlays blended in torch right after
+post-processing) forced on the CPU writes the same frames. The errors of each thread surface in
+the caller."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from PIL import Image
 
 pytest.importorskip("transformers")
 
-from workers import device, inference, pipeline, render, video  # noqa: E402
+from workers import device, pipeline, render, video  # noqa: E402
 from workers.checkpoints import make_tiny  # noqa: E402
 from workers.chunk_render import ChunkRenderer  # noqa: E402
 from workers.models import load  # noqa: E402
+from workers.segmenter import Segmenter  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def _serial(model, frames, batch):
     written, labels, segments = [], [], []
     for k in range(0, len(frames), batch):
         part = frames[k:k + batch]
-        timed = inference.predict(model, [Image.fromarray(f) for f in part], "semantic")
+        timed = Segmenter(model).predict([Image.fromarray(f) for f in part], "semantic")
         for rgb, pred in zip(part, timed.predictions):
             written.append(render.overlay(rgb, pred, model.labels))
             labels.append(pred.label_map.astype(render.label_map_dtype(model.max_label_value)))
@@ -73,7 +74,7 @@ def test_a_pipelined_chunk_equals_the_serial_loop(model, stage, n, batch):
         threads.add(threading.get_ident())
         written.append(frame.copy())
 
-    with ChunkRenderer(model, "semantic", batch, write, stage=stage) as renderer:
+    with ChunkRenderer(Segmenter(model, stage), "semantic", batch, write) as renderer:
         renderer.add_all(iter(frames))
         archive = renderer.archive(100, 100 + n)
     ref_written, ref_labels, ref_segments = _serial(model, frames, batch)
@@ -106,7 +107,7 @@ def test_the_device_blend_path_forced_on_cpu_writes_the_same_frames(model, stage
                 raise AssertionError("render.overlay called on the device path")
 
             monkeypatch.setattr(render, "overlay", no_cpu_blend)
-        with ChunkRenderer(model, "semantic", batch, write, stage=stage, device_blend=device_blend) as renderer:
+        with ChunkRenderer(Segmenter(model, stage), "semantic", batch, write, device_blend=device_blend) as renderer:
             assert renderer.device_blend is device_blend
             renderer.add_all(iter(frames))
             archive = renderer.archive(0, n)
@@ -122,8 +123,8 @@ def test_the_device_blend_path_forced_on_cpu_writes_the_same_frames(model, stage
 
 def test_an_image_through_the_stage_equals_predict(model, stage):
     img = Image.fromarray(_frames(1, (120, 80))[0])
-    via = pipeline.predict(stage, model, [img], "semantic")
-    ref = inference.predict(model, [img], "semantic")
+    via = Segmenter(model, stage).predict([img], "semantic")
+    ref = Segmenter(model).predict([img], "semantic")
     assert np.array_equal(via.predictions[0].label_map, ref.predictions[0].label_map)
     assert via.predictions[0].segments == ref.predictions[0].segments and via.seconds > 0
 
@@ -136,27 +137,27 @@ def test_errors_of_the_decoder_the_model_and_the_encoder_reach_the_caller(model,
         raise InputError("corrupt video: frames 5..7 do not decode")
 
     with pytest.raises(InputError, match="corrupt video"):
-        with ChunkRenderer(model, "semantic", 2, lambda f: None, stage=stage) as renderer:
+        with ChunkRenderer(Segmenter(model, stage), "semantic", 2, lambda f: None) as renderer:
             renderer.add_all(corrupt())
 
     def full_disk(frame):
         raise OSError("No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        with ChunkRenderer(model, "semantic", 2, full_disk, stage=stage) as renderer:
+        with ChunkRenderer(Segmenter(model, stage), "semantic", 2, full_disk) as renderer:
             renderer.add_all(iter(_frames(6)))
             renderer.archive(0, 6)
 
     failing = pipeline.ModelStage(lambda m, inputs: 1 / 0)
     try:
         with pytest.raises(ZeroDivisionError):
-            with ChunkRenderer(model, "semantic", 2, lambda f: None, stage=failing) as renderer:
+            with ChunkRenderer(Segmenter(model, failing), "semantic", 2, lambda f: None) as renderer:
                 renderer.add_all(iter(_frames(4)))
                 renderer.archive(0, 4)
     finally:
         failing.close()
     # the stage of the worker goes on after its callers' failures
-    assert stage.alive and pipeline.predict(stage, model, [Image.fromarray(_frames(1)[0])], "semantic").predictions
+    assert stage.alive and Segmenter(model, stage).predict([Image.fromarray(_frames(1)[0])], "semantic").predictions
 
 
 def test_a_real_part_encodes_every_frame_in_order(model, stage, tmp_path):
@@ -170,7 +171,7 @@ def test_a_real_part_encodes_every_frame_in_order(model, stage, tmp_path):
     enc.close()
     info = video.probe(src, 1000, 10**7)
     part = video.PartEncoder(tmp_path / "part.mp4", info.fps)
-    with ChunkRenderer(model, "semantic", 4, part.write, annotate_fps=True, stage=stage) as renderer:
+    with ChunkRenderer(Segmenter(model, stage), "semantic", 4, part.write, annotate_fps=True) as renderer:
         renderer.add_all(video.decode_range(src, info, 2, 11))
         renderer.archive(2, 11)
     assert part.close() == 9

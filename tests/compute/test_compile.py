@@ -23,7 +23,8 @@ pytest.importorskip("transformers")
 
 from transformers.utils import ModelOutput  # noqa: E402
 
-from workers import device, equivalence, inference, labels, models, pipeline  # noqa: E402
+from workers import device, equivalence, labels, models, pipeline  # noqa: E402
+from workers.segmenter import Segmenter  # noqa: E402
 from workers.checkpoints import make_tiny  # noqa: E402
 
 
@@ -63,20 +64,22 @@ def test_a_compiled_model_gives_the_eager_logits_and_labels(checkpoint):
     assert compiled.num_queries == eager.num_queries and compiled.max_label_value == eager.max_label_value
 
     images = _images(2)
-    inputs = inference.preprocess(eager, images)
-    want = inference.run_model(eager, inputs)
+    eager_seg = Segmenter(eager)
+    inputs = eager_seg.preprocess(images)
+    want = eager_seg.forward(inputs)
 
     # The worker's warm-up, on the model stage's thread, of the jobs' input shape (batch and size:
     # the tiny processor keeps the aspect ratio); the jobs' pass on another thread reuses it.
     stage = pipeline.ModelStage()
     try:
         before = _graphs()
-        seconds = models.warm_up(compiled, lambda m, x: stage.run(m, x, items=0), batch=2, size=(64, 64))
+        seconds = Segmenter(compiled, stage).warm_up(batch=2, size=(64, 64))
         assert seconds > 0 and _graphs() > before, "the warm-up compiled nothing"
     finally:
         stage.close()
     compiled_graphs = _graphs()
-    got = inference.run_model(compiled, inference.preprocess(compiled, images))
+    compiled_seg = Segmenter(compiled)
+    got = compiled_seg.forward(compiled_seg.preprocess(images))
     assert _graphs() == compiled_graphs, "the jobs' batch compiled again after the warm-up"
 
     for name in ("class_queries_logits", "masks_queries_logits"):
@@ -92,8 +95,8 @@ def test_a_compiled_model_gives_the_eager_logits_and_labels(checkpoint):
     assert out.class_queries_logits is out["class_queries_logits"]
 
     sizes = [(img.height, img.width) for img in images]
-    for i, (p, q) in enumerate(zip(inference.post_process_batch(eager, want, sizes, "semantic"),
-                                   inference.post_process_batch(compiled, got, sizes, "semantic"))):
+    for i, (p, q) in enumerate(zip(eager_seg.post_process_batch(want, sizes, "semantic"),
+                                   compiled_seg.post_process_batch(got, sizes, "semantic"))):
         equivalence.assert_equivalent(
             "semantic", want.class_queries_logits[i], want.masks_queries_logits[i], sizes[i],
             torch.from_numpy(p.label_map), torch.from_numpy(q.label_map))
@@ -158,12 +161,18 @@ class _Registration:
 
 
 class _Stage:
+    """The model stage, recording what it ran; passes run inline."""
+
     def __init__(self):
         self.items = []
 
-    def run(self, model, inputs, items=1):
+    def submit(self, runner, inputs, items=1):
+        from concurrent.futures import Future
+
         self.items.append(items)
-        return model.model(**inputs)
+        future = Future()
+        future.set_result(None)
+        return future
 
 
 def _runtime(monkeypatch, mode: str, warm):
@@ -179,7 +188,7 @@ def _runtime(monkeypatch, mode: str, warm):
         return m
 
     monkeypatch.setattr(models, "load", load)
-    monkeypatch.setattr(models, "warm_up", warm)
+    monkeypatch.setattr(Segmenter, "warm_up", warm)
     settings = Settings.from_env({"SEGQ_MODELS": "a=/ckpt", "SEGQ_COMPILE": mode})
     rt = runtime.Runtime(settings=settings, hostname="w", storage=None, store=None,
                          spec=_loaded(_Net(), "cpu").spec, registration=_Registration(), stage=_Stage())
@@ -187,8 +196,9 @@ def _runtime(monkeypatch, mode: str, warm):
 
 
 def test_the_worker_compiles_a_warm_up_batch_on_its_model_stage_at_start(monkeypatch):
-    def warm(m, run):
-        run(m, {"pixel_values": torch.ones(1)})
+    def warm(segmenter):
+        assert segmenter.stage is rt.stage  # on the worker's model stage
+        segmenter.stage.submit(segmenter, {"pixel_values": torch.ones(1)}, items=0)
         return 1.0
 
     rt, loaded = _runtime(monkeypatch, "reduce-overhead", warm)
@@ -196,13 +206,13 @@ def test_the_worker_compiles_a_warm_up_batch_on_its_model_stage_at_start(monkeyp
     assert loaded[0].compile == "reduce-overhead" and rt.stage.items == [0]  # on the stage, counted as no item
     assert rt.registration.loads == ["a"]
 
-    rt, loaded = _runtime(monkeypatch, "off", lambda m, run: pytest.fail("warmed up uncompiled"))
+    rt, loaded = _runtime(monkeypatch, "off", lambda segmenter: pytest.fail("warmed up uncompiled"))
     rt.load_models(["a"])
     assert loaded[0].compile == "off" and rt.stage.items == []
 
 
 def test_a_model_that_does_not_compile_fails_to_load_at_start_with_the_reason(monkeypatch):
-    def warm(m, run):
+    def warm(segmenter):
         raise RuntimeError("no C++ compiler")
 
     rt, _ = _runtime(monkeypatch, "default", warm)

@@ -3,8 +3,8 @@
 ``workers.render.overlay_tensor`` against ``workers.render.overlay`` (numpy lookup table +
 ``cv2.addWeighted``): every (image value, colour value) pair, then whole frames of realistic label
 maps (``workers.synthetic.structured`` outputs through ``workers.postprocess``) for semantic,
-instance and panoptic, through ``workers.inference.post_process(..., keep_on_device=True)`` and
-``render_on_device`` with the device forced to the CPU. The chunk renderer's forced device path
+instance and panoptic, through ``Segmenter.post_process(..., keep_on_device=True)`` and
+``Segmenter.blend`` with the device forced to the CPU. The chunk renderer's forced device path
 is checked in ``test_chunk_pipeline.py``.
 """
 
@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from segq import defaults, layout
-from workers import inference, labels, render, synthetic
+from workers import labels, render, synthetic
 from workers.labels import LabelSet
 from workers.prediction import Prediction, Segment
+from workers.segmenter import Segmenter
 
 
 def _grid():
@@ -77,7 +78,7 @@ def test_zero_keeps_the_photo_and_odd_sizes():
 
 
 def _model(label_set: LabelSet):
-    """What ``post_process`` and ``render_on_device`` use of a ``LoadedModel``, on the CPU."""
+    """What ``Segmenter.post_process`` and ``Segmenter.blend`` use of a ``LoadedModel``, on the CPU."""
     return SimpleNamespace(labels=label_set, spec=SimpleNamespace(device=torch.device("cpu")), postprocess="fast")
 
 
@@ -90,16 +91,16 @@ def test_device_path_forced_on_cpu_gives_the_cpu_overlay(task, label_set, seed, 
     m = _model(ls)
     cls, masks = synthetic.structured(seed, len(ls))
     outputs = SimpleNamespace(class_queries_logits=cls, masks_queries_logits=masks)
-    th = inference.Thresholds()
+    segmenter = Segmenter(m)
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
 
-    ref = inference.post_process(m, outputs, task, size, th)
+    ref = segmenter.post_process(outputs, task, size)
     assert ref.device_label_map is None and ref.overlay is None
-    pred = inference.post_process(m, outputs, task, size, th, keep_on_device=True)
+    pred = segmenter.post_process(outputs, task, size, keep_on_device=True)
     assert isinstance(pred.device_label_map, torch.Tensor)
     assert np.array_equal(pred.label_map, ref.label_map) and pred.segments == ref.segments
-    inference.render_on_device(m, [pred], [image])
+    segmenter.blend([pred], [image])
     assert pred.device_label_map is None
     expected = render.overlay(image, ref, ls)
     assert pred.overlay.dtype == np.uint8 and np.array_equal(pred.overlay, expected)
@@ -127,4 +128,4 @@ def test_a_label_without_a_colour_is_refused_before_the_device():
     pred = Prediction("instance", label_map, [Segment(1, 0, 0.9, area=1), Segment(2, 3, 0.8, area=1)])
     pred.device_label_map = torch.from_numpy(label_map)
     with pytest.raises(ValueError, match="label 7 has no colour"):
-        inference.render_on_device(m, [pred], [np.zeros((2, 2, 3), np.uint8)])
+        Segmenter(m).blend([pred], [np.zeros((2, 2, 3), np.uint8)])

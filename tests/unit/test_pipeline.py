@@ -113,7 +113,7 @@ def test_busy_time_items_and_the_recent_fraction_are_counted():
     later = stage.stats()
     assert later.busy_s == pytest.approx(s.busy_s) and later.busy_fraction < s.busy_fraction
     fields = stage.fields()
-    assert set(fields) == {"model_busy", "model_busy_s", "model_wall_s", "model_items"}
+    assert set(fields) == {"model_busy", "model_busy_s", "model_wall_s", "model_items", "model_passes"}
     assert fields["model_items"] == 12
     stage.close()
     assert not stage.alive
@@ -305,3 +305,79 @@ def test_the_registry_record_carries_the_stage_figures_and_every_running_task():
     assert rec.model_items == 4 and 0 < rec.model_busy_s <= rec.model_wall_s and 0 <= rec.model_busy <= 1
     assert rec.active_tasks == ["segq.segment_chunk[j-chunk00001] job j", "segq.segment_image[k] job k"]
     assert WorkerRecord.from_hash("segq:worker:x", {}).active_tasks == []
+
+
+class BatchingRunner:
+    """A stand-in for a Segmenter on the stage: inputs are (key, values); outputs the values
+    doubled; it records the batches it ran."""
+
+    def __init__(self, gate: threading.Event | None = None):
+        self.batches: list[list] = []
+        self.gate = gate
+
+    def forward(self, inputs):
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.batches.append(list(inputs[1]))
+        return [2 * v for v in inputs[1]]
+
+    @staticmethod
+    def batch_key(inputs):
+        return inputs[0]
+
+    @staticmethod
+    def concat(inputs):
+        assert len({i[0] for i in inputs}) == 1, "only passes of one key are joined"
+        return (inputs[0][0], [v for i in inputs for v in i[1]])
+
+    @staticmethod
+    def split(outputs, counts):
+        parts, start = [], 0
+        for n in counts:
+            parts.append(outputs[start:start + n])
+            start += n
+        return parts
+
+
+def test_passes_of_one_shape_waiting_together_run_as_one_batch_and_others_apart():
+    gate = threading.Event()
+    runner = BatchingRunner(gate)
+    stage = ModelStage(maxsize=16, max_batch=4)
+    first = stage.submit(runner, ("a", [0]), items=1)  # runs alone (the stage is idle), held by the gate
+    time.sleep(0.1)
+    waiting = [stage.submit(runner, (key, [i]), items=1) for i, key in
+               enumerate(["a", "a", "b", "a", "a", "a", "a"], start=1)]
+    gate.set()
+    results = [f.result(5) for f in [first, *waiting]]
+    stage.close()
+    assert results == [[0], [2], [4], [6], [8], [10], [12], [14]]  # each its own part, in order
+    assert runner.batches == [[0], [1, 2], [3], [4, 5, 6, 7]]  # the "b" pass ends the first batch
+    assert [f.batch_items for f in [first, *waiting]] == [1, 2, 2, 1, 4, 4, 4, 4]
+    assert stage.stats().passes == 4 and stage.stats().items == 8
+
+
+def test_a_batching_stage_waits_up_to_its_delay_for_more():
+    runner = BatchingRunner()
+    stage = ModelStage(maxsize=8, max_batch=3, delay=0.3)
+    a = stage.submit(runner, ("a", [1]), items=1)
+    time.sleep(0.1)
+    b = stage.submit(runner, ("a", [2]), items=1)  # arrives within the delay: same batch
+    assert (a.result(5), b.result(5)) == ([2], [4])
+    stage.close()
+    assert runner.batches == [[1, 2]] and a.queued_s >= 0.1
+
+
+def test_a_failing_batch_fails_each_of_its_submissions():
+    class Failing(BatchingRunner):
+        def forward(self, inputs):
+            raise RuntimeError("out of memory")
+
+    gate = threading.Event()
+    stage = ModelStage(lambda runner, inputs: gate.wait(5) and runner.forward(inputs), maxsize=8, max_batch=4)
+    runner = Failing()
+    futures = [stage.submit(runner, ("a", [i]), items=1) for i in range(3)]
+    gate.set()
+    for f in futures:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            f.result(5)
+    stage.close()
