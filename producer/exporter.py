@@ -32,6 +32,7 @@ metric                                 meaning
 from __future__ import annotations
 
 import json
+import os
 from urllib.parse import parse_qs
 
 import redis
@@ -154,15 +155,24 @@ def backlog(settings: Settings, r: redis.Redis) -> dict:
     return out
 
 
-def app(settings: Settings, r: redis.Redis):
-    """The exporter's WSGI app: ``/metrics`` (Prometheus) and ``/backlog[?model=NAME]`` (JSON)."""
+def app(settings: Settings, r: redis.Redis, auth: str | None = None):
+    """The exporter's WSGI app: ``/metrics`` (Prometheus) and ``/backlog[?model=NAME]`` (JSON).
+    ``auth`` (``user:password``, from ``SEGQ_EXPORTER_AUTH``): HTTP basic auth on every path."""
+    import base64
+    import hmac
+
     from prometheus_client import CollectorRegistry, make_wsgi_app
 
     registry_ = CollectorRegistry()
     registry_.register(SegqCollector(settings, r))
     metrics = make_wsgi_app(registry_)
+    expected = "Basic " + base64.b64encode(auth.encode()).decode() if auth else None
 
     def route(environ, start_response):
+        if expected and not hmac.compare_digest(environ.get("HTTP_AUTHORIZATION", ""), expected):
+            start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="segq"'),
+                                                ("Content-Length", "0")])
+            return [b""]
         if environ.get("PATH_INFO") != "/backlog":
             return metrics(environ, start_response)
         models = backlog(settings, r)
@@ -191,4 +201,10 @@ def serve(settings: Settings, address: str, port: int) -> None:
             pass
 
     r = redis_client(settings.redis_url)
-    make_server(address, port, app(settings, r), server_class=Server, handler_class=Quiet).serve_forever()
+    auth = os.environ.get(AUTH_VARIABLE) or None
+    make_server(address, port, app(settings, r, auth), server_class=Server, handler_class=Quiet).serve_forever()
+
+
+#: ``user:password`` the exporter demands (HTTP basic auth), read from the environment, never from
+#: a command line; unset: no authentication (then keep it on loopback or behind a network policy).
+AUTH_VARIABLE = "SEGQ_EXPORTER_AUTH"

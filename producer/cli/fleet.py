@@ -162,7 +162,10 @@ def health(local):
 @click.option("--address", default="127.0.0.1", show_default=True)
 @click.option("--port", default=9808, show_default=True)
 def exporter(address, port):
-    """Serve Prometheus metrics (queue depth, jobs by outcome, frames, FPS, model load time).
+    """Serve Prometheus metrics (queues, pending work by priority, batches, jobs by outcome, frames,
+    FPS, latency and stage histograms, workers) at /metrics, and each model's backlog (JSON, for
+    autoscalers) at /backlog?model=NAME. With SEGQ_EXPORTER_AUTH=user:password in its environment
+    every path asks for HTTP basic auth.
 
     \b
     Example:

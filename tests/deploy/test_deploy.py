@@ -53,7 +53,8 @@ EXTRA_SEGQ_VARIABLES: set[str] = set()
 EXPORTER_METRICS = {
     "segq_queue_depth", "segq_jobs_total", "segq_frames_processed_total", "segq_inference_seconds_total",
     "segq_job_fps", "segq_model_load_seconds", "segq_workers", "segq_pending_tasks", "segq_batch_jobs",
-    "segq_in_flight_tasks", "segq_dead_letters", "segq_watchdog_resent_total",
+    "segq_in_flight_tasks", "segq_dead_letters", "segq_watchdog_resent_total", "segq_job_latency_seconds_bucket",
+    "segq_stage_seconds_bucket",
 }
 
 
@@ -985,3 +986,5 @@ def test_grafana_dashboard_has_the_expected_panels():
     panel_with(r"by \(priority\) \(segq_pending_tasks")
     panel_with(r"segq_batch_jobs")
     panel_with(r"segq_dead_letters")
+    panel_with(r"histogram_quantile\(0\.95, sum by \(le, kind\) \(rate\(segq_job_latency_seconds_bucket")
+    panel_with(r"histogram_quantile\(0\.95, sum by \(le, stage\) \(rate\(segq_stage_seconds_bucket")

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -106,3 +108,83 @@ def test_work_for_a_model_no_worker_serves_waits_pending_and_queues_counts_it(cl
     assert result.returncode == 0, result.stderr
     report = json.loads(segq("queues", "--json", env=env).stdout)
     assert report["queues"]["segq.model.lonely"]["pending"]["low"] == 0
+
+
+def test_a_real_prometheus_scrapes_the_exporter_and_promtool_finds_nothing_to_fix(client, worker, tmp_path):
+    """The exporter behind basic auth, scraped by a real Prometheus (itself behind basic auth, on
+    loopback): the job latency and stage histograms arrive, and `promtool check metrics` finds no
+    problem in what the exporter serves."""
+    import base64
+    import json
+    import secrets
+    import shutil
+
+    import bcrypt
+
+    if shutil.which("prometheus") is None or shutil.which("promtool") is None:
+        pytest.fail("Debian's prometheus package (prometheus, promtool) is needed: apt-get install prometheus")
+    jobs = client.submit([str(photo(tmp_path / f"p{i}.png", (64, 48), seed=i)) for i in range(2)], task="semantic")
+    client.wait([j.id for j in jobs], timeout=120)
+
+    exporter_port, exporter_auth = free_port(), f"segq:{secrets.token_hex(8)}"
+    exporter = subprocess.Popen([sys.executable, "-m", "producer", "exporter", "--port", str(exporter_port)],
+                                env={**os.environ, "SEGQ_EXPORTER_AUTH": exporter_auth}, stderr=subprocess.DEVNULL)
+    prom_port, prom_password = free_port(), secrets.token_hex(8)
+    (tmp_path / "web.yml").write_text(json.dumps({"basic_auth_users": {
+        "admin": bcrypt.hashpw(prom_password.encode(), bcrypt.gensalt(rounds=4)).decode()}}))
+    user, password = exporter_auth.split(":")
+    (tmp_path / "prometheus.yml").write_text(json.dumps({
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [{"job_name": "segq", "basic_auth": {"username": user, "password": password},
+                            "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}]}))
+    prometheus = subprocess.Popen(
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--web.config.file={tmp_path / 'web.yml'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}", f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    token = base64.b64encode(f"admin:{prom_password}".encode()).decode()
+
+    def query(expr: str) -> list:
+        url = f"http://127.0.0.1:{prom_port}/api/v1/query?query=" + urllib.parse.quote(expr)
+        req = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+        return json.loads(urllib.request.urlopen(req, timeout=5).read())["data"]["result"]
+
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the exporter asks for its credentials
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{exporter_port}/metrics", timeout=2)
+                    break
+                except urllib.error.URLError as exc:
+                    if isinstance(exc, urllib.error.HTTPError) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        assert refused.value.code == 401
+        req = urllib.request.Request(f"http://127.0.0.1:{exporter_port}/metrics",
+                                     headers={"Authorization": "Basic " + base64.b64encode(exporter_auth.encode()).decode()})
+        body = urllib.request.urlopen(req, timeout=10).read()
+        check = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60)
+        assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), \
+            (check.stdout + check.stderr).decode()
+        families = {fam.name for fam in text_string_to_metric_families(body.decode())}
+        assert {"segq_job_latency_seconds", "segq_stage_seconds", "segq_pending_tasks"} <= families
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                latency = query('segq_job_latency_seconds_count{model="ade-semantic"}')
+                stages = query('sum by (stage) (segq_stage_seconds_count{model="ade-semantic"})')
+                if latency and stages:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            assert time.monotonic() < deadline, "Prometheus never scraped the exporter"
+            time.sleep(1)
+        assert float(latency[0]["value"][1]) >= 2
+        assert {s["metric"]["stage"] for s in stages} >= {"fetch", "decode", "forward", "postprocess", "upload"}
+        p95 = query('histogram_quantile(0.95, sum by (le) (rate(segq_stage_seconds_bucket{stage="forward"}[1m])))')
+        assert p95 is not None  # the quantile query the dashboard's panels use is well formed
+    finally:
+        prometheus.terminate()
+        exporter.terminate()
+        prometheus.wait(20)
+        exporter.wait(10)
