@@ -8,25 +8,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-from producer.stack import RedisServer, SeaweedS3, WorkerService
+from producer.stack import Servers, WorkerService
 
 
 @contextmanager
 def servers(root: Path):
     """A real Redis and SeaweedFS S3 on loopback; yields the environment pointing at them."""
-    r = RedisServer("redis", root / "logs" / "redis.log", data_dir=root / "redis").start()
-    s3 = SeaweedS3("s3", root / "logs" / "s3.log", data_dir=root / "s3").start()
-    try:
-        yield {"SEGQ_REDIS_URL": r.url, **s3.env()}
-    finally:
-        s3.stop()
-        r.stop()
+    with Servers(root) as both:
+        yield both.env()
 
 
 def checkpoint(root: Path, kind: str) -> str:
     """``tiny``: the offline test checkpoint; ``swin-l``: the full-size architecture, random weights."""
     if kind == "tiny":
-        from workers.checkpoints import make_tiny
+        from workers.model.checkpoints import make_tiny
 
         folder = root / "tiny-ade"
         if not (folder / "config.json").exists():
@@ -36,7 +31,7 @@ def checkpoint(root: Path, kind: str) -> str:
         import torch
         from transformers import Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor
 
-        from workers.checkpoints import full_size_config
+        from workers.model.checkpoints import full_size_config
 
         folder = root / "swin-l-ade"
         if not (folder / "config.json").exists():

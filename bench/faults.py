@@ -57,13 +57,13 @@ class Fleet:
         self.services[host] = service
 
     def kill_worker(self, host: str) -> float:
-        os.kill(registry.get(self.client.store.r, host).pid, signal.SIGKILL)
+        os.kill(registry.get(self.client.records.r, host).pid, signal.SIGKILL)
         killed = time.monotonic()
         self.services.pop(host).stop()
         return killed
 
     def running(self, job_id: str, task: str):
-        return next((x for x in leases.leases(self.client.store.r)
+        return next((x for x in leases.leases(self.client.records.r)
                      if x.job_id == job_id and x.task == task and x.running), None)
 
     def close(self) -> None:
@@ -78,7 +78,7 @@ def clip(root: Path, name: str, frames: int, size=(256, 192)) -> str:
 
     import numpy as np
 
-    from workers.video import PartEncoder
+    from workers.media.video import PartEncoder
 
     path = root / name
     encoder = PartEncoder(path, Fraction(24), gop=12)

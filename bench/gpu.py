@@ -28,15 +28,13 @@ give meaningless labels but the same compute as the trained model.
     ``.from_pretrained`` as in the article (fp32 spelled out, as transformers 4 loaded it; the backend is
     then transformers' default: torchvision where it is installed; ``--article-processor`` pins one).
     TF32 stays at PyTorch's defaults (off for matmul), as in the article's script.
-(b) segq's worker path, as ``workers.chunk_render.ChunkRenderer`` does it in a chunk task:
-    PyAV decode (``workers.video.probe`` / ``decode_range``), batches of ``--batch-size`` frames
-    through ``workers.inference.predict(model, images, "semantic")`` on a ``LoadedModel`` from
-    ``workers.models.load`` (device and precision from ``workers.device.select``: auto = fp16 on
-    CUDA; post-processing as ``predict`` does it, ``--postprocess`` picks ``LoadedModel.postprocess``),
-    the overlay blend as the worker does it (``workers.inference.blends_on_device``: on CUDA
-    ``workers.inference.render_on_device``, the blend on the device and only the uint8 overlays
-    copied back, charged to the "render" stage; on a CPU ``workers.render.overlay``), the FPS
-    text, ``workers.video.PartEncoder`` (H.264).
+(b) segq's worker path, the very classes a chunk task runs (``workers.tasks.chunk.ChunkPipeline``):
+    PyAV decode ahead on a thread (``workers.media.video.decode_range``), batches of ``--batch-size``
+    frames through a ``workers.model.segmenter.Segmenter`` on a real ``workers.model.stage.ModelStage``
+    thread (device and precision from ``workers.model.device.select``: auto = fp16 on CUDA; the
+    overlay blended where the worker blends it, see ``Segmenter``), overlays annotated and encoded
+    behind on another thread (``workers.media.video.PartEncoder``, H.264). Stage times are the
+    worker's own counters (``Segmenter``'s ``Times``), not a patched function.
     Not included: the chunk's label archive (npz) and the S3 transfers.
 
 Each path is warmed up (``--warmup`` frames for (a), batches for (b)) and then timed over the whole
@@ -51,7 +49,7 @@ label agreement of segq's label maps with an fp32 reference (TF32 off) on the fi
 of the fp32 logits (same processor, same decoded frames).
 
 torch.compile (``SEGQ_COMPILE``, off by default and not yet measured on a GPU): ``--compile MODE``
-compiles segq's model (``workers.models.compile_model``: static shapes; ``reduce-overhead`` and
+compiles segq's model (``workers.model.models.compile_model``: static shapes; ``reduce-overhead`` and
 ``max-autotune`` replay CUDA graphs on CUDA). ``--compare-compile`` runs segq's path eager, then
 compiled, then eager again, on the same model in the same process (on a CPU the first path after
 the article's runs slower, so eager runs on both sides), and prints every FPS, the compiled FPS
@@ -105,17 +103,24 @@ ADE_PROCESSOR = {  # preprocessor_config.json of facebook/mask2former-swin-*-ade
 def _import_workers():
     """segq's worker modules. Imported late so that a missing package gets a clear message."""
     try:
-        from workers import checkpoints, chunk_render, device, models, pipeline, render, segmenter, video
+        from workers.model import checkpoints
+        from workers.tasks import chunk
+        from workers.model import device
+        from workers.model import models
+        from workers.model import stage
+        from workers.media import render
+        from workers.model import segmenter
+        from workers.media import video
     except ModuleNotFoundError as exc:
         hint = {
-            "av": "PyAV is needed by workers.video",
-            "redis": "workers.video imports segq.media, which imports segq.jobs, which imports redis",
+            "av": "PyAV is needed by workers.media.video",
+            "redis": "workers.media.video imports segq.media, which imports segq.jobs, which imports redis",
             "scipy": "transformers' Mask2Former needs scipy",
         }.get(exc.name, "")
         raise SystemExit(f"bench.gpu: cannot import {exc.name!r}{': ' + hint if hint else ''}. "
                          f"On a bare host use scripts/gpu_bench.sh (it carries the wheels).") from exc
-    return SimpleNamespace(checkpoints=checkpoints, chunk_render=chunk_render, device=device, models=models,
-                           pipeline=pipeline, render=render, segmenter=segmenter, video=video)
+    return SimpleNamespace(checkpoints=checkpoints, chunk=chunk, device=device, models=models,
+                           stage=stage, render=render, segmenter=segmenter, video=video)
 
 
 def _sync(device: torch.device) -> None:
@@ -375,19 +380,19 @@ def _stopping(frames, began: float, time_limit: float, n: int, state: dict):
 
 def segq_path(mods, clip: Path, out: Path, m, *, batch_size: int, warmup: int, time_limit: float,
               max_frames: int, keep: int, max_batch: int = 1) -> tuple[dict, list[np.ndarray]]:
-    """segq's chunk path as a worker runs it: the very classes of a chunk task (``ChunkRenderer``:
+    """segq's chunk path as a worker runs it: the very classes of a chunk task (``ChunkPipeline``:
     frames decoded ahead on a thread, batches through a ``Segmenter`` on a real ``ModelStage``
     thread, overlays rendered and encoded behind on another), with the stage times the worker
     itself counts. Returns the figures and the label maps of the first ``keep`` frames."""
-    video, chunk_render, pipeline, segmenter_mod = mods.video, mods.chunk_render, mods.pipeline, mods.segmenter
+    video, chunk_mod, stage_mod, segmenter_mod = mods.video, mods.chunk, mods.stage, mods.segmenter
     info = video.probe(clip, max_frames=10**7, max_pixels=10**9)
     n = min(info.frames, max_frames)
-    stage = pipeline.ModelStage(max_batch=max_batch, maxsize=max(4, 2 * max_batch))
+    stage = stage_mod.ModelStage(max_batch=max_batch, maxsize=max(4, 2 * max_batch))
     try:
         segmenter = segmenter_mod.Segmenter(m, stage)
         first = list(video.decode_range(clip, info, 0, min(batch_size, n)))
         for _ in range(warmup):  # the first batch through the whole path, ``warmup`` times
-            with chunk_render.ChunkRenderer(segmenter, "semantic", batch_size, lambda f: None,
+            with chunk_mod.ChunkPipeline(segmenter, "semantic", batch_size, lambda f: None,
                                             annotate_fps=True) as warm:
                 warm.add_all(iter(first))
                 warm.archive(0, len(first))
@@ -395,7 +400,7 @@ def segq_path(mods, clip: Path, out: Path, m, *, batch_size: int, warmup: int, t
         state = {"frames": 0, "stopped": False}
         _sync(m.spec.device)
         began = time.perf_counter()
-        with chunk_render.ChunkRenderer(segmenter, "semantic", batch_size, encoder.write,
+        with chunk_mod.ChunkPipeline(segmenter, "semantic", batch_size, encoder.write,
                                         annotate_fps=True) as renderer:
             renderer.add_all(_stopping(video.decode_range(clip, info, 0, n), began, time_limit, n, state))
             archive = renderer.archive(0, state["frames"])
@@ -429,14 +434,14 @@ def image_jobs(mods, m, *, images: int, size: tuple[int, int], max_batch: int, c
     """Image jobs as a worker runs them: ``concurrency`` task threads, each predicting one image at a
     time through the model's ``Segmenter`` on one ``ModelStage`` (``max_batch``: passes of one
     shape taken together, ``SEGQ_MAX_BATCH``), rendering and encoding its outputs
-    (``workers.render.image_outputs``). No S3 or Redis. Images per second and passes."""
+    (``workers.media.render.image_outputs``). No S3 or Redis. Images per second and passes."""
     import threading
 
-    pipeline, segmenter_mod, render = mods.pipeline, mods.segmenter, mods.render
+    stage_mod, segmenter_mod, render = mods.stage, mods.segmenter, mods.render
     rng = np.random.default_rng(0)
     w, h = size
     frames = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(min(images, 8))]
-    stage = pipeline.ModelStage(max_batch=max_batch, maxsize=max(4, 2 * max_batch))
+    stage = stage_mod.ModelStage(max_batch=max_batch, maxsize=max(4, 2 * max_batch))
     segmenter = segmenter_mod.Segmenter(m, stage)
     counter = iter(range(images))
     lock = threading.Lock()
@@ -622,7 +627,7 @@ def _compiled_graphs() -> int | None:
 
 
 def _spec(device_mod, device: str, precision: str):
-    """DeviceSpec as a worker gets it from ``workers.device.select`` (or its CPU branch when a CPU run
+    """DeviceSpec as a worker gets it from ``workers.model.device.select`` (or its CPU branch when a CPU run
     is asked for on a CUDA host), and the TF32 / cuDNN flags ``select`` sets for the worker."""
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench.gpu: --device cuda, but torch sees no CUDA device")
@@ -691,7 +696,7 @@ def main(argv: list[str] | None = None) -> dict:
     transformers.utils.logging.disable_progress_bar()
     spec, segq_flags = _spec(device_mod, args.device, args.precision)
     device = spec.device
-    from workers import labels
+    from workers.media import labels
 
     palette = labels.load("ade20k").colors.tolist()  # the article's ADE_CATEGORIES
     res: dict = {

@@ -47,8 +47,9 @@ class Direct:
     """The single-process loop: model loaded once; read, decode, infer, render, write files."""
 
     def __init__(self, ckpt: str, out: Path, threads: int):
-        from workers import device, models
-        from workers.segmenter import Segmenter
+        from workers.model import device
+        from workers.model import models
+        from workers.model.segmenter import Segmenter
 
         self.ckpt, self.out = ckpt, out
         self.model = models.load("bench", ckpt, device.select("auto", threads))
@@ -57,8 +58,8 @@ class Direct:
     def run(self, paths: list[Path]) -> float:
         import numpy as np
 
-        from workers import render
-        from workers.decode import decode_image
+        from workers.media import render
+        from workers.media.decode import decode_image
 
         started = time.perf_counter()
         for p in paths:
@@ -86,7 +87,7 @@ class Queued:
         """The worker's model stage so far: busy seconds, items."""
         from segq import registry
 
-        rec = registry.get(self.client.store.r, self.workers[0][1])
+        rec = registry.get(self.client.records.r, self.workers[0][1])
         return (rec.model_busy_s, rec.model_items) if rec else (0.0, 0)
 
     def run(self, paths: list[Path]) -> tuple[float, list, float]:

@@ -100,7 +100,7 @@ def main() -> None:
 
 
 def _tiny(root: Path, label_set: str) -> str:
-    from workers.checkpoints import make_tiny
+    from workers.model.checkpoints import make_tiny
 
     folder = root / f"tiny-{label_set}"
     if not (folder / "config.json").exists():

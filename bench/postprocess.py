@@ -8,19 +8,19 @@ Inputs (``--outputs``, a comma-separated list; every task runs on each, printed 
 - ``structured``: synthetic Mask2Former outputs of the real shapes (200 queries, mask logits
   96 x 96; 150 classes for semantic/ADE20K, 80 for instance/COCO, 133 for panoptic/COCO panoptic
   with the COCO stuff ids fused), region-like as a trained model's (one confident query per
-  region of a Voronoi layout, no exactly duplicated queries), seeded (``workers.synthetic.structured``);
+  region of a Voronoi layout, no exactly duplicated queries), seeded (``workers.testing.synthetic.structured``);
 - ``noise``: the same shapes with mask logits that vary at the source-pixel scale (boundaries
   everywhere), 40 confident queries so that instance and panoptic keep segments
-  (``workers.synthetic.pixel_noise``);
+  (``workers.testing.synthetic.pixel_noise``);
 - ``tiny-random``: the real forward pass of the random-weight tiny checkpoint of the task
-  (``workers.checkpoints.make_tiny``: 24 queries, written once under ``--tiny-dir``) on the frame
+  (``workers.model.checkpoints.make_tiny``: 24 queries, written once under ``--tiny-dir``) on the frame
   below, through its own image processor (mask logits 64 x 120 for a 16:9 frame).
 
 One random RGB frame; one CPU thread.
 
-(a) segq: ``workers.postprocess`` (semantic / instance / panoptic) -> the worker's encoding
+(a) segq: ``workers.model.postprocess`` (semantic / instance / panoptic) -> the worker's encoding
     (semantic as is; instance id + 1; panoptic -1 -> 0; no area/bbox statistics) ->
-    ``workers.render.overlay`` (palette lookup table, ``cv2.addWeighted``);
+    ``workers.media.render.overlay`` (palette lookup table, ``cv2.addWeighted``);
 (b) baseline: transformers' ``post_process_*_segmentation`` -> the article's
     ``draw_segmentation_map`` (a loop over every palette class) and ``image_overlay``.
 
@@ -29,7 +29,7 @@ Memory: each path runs in a fresh subprocess (same inputs, one thread, glibc's m
 fixed at 128 KiB so that large buffers go back to the system when freed); after a warm-up call
 the kernel's peak-RSS mark is reset (``/proc/self/clear_refs``) and the peak RSS growth of one
 more call over the RSS before it is reported (VmHWM - VmRSS from ``/proc/self/status``).
-Equivalence: ``workers.equivalence.compare`` of the two label maps (differing pixels, how many
+Equivalence: ``workers.testing.equivalence.compare`` of the two label maps (differing pixels, how many
 at near-ties). Targets: >= 10x faster, peak memory <= 1/10, differences only at near-ties.
 """
 
@@ -67,7 +67,7 @@ def make_outputs(task: str, outputs: str, size: tuple[int, int], tiny_dir: Path)
     """(class_queries_logits, masks_queries_logits) for ``task`` from the ``outputs`` mode."""
     import torch
 
-    from workers import synthetic
+    from workers.testing import synthetic
 
     name, num_classes = TASKS[task]
     if outputs == "structured":
@@ -78,7 +78,7 @@ def make_outputs(task: str, outputs: str, size: tuple[int, int], tiny_dir: Path)
         raise ValueError(f"unknown outputs {outputs!r}: one of {', '.join(OUTPUTS)}")
     from transformers import Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessorPil
 
-    from workers import checkpoints
+    from workers.model import checkpoints
 
     folder = tiny_dir / f"tiny-{name}"
     if not (folder / "config.json").is_file():
@@ -95,7 +95,7 @@ def setup(task: str, size: tuple[int, int], cls, masks):
     import torch
     from transformers import Mask2FormerImageProcessorPil
 
-    from workers import labels as labelsets
+    from workers.media import labels as labelsets
 
     torch.set_num_threads(1)
     name, _ = TASKS[task]
@@ -112,9 +112,9 @@ def fast_path(s):
     """segq: fast post-processing, the worker's encoding, the worker's overlay."""
     import torch
 
-    from workers import postprocess
-    from workers.inference import Prediction, Segment
-    from workers.render import overlay
+    from workers.model import postprocess
+    from workers.media.prediction import Prediction, Segment
+    from workers.media.render import overlay
 
     if s.task == "semantic":
         seg = postprocess.semantic(s.cls, s.masks, s.size, dtype=torch.int32)  # as the worker asks
@@ -214,7 +214,7 @@ def measure_memory(task: str, path: str, size: tuple[int, int], outputs_file: st
 def run_task(task: str, outputs: str, size: tuple[int, int], rounds: int, tiny_dir: Path, workdir: Path) -> dict:
     import torch
 
-    from workers.equivalence import compare
+    from workers.testing.equivalence import compare
 
     cls, masks = make_outputs(task, outputs, size, tiny_dir)
     outputs_file = workdir / f"{task}-{outputs}.pt"

@@ -29,7 +29,7 @@ def make_video(path: Path, frames: int, size: tuple[int, int], fps: int = 30) ->
 
     import numpy as np
 
-    from workers.video import PartEncoder
+    from workers.media.video import PartEncoder
 
     w, h = size
     encoder = PartEncoder(path, Fraction(fps), crf=23, gop=30)
@@ -54,7 +54,7 @@ def article(ckpt: str, src: Path, out: Path, threads: int) -> float:
     from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
     from bench.article import draw_segmentation_map, image_overlay
-    from workers.labels import load
+    from workers.media.labels import load
 
     torch.set_num_threads(threads)
     ade = load("ade20k").colors.tolist()  # the article's ADE_CATEGORIES palette

@@ -42,7 +42,7 @@ from segq.protocol import (
 from segq.connections import redis_client
 from segq.scheduler import Scheduler, entry
 from segq.settings import Settings
-from segq.states import JobState, Priority
+from segq.states import RETRYABLE_STATES, JobState, Priority
 from segq.storage import Storage
 
 from producer.display import redact, safe
@@ -70,7 +70,7 @@ class Client:
         self.settings = settings or Settings.from_env()
         self.r = redis_client(self.settings.redis_url)
         self.storage = Storage(self.settings)
-        self.store = JobStore(self.r, self.settings.job_ttl_seconds, on_batch_finished=self.batch_finished)
+        self.records = JobStore(self.r, self.settings.job_ttl_seconds, on_batch_finished=self.batch_finished)
         self.batches = BatchStore(self.r, self.settings.job_ttl_seconds)
         self.scheduler = Scheduler(self.r)
         self.celery = make_celery(self.settings, name="segq-producer")
@@ -146,7 +146,7 @@ class Client:
     def batch_finished(self, name: str) -> None:
         """A move of ours finished batch ``name``: write its manifest."""
         try:
-            manifest.write(self.batches, self.store, self.storage, name)
+            manifest.write(self.batches, self.records, self.storage, name)
         except (ServiceUnavailable, redis.RedisError) as exc:
             log.warning("batch %s finished; its manifest could not be written now (segq get writes it): %s",
                         name, exc)
@@ -160,7 +160,7 @@ class Client:
         if not valid_job_id(job_id):
             raise JobNotFound(f"{safe(job_id)}: not a job id (16 hex digits)")
         with self._redis():
-            return self.store.get(job_id)
+            return self.records.get(job_id)
 
     def batch(self, name: str) -> BatchRecord:
         if not valid_batch_name(name):
@@ -170,7 +170,7 @@ class Client:
 
     def jobs(self, limit: int = 20) -> list[JobRecord]:
         with self._redis():
-            return self.store.recent(limit)
+            return self.records.recent(limit)
 
     def recent_batches(self, limit: int = 20) -> list[BatchRecord]:
         with self._redis():
@@ -181,7 +181,7 @@ class Client:
         self.batch(name)
         with self._redis():
             for ids in self.batches.job_ids(name):
-                yield from (r for r in self.store.get_many(ids) if r is not None)
+                yield from (r for r in self.records.get_many(ids) if r is not None)
 
     def urls(self, record: JobRecord) -> dict[str, str]:
         """Presigned, time-limited download URLs of a job's outputs."""
@@ -242,7 +242,7 @@ class Client:
         for job_id in self._job_ids(refs):
             record = self.status(job_id)
             with self._redis():
-                moved = self.store.cancel(job_id)
+                moved = self.records.cancel(job_id)
             if moved:
                 if record.state != JobState.QUEUED:  # a queued job wrote nothing yet
                     self.storage.delete_job_files(job_id)
@@ -262,7 +262,7 @@ class Client:
             if not record.batch:
                 out.append((record, "not retried: it has no batch (submitted by an older segq)"))
                 continue
-            if record.state not in (JobState.FAILED, JobState.CANCELED):
+            if record.state not in RETRYABLE_STATES:
                 out.append((record, f"not retried: it is {record.state}"))
                 continue
             n = record.run + 1
@@ -272,7 +272,7 @@ class Client:
             message = messages.build(self.celery, name, payload.to_message(), payload.task_id,
                                      model_queue(record.model))
             with self._redis():
-                done = self.store.reset_for_retry(job_id, n, entry(message))
+                done = self.records.reset_for_retry(job_id, n, entry(message))
             if done <= 0:
                 out.append((record, f"not retried: it is {self.status(job_id).state}"))
                 continue
@@ -314,7 +314,7 @@ class Client:
             self.status(job_id)  # JobNotFound early
 
         def read():
-            return [r for r in self.store.get_many(ids) if r is not None]
+            return [r for r in self.records.get_many(ids) if r is not None]
 
         return self._poll(read, lambda rs: len(rs) == len(ids) and all(r.final for r in rs), timeout, poll,
                           on_progress, lambda rs: ", ".join(r.id for r in rs if not r.final))
@@ -355,7 +355,7 @@ class Client:
         root = Path(out_dir) / name
         key = layout.manifest_key(name)
         if batch.manifest_at is None:  # whoever finished the batch could not write it
-            manifest.write(self.batches, self.store, self.storage, name)
+            manifest.write(self.batches, self.records, self.storage, name)
         self.storage.download(key, root / layout.MANIFEST)
         lock = threading.Lock()
         counts = {"done": 0, "known": 0, "skipped": 0}

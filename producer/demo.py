@@ -22,7 +22,7 @@ from producer.display import redact, safe
 from segq.protocol import TASKS
 from segq.settings import Settings
 
-from producer.cli.progress import wait_with_progress
+from producer.progress import wait_with_progress
 from producer.client import Client
 from producer.stack import LocalStack, offline_models
 

@@ -49,6 +49,10 @@ def workers(settings: Settings, r: redis.Redis, celery_app=None, timeout: float 
         inspect = celery_app.control.inspect(timeout=timeout)
         pings = celery_app.control.ping(timeout=timeout) or []
         answered = {name for reply in pings for name in reply}
+        silent = sorted(set(views) - answered)
+        if silent:  # a busy worker's reply can miss the first window: ask those once more
+            again = celery_app.control.ping(destination=silent, timeout=timeout) or []
+            answered |= {name for reply in again for name in reply}
         active = inspect.active() or {}
         stats = inspect.stats() or {}
         for name in set(views) | answered:

@@ -15,7 +15,7 @@ unless ``follow_symlinks`` (``segq submit --follow-symlinks``): a link to ``~/.s
 ``/etc/passwd`` in a photo folder is skipped. The file uploaded is the resolved target that was
 checked.
 
-``s3://`` inputs (keys and prefixes) must lie under ``SEGQ_INPUT_PREFIXES`` (``segq.access``).
+``s3://`` inputs (keys and prefixes) must lie under ``SEGQ_INPUT_PREFIXES`` (``segq.input_policy``).
 
 Every input has an **identity** (``segq.batches.identity``): a local file's resolved path, size
 and modification time; an object's URI, size and ETag. A batch remembers the identities it holds,
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from segq import access, limits
+from segq import input_policy, limits
 from segq.batches import identity
 from segq.errors import InputError
 from segq.media import HEAD_BYTES, sniff
@@ -107,7 +107,7 @@ def _s3_key(uri: str, settings, storage: Storage | None) -> Input:
     read with one HEAD (which also says at once when it does not exist). Without ``storage``
     (checks without a server) its identity is its URI alone."""
     obj = parse_s3_uri(uri)
-    reason = access.refusal(obj.bucket, obj.key, settings.input_prefixes, settings.s3_bucket)
+    reason = input_policy.refusal(obj.bucket, obj.key, settings.input_prefixes, settings.s3_bucket)
     if reason:
         raise InputError(reason)
     size, etag = storage.head(obj) if storage is not None else (0, "")
@@ -116,12 +116,12 @@ def _s3_key(uri: str, settings, storage: Storage | None) -> Input:
 
 def _s3_prefix(uri: str, settings, storage: Storage) -> Iterator[Input]:
     bucket, _, prefix = uri[len("s3://"):].partition("/")
-    reason = access.prefix_refusal(bucket, prefix, settings.input_prefixes, settings.s3_bucket)
+    reason = input_policy.prefix_refusal(bucket, prefix, settings.input_prefixes, settings.s3_bucket)
     if reason:
         raise InputError(reason)
     found = False
     for key, size, etag in storage.list_objects(bucket, prefix):
-        if _kind_by_ext(key) is None or access.refusal(bucket, key, settings.input_prefixes, settings.s3_bucket):
+        if _kind_by_ext(key) is None or input_policy.refusal(bucket, key, settings.input_prefixes, settings.s3_bucket):
             continue
         found = True
         yield _object(bucket, key, size, etag)

@@ -411,6 +411,40 @@ class FlowerService(Service):
         return self
 
 
+class Servers:
+    """A real Redis and a SeaweedFS S3 under one directory, started and stopped together: what the
+    local stack, the test-suite's session, the chaos tests and the benches all stand on.
+    ``env()`` points segq at them (``SEGQ_REDIS_URL``, the S3 endpoint, bucket and keys)."""
+
+    def __init__(self, root: Path, *, s3_keys: tuple[str, str] | None = None, s3_log: str = "seaweedfs.log"):
+        root = Path(root)
+        keys = {"access_key": s3_keys[0], "secret_key": s3_keys[1]} if s3_keys else {}
+        self.redis = RedisServer("redis", root / "logs" / "redis.log", data_dir=root / "redis")
+        self.s3 = SeaweedS3("s3", root / "logs" / s3_log, data_dir=root / "s3", **keys)
+
+    def env(self) -> dict[str, str]:
+        return {"SEGQ_REDIS_URL": self.redis.url, **self.s3.env()}
+
+    def start(self) -> "Servers":
+        try:
+            self.redis.start()
+            self.s3.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.s3.stop()
+        self.redis.stop()
+
+    def __enter__(self) -> "Servers":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 class LocalStack:
     """Redis + SeaweedFS S3 + one segq worker + Flower, all on loopback, data under ``data_dir``."""
 
@@ -424,21 +458,20 @@ class LocalStack:
         self.gpus = gpus
         self.flower_auth = flower_auth
         if retention_days is None:  # SEGQ_RETENTION_DAYS, as every segq process reads it
-            from segq.settings import _parse_count
+            from segq.settings import Settings
 
-            raw = os.environ.get("SEGQ_RETENTION_DAYS", "").strip()
-            retention_days = _parse_count("SEGQ_RETENTION_DAYS", raw) if raw else 0
+            retention_days = Settings.read("retention_days")
         self.retention_days = retention_days
         logs = self.data_dir / "logs"
-        self.redis = RedisServer("redis", logs / "redis.log", data_dir=self.data_dir / "redis")
-        self.s3 = SeaweedS3("s3", logs / "seaweedfs.log", data_dir=self.data_dir / "s3")
+        self.servers = Servers(self.data_dir)
+        self.redis, self.s3 = self.servers.redis, self.servers.s3
         self.worker = WorkerService("worker", logs / "worker.log")
         self.flower = FlowerService("flower", logs / "flower.log")
 
     def env(self) -> dict[str, str]:
         """The variables that point segq (CLI, workers, Python API) at this stack (and Flower's
         credentials, when it has them: the env file is its owner's alone)."""
-        env = {"SEGQ_REDIS_URL": self.redis.url, **self.s3.env()}
+        env = self.servers.env()
         if self.with_flower and self.flower_auth:
             env["FLOWER_BASIC_AUTH"] = self.flower_auth
         if self.with_flower and self.flower.port:
@@ -452,8 +485,7 @@ class LocalStack:
 
     def start(self, worker_ready_timeout: float = 300.0) -> "LocalStack":
         try:
-            self.redis.start()
-            self.s3.start()
+            self.servers.start()
             if self.retention_days:
                 self.s3.apply_retention(self.retention_days)
             env = self.child_env()
@@ -482,8 +514,9 @@ class LocalStack:
         self.env_file.chmod(0o600)
 
     def stop(self) -> None:
-        for service in (self.flower, self.worker, self.s3, self.redis):
+        for service in (self.flower, self.worker):
             service.stop()
+        self.servers.stop()
         if self.env_file.exists():
             self.env_file.unlink()
 

@@ -87,8 +87,8 @@ class Submission:
         self.priority = Priority(priority).value
         self.video_options = video_options or {}
         self.threads, self.group, self.window = max(1, threads), max(1, group), max(1, window)
-        self.batches = BatchStore(client.store.r, self.settings.job_ttl_seconds)
-        self.scheduler = Scheduler(client.store.r)
+        self.batches = BatchStore(client.records.r, self.settings.job_ttl_seconds)
+        self.scheduler = Scheduler(client.records.r)
         self.queue = model_queue(model)
 
     # -- one job's record and message ------------------------------------------------------
@@ -121,7 +121,7 @@ class Submission:
         except redis.RedisError as exc:
             raise self.client.redis_down(exc) from exc
         report = SubmitReport(self.batch, created)
-        target = slots(self.client.store.r, self.model)
+        target = slots(self.client.records.r, self.model)
         pending: collections.deque[_Item] = collections.deque()
         group: list[tuple[_Item, NewJob]] = []
 

@@ -13,7 +13,7 @@
 # torch.compile, SEGQ_COMPILE; compile time reported apart; Triton needs a C compiler on the host).
 # Every option: --run --help.
 #
-# Wheels: PyAV, and redis (workers.video -> segq.media -> segq.jobs imports it; pure Python).
+# Wheels: PyAV, and redis (workers.media.video -> segq.media -> segq.jobs imports it; pure Python).
 # scipy (which transformers' Mask2Former needs to build the model) only with --with-scipy: it is
 # about 36 MB per Python version, and CUDA hosts with torch usually have it. PyAV is pinned to
 # one abi3 wheel that serves every Python >= 3.11 (segq needs 3.11+), so .whl/ stays near 35 MB.

@@ -57,7 +57,7 @@ def demo_video(still: Path, path: Path, frames: int = 48, fps: int = 24) -> Path
     from PIL import Image
 
     sys.path.insert(0, str(ROOT))
-    from workers.video import PartEncoder
+    from workers.media.video import PartEncoder
 
     base = np.asarray(Image.open(still).convert("RGB"))
     h, w = base.shape[:2]

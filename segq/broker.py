@@ -11,7 +11,7 @@ register their tasks on it. Reliability settings for long GPU tasks:
   long task never holds back jobs another worker could start. The tasks run in the very process
   where the models were loaded, side by side: while one is in the model, the next is fetched and
   decoded and the previous one rendered and uploaded; every forward pass still runs on the
-  process's one model thread (``workers.pipeline``).
+  process's one model thread (``workers.model.stage``).
 - one ``visibility_timeout``, longer than the longest task (a backstop only: lost work is found
   by leases and the watchdog, ``segq.leases``).
 - no result backend: the job record (``segq.jobs``) holds what a task's result would, and a

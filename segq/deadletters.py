@@ -1,7 +1,7 @@
 """Dead letters: poison messages taken off the queues, with the reason, for a person to look at.
 
 A message no segq worker can run (not JSON, not a Celery message, not a segq task, a payload that
-does not parse: ``segq.transport``, ``workers.skeleton``) is not delivered (or, once delivered,
+does not parse: ``segq.transport``, ``workers.tasks.skeleton``) is not delivered (or, once delivered,
 is acknowledged) and lands here instead: the newest first, at most :data:`KEEP` of them, each
 with when, from which queue, why, its size and a digest. The raw bytes are kept too (up to
 :data:`RAW_BYTES`), base64-encoded, for forensics; nothing segq prints ever shows them

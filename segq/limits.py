@@ -8,9 +8,10 @@ from segq.errors import InputError
 def check_bytes(size: int, limit: int, what: str = "input") -> None:
     """InputError when a file of ``size`` bytes is over ``limit`` (``SEGQ_MAX_INPUT_BYTES``)."""
     if size > limit:
-        raise InputError(
-            f"{what} is {size / 2**20:.1f} MiB, over the limit of {limit / 2**20:.1f} MiB (SEGQ_MAX_INPUT_BYTES)"
-        )
+        mine, most = f"{size / 2**20:.1f} MiB", f"{limit / 2**20:.1f} MiB"
+        if mine == most:  # just over: the rounded sizes would read the same
+            mine, most = f"{size:,} bytes", f"{limit:,} bytes ({most})"
+        raise InputError(f"{what} is {mine}, over the limit of {most} (SEGQ_MAX_INPUT_BYTES)")
 
 
 def check_pixels(width: int, height: int, limit: int, what: str = "image") -> None:

@@ -18,7 +18,7 @@ import redis
 
 from segq import keys
 from segq.protocol import QUEUE_PREFIX
-from segq.states import FINAL_STATES, PRIORITIES
+from segq.states import FINAL_STATES, RETRYABLE_STATES, PRIORITIES
 
 NAMES = ("job_start", "job_end", "job_retry", "batch_open", "batch_seal", "submit", "split_done", "chunk_done",
          "dispatch", "task_ended", "cancel_batch")
@@ -35,6 +35,7 @@ def _lua_list(values) -> str:
 def _substitutions() -> dict[str, str]:
     return {
         "final_states": _lua_set(s.value for s in FINAL_STATES),
+        "retryable_states": _lua_set(s.value for s in RETRYABLE_STATES),
         "priorities": _lua_list(p.value for p in PRIORITIES),
         "job_prefix": keys.JOB_PREFIX,
         "batch_prefix": keys.BATCH_PREFIX,

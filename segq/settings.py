@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from segq import access, defaults
+from segq import defaults, input_policy
 from segq.errors import ConfigError, UnknownModel, UnknownTask
 from segq.protocol import TASKS
 
@@ -193,7 +193,7 @@ class Settings:
         "SEGQ_INPUT_PREFIXES", (),
         "where `s3://` inputs may come from: `bucket/prefix,...` (a bucket alone: all of it); never the "
         "segq bucket's `outputs/` or `work/`; checked by `segq submit` and by the workers",
-        parse=lambda v, r: access.parse_prefixes(v, r), shown_default="`inputs/` in `SEGQ_S3_BUCKET`")
+        parse=lambda v, r: input_policy.parse_prefixes(v, r), shown_default="`inputs/` in `SEGQ_S3_BUCKET`")
     retention_days: int = setting(
         "SEGQ_RETENTION_DAYS", 0,
         "days uploaded inputs (`inputs/`) and outputs (`outputs/`) are kept, as S3 lifecycle rules on the "
@@ -265,6 +265,19 @@ class Settings:
         settings.validate()
         return settings
 
+    @classmethod
+    def read(cls, name: str, environ: Mapping[str, str] | None = None) -> Any:
+        """One setting, the field ``name``, from ``environ`` (default: ``os.environ``), parsed and
+        checked as ``from_env`` does; its default when the variable is unset or empty."""
+        environ = os.environ if environ is None else environ
+        for f in fields(cls):
+            if f.name == name:
+                raw = (environ.get(f.metadata["env"]) or "").strip()
+                if raw:
+                    return f.metadata["parse"](f.metadata["env"], raw)
+                return f.default_factory() if f.default is MISSING else f.default
+        raise KeyError(f"no setting {name!r}")
+
     def validate(self) -> None:
         from segq.connections import parse
 
@@ -273,7 +286,7 @@ class Settings:
             raise ConfigError(f"SEGQ_S3_ENDPOINT_URL: expected an http(s) URL, got {self.s3_endpoint_url!r}")
         if not self.models:
             raise ConfigError("SEGQ_MODELS: no models configured")
-        access.check_prefixes(self.input_prefixes, self.s3_bucket)
+        input_policy.check_prefixes(self.input_prefixes, self.s3_bucket)
         for task in self.task_models:
             if task not in TASKS:
                 raise ConfigError(f"SEGQ_TASK_MODELS: unknown task {task!r} (tasks: {', '.join(TASKS)})")

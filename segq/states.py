@@ -25,6 +25,8 @@ class JobState(StrEnum):
 
 
 FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELED})
+#: The states ``segq retry`` takes a job back from.
+RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.CANCELED})
 #: The states a batch counts its jobs in, in display order.
 COUNTED_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.DONE, JobState.FAILED, JobState.CANCELED)
 

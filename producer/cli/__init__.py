@@ -23,7 +23,7 @@ from producer.cli import fleet as _fleet
 from producer.cli import jobs as _jobs
 from producer.cli import models as _models
 from producer.cli import stack as _stack
-from producer.cli.progress import err
+from producer.progress import err
 from producer.display import safe
 
 #: The entry-point group through which installed packages add commands to ``segq``.
@@ -78,7 +78,7 @@ class SegqGroup(click.Group):
 def join_extensions(root: click.Group) -> None:
     """Add the commands of the ``segq.commands`` entry points to ``root`` and its subgroups.
 
-    ``worker = "workers.cli:worker"`` becomes ``segq worker``; ``"models.tiny" = ...`` becomes
+    ``worker = "workers.host.cli:worker"`` becomes ``segq worker``; ``"models.tiny" = ...`` becomes
     ``segq models tiny``. Built-in commands win over extensions of the same name. An entry
     point that fails to load becomes a command that explains why (exit 2).
     """

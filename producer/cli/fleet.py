@@ -7,7 +7,7 @@ import sys
 import click
 
 from producer import display
-from producer.cli.progress import err, out
+from producer.progress import err, out
 
 
 def _client():
@@ -35,7 +35,7 @@ def workers(timeout, as_json):
     from producer import fleet
 
     client = _client()
-    views = fleet.workers(client.settings, client.store.r, client.celery, timeout=timeout)
+    views = fleet.workers(client.settings, client.records.r, client.celery, timeout=timeout)
     if as_json:
         display.print_json(out, [v.to_dict() for v in views])
         return
@@ -71,7 +71,7 @@ def queues(as_json):
     from producer import fleet
 
     client = _client()
-    report = fleet.queue_report(client.settings, client.store.r)
+    report = fleet.queue_report(client.settings, client.records.r)
     if as_json:
         display.print_json(out, report)
         return

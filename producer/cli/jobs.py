@@ -12,7 +12,7 @@ from segq.protocol import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_FRAMES, MAX_BATCH_SI
 from segq.states import PRIORITIES
 
 from producer import display
-from producer.cli.progress import (
+from producer.progress import (
     download_with_progress, err, finish, finish_batches, out, submit_progress, wait_batches_with_progress,
     wait_with_progress,
 )

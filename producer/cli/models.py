@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from producer import display
-from producer.cli.progress import out
+from producer.progress import out
 
 
 @click.group()

@@ -10,7 +10,7 @@ import click
 from segq.errors import SegqError
 
 from producer.display import redact
-from producer.cli.progress import err, out
+from producer.progress import err, out
 
 
 def _stack_models(data_dir: Path, offline: bool) -> dict[str, str] | None:
@@ -89,7 +89,7 @@ def demo(data_dir, out_dir, offline, keep):
     Example:
       segq demo --keep          # leave the stack running afterwards (Ctrl-C stops it)
     """
-    from producer.demo import run_demo  # imports producer.cli.progress: only once producer.cli is loaded
+    from producer.demo import run_demo  # the demo needs the stack and the client: loaded when it runs
 
     sys.exit(run_demo(data_dir, out_dir, offline=offline, keep=keep, out=out, err=err))
 

@@ -6,7 +6,7 @@
 -- retried meanwhile), -1 (no record).
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
-if state ~= 'failed' and state ~= 'canceled' then return 0 end
+if not RETRYABLE[state] then return 0 end
 local n = num(redis.call('HGET', KEYS[1], 'retry')) + 1
 if n ~= tonumber(ARGV[2]) then return 0 end
 local run = redis.call('HMGET', KEYS[1], 'kind', 'frames_total', 'frames_done', 'batch')

@@ -2,6 +2,7 @@
 -- from segq.keys and segq.states. Every key is derived here, from the names the caller passes.
 
 local FINAL = {$final_states}
+local RETRYABLE = {$retryable_states}
 local PRIORITIES = {$priorities}
 
 local function job_key(id) return '$job_prefix' .. id end

@@ -13,10 +13,11 @@ from PIL import Image
 pytest.importorskip("transformers")
 
 from support.reference import assert_matches  # noqa: E402
-from workers import device, pipeline  # noqa: E402
-from workers.checkpoints import make_tiny  # noqa: E402
-from workers.models import load  # noqa: E402
-from workers.segmenter import Segmenter  # noqa: E402
+from workers.model import device  # noqa: E402
+from workers.model import stage as pipeline  # noqa: E402
+from workers.model.checkpoints import make_tiny  # noqa: E402
+from workers.model.models import load  # noqa: E402
+from workers.model.segmenter import Segmenter  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The pipelined chunk path gives what the serial one gave: a tiny checkpoint (no servers).
 
-``ChunkRenderer`` with the worker's model stage (frames decoded ahead, the forward pass on the
+``ChunkPipeline`` with the worker's model stage (frames decoded ahead, the forward pass on the
 stage's thread, overlays rendered and encoded behind) against the serial loop it replaced
 (``Segmenter.predict`` inline on each batch, then render and write in order): the same label maps,
 segments and overlay frames, bit for bit, in the same order; and an image through the stage
@@ -19,11 +19,14 @@ from PIL import Image
 
 pytest.importorskip("transformers")
 
-from workers import device, pipeline, render, video  # noqa: E402
-from workers.checkpoints import make_tiny  # noqa: E402
-from workers.chunk_render import ChunkRenderer  # noqa: E402
-from workers.models import load  # noqa: E402
-from workers.segmenter import Segmenter  # noqa: E402
+from workers.model import device  # noqa: E402
+from workers.model import stage as pipeline  # noqa: E402
+from workers.media import render  # noqa: E402
+from workers.media import video  # noqa: E402
+from workers.model.checkpoints import make_tiny  # noqa: E402
+from workers.tasks.chunk import ChunkPipeline  # noqa: E402
+from workers.model.models import load  # noqa: E402
+from workers.model.segmenter import Segmenter  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +77,7 @@ def test_a_pipelined_chunk_equals_the_serial_loop(model, stage, n, batch):
         threads.add(threading.get_ident())
         written.append(frame.copy())
 
-    with ChunkRenderer(Segmenter(model, stage), "semantic", batch, write) as renderer:
+    with ChunkPipeline(Segmenter(model, stage), "semantic", batch, write) as renderer:
         renderer.add_all(iter(frames))
         archive = renderer.archive(100, 100 + n)
     ref_written, ref_labels, ref_segments = _serial(model, frames, batch)
@@ -107,7 +110,7 @@ def test_the_device_blend_path_forced_on_cpu_writes_the_same_frames(model, stage
                 raise AssertionError("render.overlay called on the device path")
 
             monkeypatch.setattr(render, "overlay", no_cpu_blend)
-        with ChunkRenderer(Segmenter(model, stage), "semantic", batch, write, device_blend=device_blend) as renderer:
+        with ChunkPipeline(Segmenter(model, stage), "semantic", batch, write, device_blend=device_blend) as renderer:
             assert renderer.device_blend is device_blend
             renderer.add_all(iter(frames))
             archive = renderer.archive(0, n)
@@ -137,21 +140,21 @@ def test_errors_of_the_decoder_the_model_and_the_encoder_reach_the_caller(model,
         raise InputError("corrupt video: frames 5..7 do not decode")
 
     with pytest.raises(InputError, match="corrupt video"):
-        with ChunkRenderer(Segmenter(model, stage), "semantic", 2, lambda f: None) as renderer:
+        with ChunkPipeline(Segmenter(model, stage), "semantic", 2, lambda f: None) as renderer:
             renderer.add_all(corrupt())
 
     def full_disk(frame):
         raise OSError("No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        with ChunkRenderer(Segmenter(model, stage), "semantic", 2, full_disk) as renderer:
+        with ChunkPipeline(Segmenter(model, stage), "semantic", 2, full_disk) as renderer:
             renderer.add_all(iter(_frames(6)))
             renderer.archive(0, 6)
 
     failing = pipeline.ModelStage(lambda m, inputs: 1 / 0)
     try:
         with pytest.raises(ZeroDivisionError):
-            with ChunkRenderer(Segmenter(model, failing), "semantic", 2, lambda f: None) as renderer:
+            with ChunkPipeline(Segmenter(model, failing), "semantic", 2, lambda f: None) as renderer:
                 renderer.add_all(iter(_frames(4)))
                 renderer.archive(0, 4)
     finally:
@@ -171,7 +174,7 @@ def test_a_real_part_encodes_every_frame_in_order(model, stage, tmp_path):
     enc.close()
     info = video.probe(src, 1000, 10**7)
     part = video.PartEncoder(tmp_path / "part.mp4", info.fps)
-    with ChunkRenderer(Segmenter(model, stage), "semantic", 4, part.write, annotate_fps=True) as renderer:
+    with ChunkPipeline(Segmenter(model, stage), "semantic", 4, part.write, annotate_fps=True) as renderer:
         renderer.add_all(video.decode_range(src, info, 2, 11))
         renderer.archive(2, 11)
     assert part.close() == 9
@@ -184,7 +187,7 @@ def test_parts_encode_with_the_chosen_h264_encoder(tmp_path):
     import av
     import numpy as np
 
-    from workers import video
+    from workers.media import video
 
     enc = video.PartEncoder(tmp_path / "p.mp4", Fraction(25))
     for i in range(5):

@@ -2,7 +2,7 @@
 
 The tiny checkpoint, compiled with mode ``default`` on the CPU (inductor's C++ kernels), against
 the same checkpoint run eagerly: logits within 1e-5 of their scale, label maps equal but for
-near-ties of the reference (``workers.equivalence``), the module and its outputs unchanged, and the
+near-ties of the reference (``workers.testing.equivalence``), the module and its outputs unchanged, and the
 worker's warm-up on the model stage's thread compiling the shape the jobs then run (no
 recompilation). The compiling test is marked ``compile``: with a cold inductor cache it takes about
 90 s on a 2-core machine (inductor's C++ compilation; seconds once the cache is warm), so
@@ -23,9 +23,13 @@ pytest.importorskip("transformers")
 
 from transformers.utils import ModelOutput  # noqa: E402
 
-from workers import device, equivalence, labels, models, pipeline  # noqa: E402
-from workers.segmenter import Segmenter  # noqa: E402
-from workers.checkpoints import make_tiny  # noqa: E402
+from workers.model import device  # noqa: E402
+from workers.testing import equivalence  # noqa: E402
+from workers.media import labels  # noqa: E402
+from workers.model import models  # noqa: E402
+from workers.model import stage as pipeline  # noqa: E402
+from workers.model.segmenter import Segmenter  # noqa: E402
+from workers.model.checkpoints import make_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +181,7 @@ class _Stage:
 
 def _runtime(monkeypatch, mode: str, warm):
     from segq.settings import Settings
-    from workers import runtime
+    from workers.host import runtime
 
     loaded = []
 
@@ -190,7 +194,7 @@ def _runtime(monkeypatch, mode: str, warm):
     monkeypatch.setattr(models, "load", load)
     monkeypatch.setattr(Segmenter, "warm_up", warm)
     settings = Settings.from_env({"SEGQ_MODELS": "a=/ckpt", "SEGQ_COMPILE": mode})
-    rt = runtime.Runtime(settings=settings, hostname="w", storage=None, store=None,
+    rt = runtime.Runtime(settings=settings, hostname="w", storage=None, records=None,
                          spec=_loaded(_Net(), "cpu").spec, registration=_Registration(), stage=_Stage())
     return rt, loaded
 

@@ -1,8 +1,8 @@
 """The overlay blended in torch (the CUDA worker's path) gives the bytes of the CPU path.
 
-``workers.render.overlay_tensor`` against ``workers.render.overlay`` (numpy lookup table +
+``workers.media.render.overlay_tensor`` against ``workers.media.render.overlay`` (numpy lookup table +
 ``cv2.addWeighted``): every (image value, colour value) pair, then whole frames of realistic label
-maps (``workers.synthetic.structured`` outputs through ``workers.postprocess``) for semantic,
+maps (``workers.testing.synthetic.structured`` outputs through ``workers.model.postprocess``) for semantic,
 instance and panoptic, through ``Segmenter.post_process(..., keep_on_device=True)`` and
 ``Segmenter.blend`` with the device forced to the CPU. The chunk renderer's forced device path
 is checked in ``test_chunk_pipeline.py``.
@@ -18,10 +18,12 @@ import pytest
 import torch
 
 from segq import defaults, layout
-from workers import labels, render, synthetic
-from workers.labels import LabelSet
-from workers.prediction import Prediction, Segment
-from workers.segmenter import Segmenter
+from workers.media import labels
+from workers.media import render
+from workers.testing import synthetic
+from workers.media.labels import LabelSet
+from workers.media.prediction import Prediction, Segment
+from workers.model.segmenter import Segmenter
 
 
 def _grid():

@@ -1,4 +1,4 @@
-"""Fast post-processing (workers/postprocess.py) against transformers' own, on CPU.
+"""Fast post-processing (workers/model/postprocess/) against transformers' own, on CPU.
 
 Real shapes: 200 queries, mask logits 96 x 96; 150 classes (ADE20K) for semantic, 80 (COCO)
 for instance, 133 (COCO panoptic, stuff = 80..132) for panoptic. Structured outputs (regions with
@@ -20,8 +20,10 @@ pytest.importorskip("transformers")
 
 from transformers import Mask2FormerImageProcessorPil  # noqa: E402
 
-from workers import postprocess, synthetic  # noqa: E402
-from workers.equivalence import assert_equivalent, compare, segments_match  # noqa: E402
+from workers.model import postprocess  # noqa: E402
+from workers.model.postprocess import bounds, fullsize, geometry, tasks  # noqa: E402
+from workers.testing import synthetic  # noqa: E402
+from workers.testing.equivalence import assert_equivalent, compare, segments_match  # noqa: E402
 
 STUFF = set(range(80, 133))
 SIZES = [(479, 641), (37, 53), (200, 90)]
@@ -101,14 +103,14 @@ def _paths_taken(monkeypatch) -> list[str]:
     """Which path each ``postprocess.semantic`` / ``panoptic`` call took: source-cell bounds
     ("sparse") or dense bands."""
     taken: list[str] = []
-    decided = postprocess._decided_grid
+    decided = bounds._decided_grid
 
     def spy(*args):
         res = decided(*args)
         taken.append("dense" if res is None else "sparse")
         return res
 
-    monkeypatch.setattr(postprocess, "_decided_grid", spy)
+    monkeypatch.setattr(tasks, "_decided_grid", spy)
     return taken
 
 
@@ -142,9 +144,9 @@ def test_semantic_cell_bounds_hold(shape):
     probs = cls[0].softmax(-1)[:, :-1]
     m384 = torch.nn.functional.interpolate(masks, size=(384, 384), mode="bilinear", align_corners=False)[0]
     exact = torch.einsum("qc,qhw->chw", probs, m384.sigmoid()).max(0).indices  # (384, 384)
-    cells = postprocess.settled_cells(probs.t().contiguous(), masks[0])
-    ry0 = postprocess.axis_weights(shape[0], 384, "cpu")[0]
-    cx0 = postprocess.axis_weights(shape[1], 384, "cpu")[0]
+    cells = bounds.settled_cells(probs.t().contiguous(), masks[0])
+    ry0 = geometry.axis_weights(shape[0], 384, "cpu")[0]
+    cx0 = geometry.axis_weights(shape[1], 384, "cpu")[0]
     per_point = cells[ry0][:, cx0]  # each grid point's source cell's settled class
     settled = per_point >= 0
     assert settled.float().mean() > 0.6
@@ -184,8 +186,8 @@ def test_panoptic_paths(monkeypatch):
     # from the bands (a pixel draws on more than 3 source rows)
     taken = _paths_taken(monkeypatch)
     windows = []
-    counts = postprocess._window_counts
-    monkeypatch.setattr(postprocess, "_window_counts", lambda *a: windows.append(counts(*a)) or windows[-1])
+    counts = bounds._window_counts
+    monkeypatch.setattr(tasks, "_window_counts", lambda *a: windows.append(counts(*a)) or windows[-1])
     _check_panoptic(*_panoptic_data(33), (479, 641))
     cls, masks = synthetic.noise(34, 133)
     cls[0, :40, :-1] *= 3  # some confident queries, so that segments are kept
@@ -278,8 +280,8 @@ def test_count_above_exact():
     grid = torch.nn.functional.interpolate(torch.randn(1, 5, 12, 12, generator=g), size=(384, 384), mode="bicubic")[0].sigmoid()
     scale = torch.tensor([0.9, 0.7, 1.0, 0.55, 0.8])
     for size in [(200, 90), (37, 53)]:
-        geo = postprocess._Geometry(384, 384, *size, "cpu")
-        got = postprocess.count_above(lambda r0, r1: grid[:, r0:r1], 5, geo, scale, 0.5)
+        geo = geometry._Geometry(384, 384, *size, "cpu")
+        got = fullsize.count_above(lambda r0, r1: grid[:, r0:r1], 5, geo, scale, 0.5)
         full = torch.nn.functional.interpolate(grid[None], size=size, mode="bilinear", align_corners=False)[0]
         want = (full * scale.view(-1, 1, 1) >= 0.5).flatten(1).sum(1)
         assert torch.equal(got, want), (size, got, want)
@@ -293,8 +295,8 @@ def test_window_counts_bound_the_exact_areas(shape):
     masks = 8 * torch.nn.functional.interpolate(torch.randn(1, 6, 9, 9, generator=g), size=shape, mode="bicubic")[0]
     scale = torch.tensor([0.9, 0.7, 1.0, 0.55, 0.8, 0.51])
     for size in [(1080, 1920), (479, 641), (37, 53)]:
-        geo = postprocess._Geometry(384, 384, *size, "cpu")
-        sure, possible = postprocess._window_counts(masks, scale, 0.5, geo)
+        geo = geometry._Geometry(384, 384, *size, "cpu")
+        sure, possible = bounds._window_counts(masks, scale, 0.5, geo)
         grid = torch.nn.functional.interpolate(masks[None], size=(384, 384), mode="bilinear", align_corners=False)
         full = torch.nn.functional.interpolate(grid.sigmoid(), size=size, mode="bilinear", align_corners=False)[0]
         exact = (full * scale.view(-1, 1, 1) >= 0.5).flatten(1).sum(1)
@@ -319,8 +321,8 @@ def test_panoptic_overlap_ratio_at_the_threshold(monkeypatch):
     partial = [r for r in ratio if 0.3 < r < 0.99]
     assert partial
     calls = []
-    real = postprocess.count_above
-    monkeypatch.setattr(postprocess, "count_above", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    real = fullsize.count_above
+    monkeypatch.setattr(tasks, "count_above", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     for th in (partial[0] - 1e-7, partial[0] + 1e-7):
         ref = PROC.post_process_panoptic_segmentation(
             _outputs(cls, m), overlap_mask_area_threshold=th, label_ids_to_fuse=STUFF, target_sizes=[size]
@@ -339,7 +341,7 @@ def test_grid_rows_bit_identical(side):
     for r0 in range(0, 384, 29):
         for r1 in (r0 + 1, r0 + 33, 384):
             r1 = min(r1, 384)
-            assert torch.equal(postprocess.grid_rows(x, r0, r1), full[:, r0:r1]), (r0, r1)
+            assert torch.equal(geometry.grid_rows(x, r0, r1), full[:, r0:r1]), (r0, r1)
 
 
 def test_other_mask_resolution():
@@ -439,7 +441,7 @@ def tiny_outputs(tmp_path_factory):
     import numpy as np
     from transformers import Mask2FormerForUniversalSegmentation
 
-    from workers import checkpoints
+    from workers.model import checkpoints
 
     image = np.random.default_rng(5).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
     out = {}
@@ -481,14 +483,14 @@ def test_eval_blocks_bit_identical(n, size):
     # every pixel block of every cell, evaluated in torch's order, against F.interpolate
     grid = torch.rand(n, 384, 384, generator=torch.Generator().manual_seed(n))
     ref = torch.nn.functional.interpolate(grid[None], size=size, mode="bilinear", align_corners=False)[0]
-    geo = postprocess._Geometry(384, 384, *size, "cpu")
+    geo = geometry._Geometry(384, 384, *size, "cpu")
     rb, cb = geo.rows, geo.cols
     vi = torch.arange(rb.cell.numel()).repeat_interleave(cb.cell.numel())
     vj = torch.arange(cb.cell.numel()).repeat(rb.cell.numel())
     ci, cj = rb.cell[vi], cb.cell[vj]
-    corners = postprocess._corner_points(ci, cj, 384, geo)  # (blocks, 4) grid points
+    corners = geometry._corner_points(ci, cj, 384, geo)  # (blocks, 4) grid points
     for c in range(n):
-        vals = postprocess._eval_blocks(geo, vi, vj, grid[c].reshape(-1)[corners])  # (pixels, blocks)
+        vals = geometry._eval_blocks(geo, vi, vj, grid[c].reshape(-1)[corners])  # (pixels, blocks)
         got = torch.full((size[0] * size[1] + 1,), float("nan"))
         idx = (rb.off[vi][:, :, None] + cb.off[vj][:, None, :]).clamp_(max=size[0] * size[1])
         got.index_put_((idx.reshape(-1),), vals.t().reshape(-1))
@@ -501,7 +503,7 @@ def test_grid_source_cl_bit_identical(q, h, w):
     # F.interpolate's rows otherwise) are transformers' intermediates bit for bit
     x = 20 * torch.randn(q, h, w, generator=torch.Generator().manual_seed(q + h))
     full = torch.nn.functional.interpolate(x[None], size=(384, 384), mode="bilinear", align_corners=False)[0]
-    rows = postprocess.grid_source_cl(x)
+    rows = geometry.grid_source_cl(x)
     for r0, r1 in [(0, 33), (32, 65), (351, 384), (100, 101)]:
         assert torch.equal(rows(r0, r1).permute(2, 0, 1), full[:, r0:r1]), (r0, r1)
 
@@ -514,16 +516,16 @@ def test_argmax0_first_index():
     v[4, 0, 2] = 2.0
     v[9, 0, 2] = torch.nextafter(torch.tensor(2.0), torch.tensor(3.0))  # equal up to the low 8 bits
     v[:, 1] = 0.0
-    assert torch.equal(postprocess._argmax0(v), v.max(0).indices)
-    assert postprocess._argmax0(v)[0, :3].tolist() == [0, 4, 9]
+    assert torch.equal(fullsize._argmax0(v), v.max(0).indices)
+    assert fullsize._argmax0(v)[0, :3].tolist() == [0, 4, 9]
     w = torch.rand(300, 5, 7, generator=g)  # more channels than the packed form holds
-    assert torch.equal(postprocess._argmax0(w), w.max(0).indices)
+    assert torch.equal(fullsize._argmax0(w), w.max(0).indices)
 
 
 def test_nonzero_matches_torch():
     g = torch.Generator().manual_seed(8)
     for shape in [(150, 33, 384), (7, 1001), (3,), (5000,)]:
         m = torch.rand(shape, generator=g) < 0.03
-        assert torch.equal(postprocess._nonzero(m), m.reshape(-1).nonzero()[:, 0])
+        assert torch.equal(geometry._nonzero(m), m.reshape(-1).nonzero()[:, 0])
         sub = m.reshape(-1)[3:]  # a view whose storage does not start at a word
-        assert torch.equal(postprocess._nonzero(sub), sub.nonzero()[:, 0])
+        assert torch.equal(geometry._nonzero(sub), sub.nonzero()[:, 0])

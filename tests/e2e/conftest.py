@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from producer.stack import RedisServer, SeaweedS3
+from producer.stack import Servers
 from support.servers import start_worker, wait_for_worker
 
 # A small pixel limit keeps the "huge image" test cheap: 4 MP.
@@ -33,17 +33,20 @@ def session_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def redis_server(session_dir):
-    server = RedisServer("redis", session_dir / "logs" / "redis.log", data_dir=session_dir / "redis").start()
-    yield server
-    server.stop()
+def servers(session_dir):
+    """The session's Redis and S3 (``producer.stack.Servers``, as ``segq up`` starts them)."""
+    with Servers(session_dir) as both:
+        yield both
 
 
 @pytest.fixture(scope="session")
-def s3_server(session_dir):
-    server = SeaweedS3("s3", session_dir / "logs" / "seaweedfs.log", data_dir=session_dir / "s3").start()
-    yield server
-    server.stop()
+def redis_server(servers):
+    return servers.redis
+
+
+@pytest.fixture(scope="session")
+def s3_server(servers):
+    return servers.s3
 
 
 @pytest.fixture(scope="session")
@@ -54,12 +57,11 @@ def tiny_models(session_dir) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def stack_env(redis_server, s3_server, tiny_models) -> dict[str, str]:
+def stack_env(servers, tiny_models) -> dict[str, str]:
     """The environment that points segq at the session's servers; also set in os.environ,
     since boto3 reads credentials from there, as it would for a user."""
     env = {
-        "SEGQ_REDIS_URL": redis_server.url,
-        **s3_server.env(),
+        **servers.env(),
         "SEGQ_MODELS": ",".join(f"{k}={v}" for k, v in tiny_models.items()),
         "SEGQ_MAX_IMAGE_PIXELS": str(TEST_MAX_PIXELS),
         "SEGQ_MAX_VIDEO_FRAMES": str(TEST_MAX_VIDEO_FRAMES),

@@ -29,7 +29,7 @@ def fast_checkpoint(folder: Path) -> Path:
     import torch
     from transformers import Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessorPil
 
-    from workers.checkpoints import tiny_config
+    from workers.model.checkpoints import tiny_config
 
     config = tiny_config("ade20k")
     config.num_queries = 8

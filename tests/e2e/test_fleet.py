@@ -48,7 +48,7 @@ def test_three_workers_share_one_queue_and_every_view_lists_them(
     used, image_ids, clip_id = workers_of_a_mixed_batch(client, tmp_path)
     assert used == fleet
 
-    listed = json.loads(segq("workers", "--json", "--timeout", "3").stdout)
+    listed = json.loads(segq("workers", "--json", "--timeout", "5").stdout)
     assert {w["hostname"] for w in listed} >= fleet
     for w in listed:
         if w["hostname"] in fleet:
@@ -109,7 +109,7 @@ def test_a_joining_worker_takes_work_and_a_sigtermed_one_finishes_its_chunk(
     assert code == 0  # a warm shutdown
     assert done.state == "done", done.error
     assert (done.frames_done, done.frames_total, done.assemblies) == (200, 200, 1)
-    infos = client.store.chunk_infos(job.id)
+    infos = client.records.chunk_infos(job.id)
     assert chunk_indexes and all(infos[i]["worker"] == third_worker for i in chunk_indexes)  # it finished the chunks it held
     assert joiner_name in {c["worker"] for c in infos.values()}  # the newcomer took work
 

@@ -116,6 +116,6 @@ def test_workers_on_three_network_hosts_share_one_queue(remote_stack, tmp_path, 
     used, _, _ = workers_of_a_mixed_batch(client, tmp_path)
     assert used == {f"segq-cpu@{h}" for h in HOSTS}
 
-    listed = json.loads(segq("workers", "--json", "--timeout", "3", env=remote_stack).stdout)
+    listed = json.loads(segq("workers", "--json", "--timeout", "5", env=remote_stack).stdout)
     assert {w["hostname"] for w in listed} == {f"segq-cpu@{h}" for h in HOSTS}
     assert all(w["responding"] for w in listed)

@@ -6,7 +6,7 @@ from support.media import photo, video
 
 
 def chunk_workers(client, job_id: str) -> set[str]:
-    return {c["worker"] for c in client.store.chunk_infos(job_id).values()}
+    return {c["worker"] for c in client.records.chunk_infos(job_id).values()}
 
 
 def workers_of_a_mixed_batch(client, tmp_path) -> tuple[set[str], list[str], str]:

@@ -3,7 +3,7 @@
 Every equivalence test (images, video frames, batch vs single frame) goes through
 :func:`assert_matches`: a label map must equal what running the same checkpoint through
 transformers gives, except at pixels where the reference's own decision is a float near-tie
-(``workers.equivalence``), and those must stay rare. Near-ties seen in the session are counted in
+(``workers.testing.equivalence``), and those must stay rare. Near-ties seen in the session are counted in
 :data:`SEEN` and printed at the end of the run.
 """
 
@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from workers import equivalence
+from workers.testing import equivalence
 
 
 @dataclass
@@ -37,19 +37,20 @@ class Reference:
         import torch
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
-        from workers.labels import for_id2label
+        from workers.media.labels import for_id2label
 
         self.torch = torch
         self.processor = AutoImageProcessor.from_pretrained(checkpoint, backend=backend)
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(checkpoint).eval()
         self.stuff = for_id2label(self.model.config.id2label).stuff_ids
 
-    def outputs(self, image: Image.Image):
+    def outputs(self, image: Image.Image | list[Image.Image]):
+        """The model's outputs for one image, or for a batch of same-size images run as one pass."""
         with self.torch.no_grad():
             return self.model(**self.processor(image, return_tensors="pt"))
 
     def label_map(self, outputs, size: tuple[int, int], task: str) -> np.ndarray:
-        """transformers' post-processing, in segq's label-map encoding (``workers/inference.py``):
+        """transformers' post-processing, in segq's label-map encoding (``workers.model.segmenter``):
         semantic class ids as is; instance ids + 1; panoptic ids with -1 ("nothing found") as 0."""
         p = self.processor
         if task == "semantic":
@@ -74,20 +75,35 @@ def to_transformers(task: str, label_map: np.ndarray) -> np.ndarray:
 def assert_matches(got: np.ndarray, checkpoint: str, image: Image.Image, task: str, what: str = "") -> int:
     """Assert that ``got`` (segq's encoding) is transformers' label map for ``image`` up to rare
     near-ties; returns how many pixels differed (all of them near-ties)."""
+    return assert_batch_matches([got], checkpoint, [image], task, [what])
+
+
+def assert_batch_matches(got: list[np.ndarray], checkpoint: str, images: list[Image.Image], task: str,
+                         what: list[str] | None = None) -> int:
+    """``assert_matches`` for images the worker ran as ONE forward pass (a video chunk's batch):
+    the reference runs them as one pass too. A batched pass does not give the bits of single
+    passes (float sums in another order), so comparing it with single passes would call
+    differences of the model's forward near-ties of post-processing."""
     ref = reference(checkpoint)
-    outputs = ref.outputs(image)
-    size = (image.height, image.width)
-    expected = ref.label_map(outputs, size, task)
-    assert got.shape == expected.shape, f"{what}: shape {got.shape} != {expected.shape}"
+    outputs = ref.outputs(images if len(images) > 1 else images[0])
     torch = ref.torch
-    result = equivalence.compare(
-        task, outputs.class_queries_logits[0], outputs.masks_queries_logits[0], size,
-        torch.from_numpy(to_transformers(task, expected)), torch.from_numpy(to_transformers(task, got)),
-        label_ids_to_fuse=ref.stuff if task == "panoptic" else None,
-    )
-    SEEN.maps += 1
-    SEEN.pixels += result.total_pixels
-    SEEN.differing += result.differing
-    SEEN.near_ties += result.near_ties + result.segment_ties
-    assert result.ok, f"{what or task}: not equivalent to transformers: {result}"
-    return result.differing
+    differing = 0
+    for i, (mine, image) in enumerate(zip(got, images, strict=True)):
+        label = (what or [""] * len(images))[i] or task
+        one = type(outputs)(class_queries_logits=outputs.class_queries_logits[i:i + 1],
+                            masks_queries_logits=outputs.masks_queries_logits[i:i + 1])
+        size = (image.height, image.width)
+        expected = ref.label_map(one, size, task)
+        assert mine.shape == expected.shape, f"{label}: shape {mine.shape} != {expected.shape}"
+        result = equivalence.compare(
+            task, one.class_queries_logits[0], one.masks_queries_logits[0], size,
+            torch.from_numpy(to_transformers(task, expected)), torch.from_numpy(to_transformers(task, mine)),
+            label_ids_to_fuse=ref.stuff if task == "panoptic" else None,
+        )
+        SEEN.maps += 1
+        SEEN.pixels += result.total_pixels
+        SEEN.differing += result.differing
+        SEEN.near_ties += result.near_ties + result.segment_ties
+        assert result.ok, f"{label}: not equivalent to transformers: {result}"
+        differing += result.differing
+    return differing

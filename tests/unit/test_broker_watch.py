@@ -1,11 +1,11 @@
-"""The launcher tells outages from crashes (``workers.launcher.BrokerWatch``) against a real
+"""The launcher tells outages from crashes (``workers.host.launcher.BrokerWatch``) against a real
 redis-server: stopped, restarted (a new run id) or unreachable counts as an outage for a while;
 a steady Redis does not."""
 
 from __future__ import annotations
 
 from producer.stack import RedisServer, free_port
-from workers.launcher import OUTAGE_GRACE, BrokerWatch
+from workers.host.launcher import OUTAGE_GRACE, BrokerWatch
 
 
 class Clock:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from segq.errors import InputError
-from workers.decode import decode_image, load, open_image
+from workers.media.decode import decode_image, load, open_image
 
 
 def encoded(fmt: str, frames: int, **options) -> bytes:

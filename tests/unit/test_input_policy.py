@@ -8,7 +8,7 @@ import os
 import pytest
 
 from producer.inputs import expand
-from segq import access, retention
+from segq import input_policy, retention
 from segq.errors import ConfigError, InputError
 from segq.settings import Settings
 
@@ -27,7 +27,7 @@ def test_prefixes_that_would_open_outputs_or_work_are_refused_at_config_time(raw
 
 def test_prefixes_parse_and_default_to_inputs_of_the_bucket():
     assert settings().input_prefixes == ()
-    assert access.effective_prefixes((), "segq") == ("segq/inputs/",)
+    assert input_policy.effective_prefixes((), "segq") == ("segq/inputs/",)
     assert settings(SEGQ_INPUT_PREFIXES="s3://cams/day1, segq/inputs,other").input_prefixes == (
         "cams/day1/", "segq/inputs/", "other/")
     with pytest.raises(ConfigError):
@@ -55,7 +55,7 @@ def test_s3_inputs_under_allowed_prefixes_pass():
     with pytest.raises(InputError):
         expand(["s3://cams/day2/y.mp4"], s)
     with pytest.raises(InputError):
-        access.require_input(s, "segq", "outputs/j/overlay.jpg")
+        input_policy.require_input(s, "segq", "outputs/j/overlay.jpg")
 
 
 def test_a_file_named_as_an_image_must_be_one(tmp_path):

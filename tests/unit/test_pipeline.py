@@ -1,4 +1,4 @@
-"""The worker's pipeline (``workers.pipeline``) without torch: a fake callable stands for the model.
+"""The worker's pipeline (``workers.model.stage``) without torch: a fake callable stands for the model.
 
 The model stage runs every pass on one thread in submission order, blocks submitters beyond its
 bounded queue, hands each pass's exception to that pass's future only, and counts busy time and
@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from workers.pipeline import Ahead, Behind, InlineStage, ModelStage
+from workers.tasks.threads import Ahead, Behind
+from workers.model.stage import InlineStage, ModelStage
 
 
 class Recorder:
@@ -265,7 +266,7 @@ def test_behind_abort_drops_what_is_queued():
 
 
 def test_the_pipeline_imports_no_torch():
-    code = "import sys, workers.pipeline; print('torch' in sys.modules)"
+    code = "import sys, workers.model.stage; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
 

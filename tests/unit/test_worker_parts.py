@@ -10,8 +10,10 @@ import pytest
 
 from segq.errors import UsageError
 from segq.settings import Settings
-from workers import launcher, labels, render
-from workers.prediction import Prediction, Segment, semantic_segments, with_stats
+from workers.host import launcher
+from workers.media import labels
+from workers.media import render
+from workers.media.prediction import Prediction, Segment, semantic_segments, with_stats
 from segq.protocol import chunk_ranges as plan_chunks
 
 
@@ -80,7 +82,7 @@ def test_segment_area_and_box_and_only_present_segments():
 def test_these_parts_do_not_import_torch():
     import subprocess
 
-    code = ("import sys, workers.launcher, workers.render, workers.prediction, workers.video, workers.labels; "
+    code = ("import sys, workers.host.launcher, workers.media.render, workers.media.prediction, workers.media.video, workers.media.labels; "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
@@ -89,7 +91,7 @@ def test_these_parts_do_not_import_torch():
 def test_segment_stats_are_exact_whatever_the_band(monkeypatch, band):
     """Areas and boxes come from a banded pass (a 40 MP map in one pass would need gigabytes of
     temporaries); every band size gives what a direct count gives."""
-    from workers import prediction
+    from workers.media import prediction
 
     monkeypatch.setattr(prediction, "STATS_BAND_PIXELS", band)
     rng = np.random.default_rng(band)

@@ -1,7 +1,7 @@
 """Safe image decoding: size limits before decoding, EXIF orientation, RGB, still images only.
 
 Two steps, so that a worker can reserve memory for an image before it decodes it
-(``workers.budget``): :func:`open_image` reads only the header (format, size, frames) and refuses
+(``workers.host.budget``): :func:`open_image` reads only the header (format, size, frames) and refuses
 what will not be decoded; :func:`load` decodes the pixels. :func:`decode_image` does both.
 
 Animated GIF, WebP and PNG and multi-page TIFF are refused with the number of frames they hold:

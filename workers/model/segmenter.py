@@ -1,9 +1,9 @@
 """The one inference path: a ``Segmenter`` per loaded model, for every caller.
 
-A ``Segmenter`` owns a loaded model (``workers.models``), its image processor, the thresholds, how
+A ``Segmenter`` owns a loaded model (``workers.model.models``), its image processor, the thresholds, how
 post-processing runs (segq's exact fast path, or transformers' own functions with
 ``SEGQ_POSTPROCESS=reference``) and the model stage its forward passes run on (the worker's one
-thread for them, ``workers.pipeline.ModelStage``; code outside a worker runs them inline). Every
+thread for them, ``workers.model.stage.ModelStage``; code outside a worker runs them inline). Every
 caller uses the same two steps: the image task, a video chunk's pipeline, the tests and every
 benchmark.
 
@@ -28,8 +28,8 @@ On the device. Post-processing runs on the device of the logits; the label map c
 host (on CUDA into pinned memory, one wait for the batch) for the label PNG or archive and the
 segments' areas and boxes. With ``blend`` (default: on CUDA) the overlay is blended there too,
 from the label map still on the device and the image uploaded from pinned memory
-(``workers.render.overlay_tensor``, the same bytes as the CPU's ``workers.render.overlay``), and
-only the uint8 overlay comes back, into ``Prediction.overlay``; on a CPU ``workers.render``
+(``workers.media.render.overlay_tensor``, the same bytes as the CPU's ``workers.media.render.overlay``), and
+only the uint8 overlay comes back, into ``Prediction.overlay``; on a CPU ``workers.media.render``
 (numpy + OpenCV) is faster and blends later. With the torchvision image processor on CUDA the
 resize and normalisation run on the GPU too; with the PIL one the batch is copied from pinned
 memory.
@@ -50,8 +50,8 @@ import torch
 from PIL import Image
 
 from segq import defaults
-from workers.models import WARMUP_SIZE, LoadedModel
-from workers.prediction import Prediction, Segment, semantic_segments, unique_ids, with_stats
+from workers.model.models import WARMUP_SIZE, LoadedModel
+from workers.media.prediction import Prediction, Segment, semantic_segments, unique_ids, with_stats
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ class Segmenter:
 
     def __init__(self, model: LoadedModel, stage=None, thresholds: Thresholds = Thresholds(),
                  blend: bool | None = None):
-        from workers.pipeline import InlineStage
+        from workers.model.stage import InlineStage
 
         self.model = model
         self.stage = stage if stage is not None else InlineStage()
@@ -272,10 +272,10 @@ class Segmenter:
     def _raw(self, outputs, task: str, size: tuple[int, int]):
         """One image's post-processing in transformers' own encoding: a semantic class map, or the
         instance/panoptic ``{"segmentation", "segments_info"}``, by segq's exact fast path
-        (``workers.postprocess``) or transformers' functions (``SEGQ_POSTPROCESS=reference``)."""
+        (``workers.model.postprocess``) or transformers' functions (``SEGQ_POSTPROCESS=reference``)."""
         m, th = self.model, self.thresholds
         if m.postprocess == "fast":
-            from workers import postprocess
+            from workers.model import postprocess
 
             cls, masks = outputs.class_queries_logits[0], outputs.masks_queries_logits[0]
             if task == "semantic":
@@ -337,11 +337,11 @@ class Segmenter:
     def blend(self, preds: list[Prediction], images: list) -> None:
         """Each prediction's overlay, blended on the device where ``post_process(...,
         keep_on_device=True)`` left its label map: each image (RGB uint8, numpy (H, W, 3) or PIL)
-        is uploaded, blended with ``workers.render.color_table``'s palette by
-        ``workers.render.overlay_tensor``, and only the uint8 overlay is copied back (on CUDA into
+        is uploaded, blended with ``workers.media.render.color_table``'s palette by
+        ``workers.media.render.overlay_tensor``, and only the uint8 overlay is copied back (on CUDA into
         pinned memory, one wait for the whole batch). Sets ``pred.overlay`` (the same bytes as
-        ``workers.render.overlay``) and drops ``pred.device_label_map``."""
-        from workers import render
+        ``workers.media.render.overlay``) and drops ``pred.device_label_map``."""
+        from workers.media import render
 
         if len(preds) != len(images):
             raise ValueError(f"blend: {len(preds)} predictions for {len(images)} images")

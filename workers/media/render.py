@@ -8,7 +8,7 @@ per image (the article loops over every class).
 Two implementations of the blend give the same bytes: ``overlay`` (numpy lookup +
 ``cv2.addWeighted``, the CPU path) and ``overlay_tensor`` (torch, on any device: a CUDA worker
 blends there, beside the label map, and copies back only the uint8 overlay; see
-``workers.inference.render_on_device``). This module imports torch only inside
+``workers.model.segmenter.Segmenter.blend``). This module imports torch only inside
 ``overlay_tensor``.
 """
 
@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 
 from segq import defaults, layout
-from workers.prediction import Prediction, Segment
-from workers.labels import LabelSet
+from workers.media.prediction import Prediction, Segment
+from workers.media.labels import LabelSet
 
 
 def color_table(pred: Prediction, labels: LabelSet) -> tuple[np.ndarray, bool]:
@@ -214,7 +214,7 @@ def image_outputs(
     processor: str = "", postprocess: str = "",
 ) -> dict[str, tuple[bytes, str]]:
     """Every output file of an image job: name -> (bytes, content type). The overlay is
-    ``pred.overlay`` when it was blended on the device (``workers.inference.render_on_device``),
+    ``pred.overlay`` when it was blended on the device (``workers.model.segmenter.Segmenter.blend``),
     else ``overlay`` makes it."""
     doc = segments_document(pred, labels, job_id=job_id, model=model, checkpoint=checkpoint, max_value=max_value,
                             processor=processor, postprocess=postprocess)

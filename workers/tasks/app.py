@@ -1,6 +1,6 @@
-"""The worker's Celery application: ``celery -A workers.app worker ...`` (``segq worker`` runs it).
+"""The worker's Celery application: ``celery -A workers.tasks.app worker ...`` (``segq worker`` runs it).
 
-Importing this module does nothing: the app is built on first access to ``workers.app.app``
+Importing this module does nothing: the app is built on first access to ``workers.tasks.app.app``
 (what ``celery -A`` does), from the settings of that moment. The task modules are registered
 through the app's ``include`` and define their tasks with ``shared_task``, so this module imports
 no task module and no task module imports it.
@@ -20,7 +20,7 @@ from segq.broker import make_celery
 from segq.settings import Settings
 
 #: The modules whose tasks a worker runs.
-TASK_MODULES = ("workers.tasks", "workers.video_tasks")
+TASK_MODULES = ("workers.tasks.image", "workers.tasks.video")
 
 
 def _boot(sender=None, **_):
@@ -31,15 +31,15 @@ def _boot(sender=None, **_):
     import sys
 
     from segq.errors import SegqError, ServiceUnavailable
-    from workers import runtime
-    from workers.launcher import EXIT_BOOT_FAILED
+    from workers.host import runtime
+    from workers.host.launcher import EXIT_BOOT_FAILED
 
     logging.getLogger("workers").setLevel(logging.INFO)
     try:
         runtime.boot(sender.hostname, Settings.from_env(), app=sender.app)
     except BaseException as exc:  # noqa: BLE001 (any failure: the process must not serve)
         deterministic = isinstance(exc, SegqError) and not isinstance(exc, ServiceUnavailable)
-        log = logging.getLogger("workers.app")
+        log = logging.getLogger("workers.tasks.app")
         log.critical("worker %s failed to start: %s: %s", getattr(sender, "hostname", "?"), type(exc).__name__, exc,
                      exc_info=not deterministic)
         for handler in logging.getLogger().handlers + log.handlers:
@@ -51,7 +51,7 @@ def _boot(sender=None, **_):
 
 
 def _forget(sender=None, **_):
-    from workers import runtime
+    from workers.host import runtime
 
     runtime.shutdown()
 
@@ -59,20 +59,20 @@ def _forget(sender=None, **_):
 def _received(sender=None, request=None, **_):
     """A message reached this worker (to run now, or held reserved or for a retry's countdown):
     lease it, so that it is put back if this worker dies (``segq.leases``)."""
-    from workers import runtime
+    from workers.host import runtime
 
     if request is None or not str(request.name).startswith("segq."):
         return
     tag = getattr(request.message, "delivery_tag", None)
     if tag:
         kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
-        runtime.get().lease_received(str(tag), request.id, str(kwargs.get("job_id", "")), request.name)
+        runtime.get().upkeep.lease_received(str(tag), request.id, str(kwargs.get("job_id", "")), request.name)
 
 
 def _started(task_id=None, **_):
-    from workers import runtime
+    from workers.host import runtime
 
-    runtime.get().lease_started(task_id)
+    runtime.get().upkeep.lease_started(task_id)
 
 
 def _connection_errors() -> tuple[type, ...]:
@@ -86,8 +86,8 @@ _CONNECTION_ERRORS: tuple[type, ...] = ()
 
 
 def _finished(task_id=None, request=None, state=None, retval=None, kwargs=None, **_):
-    from workers import runtime
-    from workers.skeleton import JobFailure
+    from workers.host import runtime
+    from workers.tasks.skeleton import JobFailure
 
     global _CONNECTION_ERRORS
     _CONNECTION_ERRORS = _CONNECTION_ERRORS or _connection_errors()
@@ -98,7 +98,7 @@ def _finished(task_id=None, request=None, state=None, retval=None, kwargs=None, 
         broke = state == "FAILURE" and not isinstance(retval, JobFailure) and isinstance(retval, _CONNECTION_ERRORS)
         kwargs = kwargs if isinstance(kwargs, dict) else getattr(request, "kwargs", None)
         model = kwargs.get("model") if isinstance(kwargs, dict) else None
-        runtime.get().lease_done(task_id, broke=broke, retried=state == "RETRY", model=model)
+        runtime.get().upkeep.lease_done(task_id, broke=broke, retried=state == "RETRY", model=model)
 
 
 def create_app(settings: Settings | None = None) -> Celery:

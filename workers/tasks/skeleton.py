@@ -34,24 +34,24 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import redis
 from celery import Task, shared_task
 from celery.exceptions import Retry
 
 from segq import deadletters, keys, messages, registry
-from segq.access import require_input
+from segq.backoff import compute_backoff
+from segq.input_policy import require_input
 from segq.errors import InputError, ObjectNotFound, ServiceUnavailable, UsageError
 from segq.protocol import ImageJob, PayloadError, VideoJob, model_queue, valid_job_id
 from segq.scheduler import entry
 from segq.states import JobState
 from segq.storage import S3Object
-from workers import runtime
-from workers.runtime import Runtime
+from workers.host import runtime
+from workers.host.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,12 @@ class Context:
         return entry(message)
 
 
-def fail(rt: Runtime, job_id: str, message: str) -> JobFailure:
-    rt.store.fail(job_id, message)
+def fail(rt: Runtime, job_id: str, message: str) -> NoReturn:
+    """Mark the job failed with ``message`` and end the task with :class:`JobFailure`."""
+    rt.records.fail(job_id, message)
     rt.count(registry.JOBS_FAILED)
     log.warning("job %s failed: %s", job_id, message)
-    return JobFailure(message)
+    raise JobFailure(message) from None
 
 
 def parse(task: Task, rt: Runtime, payload: dict, parser: Callable[[dict], Any]):
@@ -96,15 +97,15 @@ def parse(task: Task, rt: Runtime, payload: dict, parser: Callable[[dict], Any])
             raw = repr(payload)
         deadletters.add(rt.redis, queue, raw, f"payload does not parse: {exc}", task_id=task.request.id or "")
         job_id = payload.get("job_id") if isinstance(payload.get("job_id"), str) else ""
-        if job_id and valid_job_id(job_id) and rt.store.exists(job_id):
-            raise fail(rt, job_id, f"invalid request: {exc}") from None
+        if job_id and valid_job_id(job_id) and rt.records.exists(job_id):
+            fail(rt, job_id, f"invalid request: {exc}")
         raise JobFailure(f"invalid message (no job to update): {exc}") from None
 
 
 def skip_reason(rt: Runtime, job_id: str, starts_job: bool) -> str | None:
     """Why a task has nothing to do, or None when it must run."""
     if starts_job:
-        started = rt.store.start(job_id, rt.hostname, rt.spec.label)
+        started = rt.records.start(job_id, rt.hostname, rt.spec.label)
         if started is None:
             log.warning("job %s has no record (expired or never created); skipping", job_id)
             return "no job record"
@@ -112,7 +113,7 @@ def skip_reason(rt: Runtime, job_id: str, starts_job: bool) -> str | None:
             log.info("job %s is already finished; redelivery ignored", job_id)
             return "already finished"
         return None
-    return "job finished or gone" if rt.store.final_or_gone(job_id) else None
+    return "job finished or gone" if rt.records.final_or_gone(job_id) else None
 
 
 class Canceled(Exception):
@@ -122,7 +123,7 @@ class Canceled(Exception):
 def check_canceled(rt: Runtime, job_id: str) -> None:
     """Raise ``Canceled`` when the job was canceled (cheap: one HGET). Long tasks call it between
     batches, so a canceled video stops after its current batch."""
-    if rt.store.state(job_id) == JobState.CANCELED:
+    if rt.records.state(job_id) == JobState.CANCELED:
         raise Canceled(job_id)
 
 
@@ -135,14 +136,14 @@ def _transient(exc: Exception) -> bool:
 def _wait_for_redis(rt: Runtime, budget: float) -> bool:
     """Wait (with backoff) until Redis answers again; False when the budget ran out."""
     deadline = time.monotonic() + budget
-    delay = 0.5
+    attempt = 0
     while time.monotonic() < deadline:
         try:
-            rt.store.r.ping()
+            rt.records.r.ping()
             return True
         except redis.RedisError:
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            time.sleep(min(compute_backoff(attempt, base=0.5, cap=10.0), max(0.0, deadline - time.monotonic())))
+            attempt += 1
     return False
 
 
@@ -150,16 +151,16 @@ def _retry_later(task: Task, rt: Runtime, job_id: str, exc: Exception):
     """A transient failure: send the task again with a countdown (exponential, with jitter), as
     long as the job is inside its retry budget; else fail the job."""
     now = time.time()
-    since = rt.store.r.hget(keys.job(job_id), "transient_since")
+    since = rt.records.r.hget(keys.job(job_id), "transient_since")
     first = float(since) if since else now
     elapsed = now - first
     retries = task.request.retries
     budget = rt.settings.retry_budget_seconds
     if elapsed >= budget or retries >= rt.settings.task_retries:
         why = f"{elapsed:.0f}s of transient failures" if elapsed >= budget else f"{retries} retries"
-        raise fail(rt, job_id, f"gave up after {why}: {exc}") from None
-    countdown = min(60.0, 2.0 ** (retries + 1), max(1.0, budget - elapsed)) * random.uniform(0.8, 1.2)
-    rt.store.update(job_id, transient_since=first,
+        fail(rt, job_id, f"gave up after {why}: {exc}")
+    countdown = min(compute_backoff(retries + 1, cap=60.0), max(1.0, budget - elapsed))
+    rt.records.update(job_id, transient_since=first,
                     note=f"retry {retries + 1} in {countdown:.0f}s: {exc}")
     log.warning("job %s: transient failure, retry in %.0fs: %s", job_id, countdown, exc)
     raise task.retry(exc=exc, countdown=countdown, max_retries=rt.settings.task_retries) from None
@@ -186,7 +187,7 @@ def guarded(task: Task, rt: Runtime, job_id: str, input_uri: str, work: Callable
                 log.warning("job %s: Redis unreachable (%s); waiting for it", job_id, exc)
                 if attempt or not _wait_for_redis(rt, rt.settings.retry_budget_seconds):
                     raise
-        if rt.store.state(job_id) == JobState.CANCELED:
+        if rt.records.state(job_id) == JobState.CANCELED:
             raise Canceled(job_id)
         rt.count(registry.TASKS_DONE)
         return result
@@ -195,18 +196,18 @@ def guarded(task: Task, rt: Runtime, job_id: str, input_uri: str, work: Callable
         log.info("job %s was canceled; %s stopped", job_id, task.name)
         return {"job_id": job_id, "skipped": "canceled"}
     except ObjectNotFound:
-        raise fail(rt, job_id, f"input not found: {input_uri}") from None
+        fail(rt, job_id, f"input not found: {input_uri}")
     except (InputError, UsageError) as exc:
-        raise fail(rt, job_id, str(exc)) from None
+        fail(rt, job_id, str(exc))
     except (ServiceUnavailable, redis.ConnectionError, redis.TimeoutError) as exc:
         if not _transient(exc):
-            raise fail(rt, job_id, str(exc)) from None
+            fail(rt, job_id, str(exc))
         _retry_later(task, rt, job_id, exc)
     except (Retry, JobFailure):
         raise
     except Exception as exc:  # never let one job take the worker down
         log.exception("job %s: unexpected error", job_id)
-        raise fail(rt, job_id, f"internal error: {type(exc).__name__}: {exc}") from None
+        fail(rt, job_id, f"internal error: {type(exc).__name__}: {exc}")
     finally:
         try:
             rt.set_active("")

@@ -1,10 +1,11 @@
-"""Per-process worker state: settings, storage, job store, device, registration and models.
+"""Per-process worker state: settings, storage (S3), job records, device, registration, models.
 
 ``boot()`` runs once when the worker process starts (Celery's ``worker_init`` signal), in the
 process that then runs every task: it selects the device, loads every model this worker serves
-and starts the model stage (``workers.pipeline``), the one thread that runs their forward passes
+and starts the model stage (``workers.model.stage``), the one thread that runs their forward passes
 for the tasks that run at once in the pool's threads. Later jobs reuse them. The worker's record
-in Redis is owned by ``segq.registry``.
+in Redis is owned by ``segq.registry``; its heartbeat, the fleet's upkeep (reaper, watchdog) and
+the leases of the messages it holds by ``workers.host.upkeep``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Callable
 import redis
 
 from segq import leases as leases_mod
-from segq import manifest, metrics, registry, watchdog
+from segq import manifest, metrics, registry
 from segq.batches import BatchStore
 from segq.connections import redis_client
 from segq.errors import ServiceUnavailable, UnknownModel
@@ -27,11 +28,12 @@ from segq.registry import WorkerRegistration
 from segq.scheduler import Scheduler, slots
 from segq.settings import Settings
 from segq.storage import Storage
-from workers import device as device_mod
-from workers.budget import PixelBudget
-from workers import models as models_mod
-from workers.pipeline import ModelStage
-from workers.segmenter import Segmenter
+from workers.model import device as device_mod
+from workers.host.budget import PixelBudget
+from workers.model import models as models_mod
+from workers.model.stage import ModelStage
+from workers.model.segmenter import Segmenter
+from workers.host.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class Runtime:
     settings: Settings
     hostname: str
     storage: Storage
-    store: JobStore
+    records: JobStore  # the job records in Redis (``storage`` is S3)
     spec: device_mod.DeviceSpec
     registration: WorkerRegistration
     batches: BatchStore | None = None
@@ -51,14 +53,14 @@ class Runtime:
     models: dict[str, Segmenter] = field(default_factory=dict)  # name -> its segmenter on the model stage
     stage: ModelStage | None = None
     leases: leases_mod.LeaseBook | None = None
+    upkeep: Upkeep | None = None  # heartbeat, reaper, watchdog, leases of held messages
     _targets: dict[str, tuple[float, int]] = field(default_factory=dict)  # model -> (when, slots)
-    _tags: dict[str, list[str]] = field(default_factory=dict)  # task id -> delivery tags held
     _active: dict[int, str] = field(default_factory=dict)  # pool thread -> its task
     _active_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def redis(self) -> redis.Redis:
-        return self.store.r
+        return self.records.r
 
     def model(self, name: str) -> Segmenter:
         """The segmenter of model ``name`` (UnknownModel when this worker does not serve it)."""
@@ -88,7 +90,7 @@ class Runtime:
         """``SEGQ_COMPILE``: compile one batch of one image now, on the model stage's thread (where
         every later pass, and its CUDA graphs, run), so that a model that does not compile fails to
         load here, with the reason (``ModelLoadError``), instead of in a job. Other shapes compile
-        on their first pass (``workers.models``)."""
+        on their first pass (``workers.model.models``)."""
         m = segmenter.model
         log.info("model %s: SEGQ_COMPILE=%s: compiling a warm-up batch (the first batches of each new "
                  "size compile too, and are slow)", m.name, m.compile)
@@ -136,7 +138,7 @@ class Runtime:
         """A move of this worker's finished batch ``name``: write its manifest (``segq get`` writes
         it later if this fails)."""
         try:
-            manifest.write(self.batches, self.store, self.storage, name)
+            manifest.write(self.batches, self.records, self.storage, name)
         except (ServiceUnavailable, redis.RedisError) as exc:
             log.warning("batch %s finished; its manifest could not be written now: %s", name, exc)
 
@@ -150,96 +152,6 @@ class Runtime:
             else:
                 self._active.pop(threading.get_ident(), None)
             self.registration.set_active("; ".join(self._active.values()))
-
-    def start_heartbeat(self) -> None:
-        """Every ``SEGQ_HEARTBEAT_SECONDS``: refresh the registry record, renew this worker's
-        leases, and run the reaper if no other worker runs it now (``segq.leases``)."""
-
-        def beat() -> None:
-            while True:
-                time.sleep(self.settings.heartbeat_seconds)
-                try:
-                    self.registration.publish()
-                    self.leases.renew()
-                    self.maintain()
-                    self.release()
-                except Exception as exc:  # Redis blip: the next beat retries
-                    log.warning("heartbeat failed: %s", exc)
-
-        threading.Thread(target=beat, name="segq-heartbeat", daemon=True).start()
-
-    def maintain(self) -> None:
-        """The fleet's upkeep, by one worker at a time: the reaper (the work of dead workers back on
-        its queues) and the watchdog (lost messages sent again, ``segq.watchdog``)."""
-        with leases_mod.maintenance(self.redis) as held:
-            if not held:
-                return
-            self._reaped(leases_mod.reap(self.redis, self.settings.max_worker_losses, ttl=self.leases.ttl))
-            if self.app is not None:
-                beat = self.settings.heartbeat_seconds
-                for lost in watchdog.sweep(self.redis, self.store, self.app, min_age=beat, grace=beat,
-                                           max_lost=self.settings.max_worker_losses):
-                    if lost.outcome == "failed":
-                        self.count(registry.JOBS_FAILED)
-
-    def _reaped(self, reaped: list) -> None:
-        """Note what the reaper did on the jobs."""
-        for r in reaped:
-            lease = r.lease
-            log.info("reaper: lease %s of task %s (worker %s pid %s, %s): %s", lease.tag, lease.task_id,
-                     lease.worker, lease.pid, "running" if lease.running else "held", r.outcome)
-            if not lease.job_id:
-                continue
-            if r.outcome == "failed":
-                message = (f"{lease.task} lost its worker {r.losses} times (last: {lease.worker}); "
-                           f"not retried again (SEGQ_MAX_WORKER_LOSSES)")
-                if self.store.fail(lease.job_id, message):
-                    self.count(registry.JOBS_FAILED)
-                log.warning("job %s failed: %s", lease.job_id, message)
-            elif r.outcome == "requeued":
-                note = f"requeued: worker {lease.worker} lost" + (f" during {lease.task}" if lease.running else "")
-                self.store.requeued(lease.job_id, note)
-                log.warning("job %s: %s (task %s)", lease.job_id, note, lease.task_id)
-
-    # -- leases of the messages this worker holds (Celery signals, workers.app) ----------
-    def lease_received(self, tag: str, task_id: str, job_id: str, task: str) -> None:
-        self.leases.take(tag, task_id, job_id, task)
-        with self._active_lock:
-            self._tags.setdefault(task_id, []).append(tag)
-
-    def lease_started(self, task_id: str) -> None:
-        with self._active_lock:
-            tags = list(self._tags.get(task_id, ()))
-        if tags:
-            self.leases.started(tags[0])
-
-    def lease_done(self, task_id: str, broke: bool = False, retried: bool = False, model: str | None = None) -> None:
-        """The task ended. ``broke``: it failed outside the skeleton (its job was not told, and
-        Celery would drop the message): put the message back instead of releasing it.
-        ``retried``: it sent itself again with a countdown (still in flight). Otherwise its
-        message is acknowledged: it leaves flight and frees its slot (``task_ended``)."""
-        with self._active_lock:
-            tags = self._tags.get(task_id, [])
-            tag = tags.pop(0) if tags else None
-            if not tags:
-                self._tags.pop(task_id, None)
-        if not broke:
-            if tag:
-                self.leases.release(tag)
-            if retried:
-                self.release()
-            else:
-                self.task_ended(task_id, model)
-            return
-        if not tag:
-            return
-        try:
-            leases_mod.restore(self.redis, tag)
-            self.leases.held.discard(tag)
-            log.warning("task %s broke outside its job's error handling; its message is back on its queue", task_id)
-        except redis.RedisError:
-            self.leases.abandon(tag)  # the reaper restores it once Redis answers
-
 
 _runtime: Runtime | None = None
 
@@ -277,7 +189,7 @@ def boot(hostname: str, settings: Settings | None = None, app=None) -> Runtime:
         settings=settings,
         hostname=hostname,
         storage=Storage(settings),
-        store=store,
+        records=store,
         spec=spec,
         registration=WorkerRegistration(r, hostname, spec.label, interval=settings.heartbeat_seconds,
                                         compile=settings.compile, concurrency=settings.task_slots),
@@ -299,7 +211,8 @@ def boot(hostname: str, settings: Settings | None = None, app=None) -> Runtime:
         except redis.RedisError:
             pass
         raise
-    rt.start_heartbeat()
+    rt.upkeep = Upkeep(rt)
+    rt.upkeep.start_heartbeat()
     _runtime = rt
     try:
         rt.release()  # work that waited for a worker of these models

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from workers import labels
+from workers.media import labels
 
 #: Offline stand-ins for the three default models: name -> label set.
 TINY_MODELS = {

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from workers.postprocess import GRID, axis_weights, nearest_index
+from workers.model.postprocess.geometry import GRID, axis_weights, nearest_index
 
 TOL = 1e-5
 RATIO_TOL = 1e-4

@@ -1,6 +1,6 @@
 """Class names and colour palettes: ADE20K (150), COCO panoptic (133), COCO instance (80).
 
-The data files in ``workers/data`` hold the real label sets (names, colours, COCO ids). A model
+The data files in ``workers/media/data`` hold the real label sets (names, colours, COCO ids). A model
 is matched to a label set by its ``id2label``; a model with other classes gets its own names
 and a deterministic generated palette.
 """
@@ -46,7 +46,7 @@ class LabelSet:
 
 @lru_cache(maxsize=None)
 def load(name: str) -> LabelSet:
-    raw = json.loads(resources.files("workers").joinpath(f"data/{name}.json").read_text())
+    raw = json.loads(resources.files("workers.media").joinpath(f"data/{name}.json").read_text())
     classes = sorted(raw["classes"], key=lambda c: c["id"])
     return LabelSet(
         name=name,

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from segq.backoff import compute_backoff
 from segq.errors import UsageError
 from segq.process import die_with_parent
 from segq.protocol import TASKS, model_queue
@@ -101,7 +102,7 @@ def plan(
 
 def command(proc: WorkerProcess, loglevel: str = "info") -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+        sys.executable, "-m", "celery", "-A", "workers.tasks.app", "worker",
         "--hostname", proc.hostname,
         "--queues", ",".join(proc.queues),
         # Pool, concurrency, prefetch, acks and events: segq.broker.WORKER_POLICY, in the app's config.
@@ -124,7 +125,7 @@ def environment(proc: WorkerProcess, threads: int | None = None, precision: str 
 
 
 #: Exit status of a worker process whose start failed on its configuration (a model that does not
-#: load, a bad setting; ``workers.app``): not started again, since it would fail the same way; the
+#: load, a bad setting; ``workers.tasks.app``): not started again, since it would fail the same way; the
 #: launcher exits with it (EX_CONFIG of sysexits.h).
 EXIT_BOOT_FAILED = 78
 
@@ -243,7 +244,7 @@ def run(procs: list[WorkerProcess], loglevel: str = "info", threads: int | None 
                 restarts[i].append(now)
                 print(f"segq worker: {procs[i].hostname} exited with {child.returncode}; starting it again",
                       file=sys.stderr, flush=True)
-                time.sleep(min(10.0, 2.0 ** len(restarts[i])))
+                time.sleep(compute_backoff(len(restarts[i]), cap=10.0))
                 if not stopping:
                     children[i] = spawn(procs[i])
             if all(c.poll() is not None for c in children):

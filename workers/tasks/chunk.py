@@ -1,9 +1,9 @@
 """A video chunk's frames through the model: batches in, overlay frames and label maps out.
 
-``ChunkRenderer`` takes decoded RGB frames one by one (``add``), or decodes them ahead in a
-thread of its own (``add_all``, ``workers.pipeline.Ahead``), and keeps the model busy:
+``ChunkPipeline`` takes decoded RGB frames one by one (``add``), or decodes them ahead in a
+thread of its own (``add_all``, ``workers.tasks.threads.Ahead``), and keeps the model busy:
 
-- every ``batch_size`` frames it submits the batch to its ``Segmenter`` (``workers.segmenter``:
+- every ``batch_size`` frames it submits the batch to its ``Segmenter`` (``workers.model.segmenter``:
   preprocessing here, the forward pass on the worker's model stage), and keeps one batch in the
   stage while it post-processes the one before (``ahead``);
 - post-processing (per frame) runs in the task's thread; each frame's label map goes straight
@@ -11,12 +11,12 @@ thread of its own (``add_all``, ``workers.pipeline.Ahead``), and keeps the model
   holds no more than a few frames in memory, however many it has), its segment list is kept;
 - rendering each overlay (with the inference FPS written on it if asked, as the article's script
   does) and handing it to the part encoder (``write``) run behind, on an encode thread of their
-  own (``workers.pipeline.Behind``), in frame order.
+  own (``workers.tasks.threads.Behind``), in frame order.
 
 With ``device_blend`` (default: the segmenter's, on a CUDA device) the overlays are blended on
 the device in the task's thread right after post-processing (``Segmenter.finish``: the label maps
 stay there until then, and only the uint8 overlays and the label maps come back), and the encode
-thread only writes the FPS on them and encodes them. Without it (the CPU) the encode thread blends them (``workers.render.overlay``).
+thread only writes the FPS on them and encodes them. Without it (the CPU) the encode thread blends them (``workers.media.render.overlay``).
 Both give the same bytes. The blend is not counted in the inference time (nor the FPS).
 
 Errors of any stage are raised in the task's thread (``add``, ``archive``), so the task skeleton
@@ -35,9 +35,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from workers import render, video
-from workers.pipeline import Ahead, Behind
-from workers.segmenter import Segmenter, Times
+from workers.media import render
+from workers.media import video
+from workers.tasks.threads import Ahead, Behind
+from workers.model.segmenter import Segmenter, Times
 
 
 class LabelArchive:
@@ -81,9 +82,9 @@ class LabelArchive:
         self._spool.close()
 
 
-class ChunkRenderer:
+class ChunkPipeline:
     """A chunk's frames through ``segmenter`` (module docstring). ``times`` sums the seconds of
-    every stage of the chunk's batches (``workers.segmenter.Times``); ``decode_s`` and
+    every stage of the chunk's batches (``workers.model.segmenter.Times``); ``decode_s`` and
     ``render_s`` the decode thread's and the encode thread's own work."""
 
     def __init__(self, segmenter: Segmenter, task: str, batch_size: int, write: Callable[[np.ndarray], None],
@@ -189,7 +190,7 @@ class ChunkRenderer:
         self._pending.clear()
         self._encode.abort()
 
-    def __enter__(self) -> "ChunkRenderer":
+    def __enter__(self) -> "ChunkPipeline":
         return self
 
     def __exit__(self, *_) -> None:

@@ -66,7 +66,7 @@ def worker(gpus, models, queues, name, threads, precision, loglevel):
     """
     require_worker_extra("worker")
     from segq.settings import Settings
-    from workers import launcher
+    from workers.host import launcher
 
     settings = Settings.from_env()
     procs = launcher.plan(settings, gpus=gpus, models=models, extra_queues=queues, name=name)
@@ -93,7 +93,7 @@ def models_tiny(directory, as_json):
       segq models tiny ./models --json     # {"ade-semantic": "/abs/models/tiny-ade-semantic", ...}
     """
     require_worker_extra("models tiny")
-    from workers.checkpoints import make_all_tiny
+    from workers.model.checkpoints import make_all_tiny
 
     paths = make_all_tiny(directory)
     if as_json:

@@ -14,7 +14,7 @@ together: torch's compile cache is per function, and the models share Mask2Forme
 later new shapes run uncompiled, with torch's "recompile_limit" warning in the log. The worker
 compiles one batch of one image at start (on its model stage's thread), so that a
 model that does not compile fails to load at start, with the reason, as a model that does not load
-does, rather than in a job (``workers.segmenter.Segmenter.warm_up``); the first batch of each other
+does, rather than in a job (``workers.model.segmenter.Segmenter.warm_up``); the first batch of each other
 shape still compiles in its job.
 Static rather than dynamic shapes: kernels specialised to a shape are torch.compile's fastest case,
 and symbolic shapes through Swin's window padding are untested here; the cost is a compile per
@@ -32,8 +32,8 @@ import torch
 
 from segq.errors import SegqError
 from segq.settings import COMPILE_MODES
-from workers import labels
-from workers.device import DeviceSpec
+from workers.media import labels
+from workers.model.device import DeviceSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class LoadedModel:
     spec: DeviceSpec
     labels: labels.LabelSet
     load_seconds: float
-    postprocess: str = "fast"  # "fast" (workers.postprocess) or "reference" (transformers')
+    postprocess: str = "fast"  # "fast" (workers.model.postprocess) or "reference" (transformers')
     compile: str = "off"  # SEGQ_COMPILE: "off", or the torch.compile mode of compile_model
 
     @property

@@ -1,7 +1,7 @@
 """What segmenting one image gives: its label map and segments, with their area and box.
 
 Plain numpy (no torch), so rendering and its tests need no model. The label-map encoding is the
-same for all tasks: see ``workers.inference``.
+same for all tasks: see ``workers.model.segmenter``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Prediction:
     task: str
     label_map: np.ndarray  # (H, W) int32 in segq's encoding (module docstring)
     segments: list[Segment] = field(default_factory=list)
-    # Set on the device-blend path (``workers.inference.render_on_device``), not part of the value:
+    # Set on the device-blend path (``workers.model.segmenter.Segmenter.blend``), not part of the value:
     # the label map still on the device of the logits (a torch tensor) until the overlay is
     # blended there, then the overlay itself (RGB uint8 (H, W, 3)); None otherwise.
     device_label_map: object = field(default=None, compare=False, repr=False)

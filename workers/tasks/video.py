@@ -29,10 +29,11 @@ from segq.protocol import (
     ASSEMBLE_VIDEO, SEGMENT_CHUNK, SPLIT_VIDEO, VideoJob, assembly_task_id, chunk_ranges, chunk_task_id,
 )
 from segq.storage import S3Object, S3Reader
-from workers import runtime, video
-from workers.budget import chunk_pixels
-from workers.chunk_render import ChunkRenderer
-from workers.skeleton import Context, check_canceled, job_task
+from workers.host import runtime
+from workers.media import video
+from workers.host.budget import chunk_pixels
+from workers.tasks.chunk import ChunkPipeline
+from workers.tasks.skeleton import Context, check_canceled, job_task
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def split_video(ctx: Context) -> dict:
     entries = [ctx.entry(SEGMENT_CHUNK, job.for_chunk(index, start, end), chunk_task_id(job.job_id, job.run, index))
                for index, (start, end) in enumerate(chunks)]
     split_s = time.perf_counter() - t0
-    rt.store.split_done(
+    rt.records.split_done(
         job.job_id, info.frames, entries, frames_total=info.frames, chunks_total=len(chunks), frames_done=0,
         chunks_done=0, video_fps=round(float(info.fps), 6), width=info.width, height=info.height,
         chunk_frames=job.chunk_frames, batch_size=job.batch_size, split_s=round(split_s, 6),
@@ -68,15 +69,15 @@ def segment_chunk(ctx: Context) -> dict:
     segmenter = rt.model(job.model)
     info = _info(rt, job.job_id)
     reader = S3Reader(rt.storage, ctx.input, block_size=256 * 1024)
-    # The worker's memory budget: the frames this chunk holds at once (workers.budget).
+    # The worker's memory budget: the frames this chunk holds at once (workers.host.budget).
     with rt.budget.hold(chunk_pixels(info.width, info.height, job.batch_size)), \
             tempfile.TemporaryDirectory(prefix="segq-chunk-") as tmp:
         admitted = time.perf_counter()
         part, labels = Path(tmp) / "part.mp4", Path(tmp) / "labels.npz"
         encoder = video.PartEncoder(part, info.fps)
         # Frames decoded ahead, the model on the worker's model stage, overlays rendered and
-        # encoded behind, each in a thread of its own (workers.chunk_render); errors surface here.
-        with ChunkRenderer(segmenter, job.task, job.batch_size, encoder.write, annotate_fps=job.annotate_fps,
+        # encoded behind, each in a thread of its own (workers.tasks.chunk); errors surface here.
+        with ChunkPipeline(segmenter, job.task, job.batch_size, encoder.write, annotate_fps=job.annotate_fps,
                            check=lambda: check_canceled(rt, job.job_id)) as renderer:
             renderer.add_all(video.decode_range(reader, info, job.start, job.end))
             renderer.archive(job.start, job.end, target=labels)
@@ -99,7 +100,7 @@ def segment_chunk(ctx: Context) -> dict:
         "stages": {k: round(v, 6) for k, v in stages.items()}, "items_per_pass": times.items_per_pass,
     }
     assembly = ctx.entry(ASSEMBLE_VIDEO, job.for_chunk(-1, 0, 0), assembly_task_id(job.job_id, job.run))
-    outcome = rt.store.chunk_done(job.job_id, job.chunk, frames, inference_s, chunk_info, assembly)
+    outcome = rt.records.chunk_done(job.job_id, job.chunk, frames, inference_s, chunk_info, assembly)
     rt.observe(job.model, stages)
     return {"job_id": job.job_id, **chunk_info, "outcome": outcome}
 
@@ -108,8 +109,8 @@ def segment_chunk(ctx: Context) -> dict:
 def assemble_video(ctx: Context) -> dict:
     rt, job = ctx.rt, ctx.job
     t0 = time.perf_counter()
-    rt.store.count_assembly(job.job_id)  # runs of assembly, for `segq status`
-    record = rt.store.get(job.job_id)
+    rt.records.count_assembly(job.job_id)  # runs of assembly, for `segq status`
+    record = rt.records.get(job.job_id)
     info = _info(rt, job.job_id)
     chunks = chunk_ranges(info.frames, job.chunk_frames)
     with tempfile.TemporaryDirectory(prefix="segq-assemble-") as tmp:
@@ -122,7 +123,7 @@ def assemble_video(ctx: Context) -> dict:
             raise RuntimeError(f"assembled {written} frames, expected {info.frames}")
         rt.storage.put_file(out, layout.output_key(job.job_id, layout.OVERLAY_VIDEO), "video/mp4")
     finished = time.time()
-    infos = rt.store.chunk_infos(job.job_id)
+    infos = rt.records.chunk_infos(job.job_id)
     inference_s = sum(c["inference_s"] for c in infos.values())
     wall = finished - (record.started_at or finished)
     metrics = {
@@ -144,7 +145,7 @@ def assemble_video(ctx: Context) -> dict:
     }
     rt.storage.put_bytes(layout.output_key(job.job_id, layout.VIDEO_JSON), json.dumps(doc, indent=1).encode(),
                          "application/json")
-    rt.store.finish(job.job_id, checkpoint=model.checkpoint, frames=info.frames, stages=stages,
+    rt.records.finish(job.job_id, checkpoint=model.checkpoint, frames=info.frames, stages=stages,
                     **{k: v for k, v in metrics.items() if k != "split_s"})
     rt.count(registry.JOBS_DONE)
     for index in range(len(chunks)):  # the parts were intermediate

@@ -1,9 +1,9 @@
 """The image task: fetch, decode, segment, render, upload, finish. Idempotent: a redelivered
 message for a finished job does nothing, and a re-run writes the same outputs to the same keys.
-The skeleton (parsing, skipping, errors to job states) is ``workers.skeleton``.
+The skeleton (parsing, skipping, errors to job states) is ``workers.tasks.skeleton``.
 
 Several image tasks run at once in a worker's pool threads; the forward pass runs on the
-process's model stage through the model's ``Segmenter`` (``workers.segmenter``: preprocessing and
+process's model stage through the model's ``Segmenter`` (``workers.model.segmenter``: preprocessing and
 post-processing in this thread, and on CUDA the overlay's blend beside the label map), everything
 else in the task's own thread, so one job's fetch, decode, post-processing, rendering and uploads
 overlap another's forward pass. The seconds of every stage go into the job record
@@ -17,9 +17,9 @@ import numpy as np
 
 from segq import layout, registry
 from segq.protocol import SEGMENT_IMAGE, ImageJob
-from workers import render
-from workers.decode import load, open_image
-from workers.skeleton import Context, job_task
+from workers.media import render
+from workers.media.decode import load, open_image
+from workers.tasks.skeleton import Context, job_task
 
 
 @job_task(SEGMENT_IMAGE, ImageJob.from_message, starts_job=True)
@@ -58,7 +58,7 @@ def _segment(ctx: Context, segmenter, image, t0: float, stages: dict) -> dict:
                   postprocess=times.postprocess_s, render=times.blend_s + t2 - t1,
                   upload=time.perf_counter() - t2)
     seconds = result.seconds
-    rt.store.finish(
+    rt.records.finish(
         job.job_id, checkpoint=model.checkpoint, inference_s=round(seconds, 6),
         fps=round(1.0 / seconds, 3) if seconds > 0 else None,
         total_s=round(time.perf_counter() - t0, 6), frames=1, width=image.width, height=image.height,

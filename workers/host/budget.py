@@ -59,6 +59,6 @@ class PixelBudget:
 
 def chunk_pixels(width: int, height: int, batch_size: int) -> int:
     """What a video chunk holds at once, in pixels: the frames decoded ahead and waiting to be
-    encoded (``workers.pipeline``'s queues, 8 each), two batches (one in the model, one being
+    encoded (``workers.model.stage``'s queues, 8 each), two batches (one in the model, one being
     post-processed), as frames of ``width`` x ``height``."""
     return width * height * (16 + 2 * batch_size)

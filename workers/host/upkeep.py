@@ -1,0 +1,120 @@
+"""A worker process's upkeep: its heartbeat, the fleet's reaper and watchdog, and the leases of
+the messages it holds.
+
+Every ``SEGQ_HEARTBEAT_SECONDS`` the heartbeat refreshes the worker's registry record
+(``segq.registry``), renews its leases (``segq.leases``), runs the reaper and the watchdog when no
+other worker runs them now (``segq.watchdog``), and releases pending work of its models
+(``segq.scheduler``). The Celery signals of ``workers.tasks.app`` report each message received,
+started and finished, which takes, marks and releases its lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import redis
+
+from segq import leases as leases_mod
+from segq import registry, watchdog
+
+log = logging.getLogger(__name__)
+
+
+class Upkeep:
+    """The heartbeat and lease bookkeeping of one worker process: ``Runtime.upkeep``, over its
+    ``rt`` (a ``workers.host.runtime.Runtime``, which imports this module)."""
+
+    def __init__(self, rt):
+        self.rt = rt
+        self._tags: dict[str, list[str]] = {}  # task id -> delivery tags held
+        self._lock = threading.Lock()
+
+    def start_heartbeat(self) -> None:
+        """Every ``SEGQ_HEARTBEAT_SECONDS``: refresh the registry record, renew this worker's
+        leases, and run the reaper if no other worker runs it now (``segq.leases``)."""
+
+        def beat() -> None:
+            while True:
+                time.sleep(self.rt.settings.heartbeat_seconds)
+                try:
+                    self.rt.registration.publish()
+                    self.rt.leases.renew()
+                    self.maintain()
+                    self.rt.release()
+                except Exception as exc:  # Redis blip: the next beat retries
+                    log.warning("heartbeat failed: %s", exc)
+
+        threading.Thread(target=beat, name="segq-heartbeat", daemon=True).start()
+
+    def maintain(self) -> None:
+        """The fleet's upkeep, by one worker at a time: the reaper (the work of dead workers back on
+        its queues) and the watchdog (lost messages sent again, ``segq.watchdog``)."""
+        with leases_mod.maintenance(self.rt.redis) as held:
+            if not held:
+                return
+            self._reaped(leases_mod.reap(self.rt.redis, self.rt.settings.max_worker_losses, ttl=self.rt.leases.ttl))
+            if self.rt.app is not None:
+                beat = self.rt.settings.heartbeat_seconds
+                for lost in watchdog.sweep(self.rt.redis, self.rt.records, self.rt.app, min_age=beat, grace=beat,
+                                           max_lost=self.rt.settings.max_worker_losses):
+                    if lost.outcome == "failed":
+                        self.rt.count(registry.JOBS_FAILED)
+
+    def _reaped(self, reaped: list) -> None:
+        """Note what the reaper did on the jobs."""
+        for r in reaped:
+            lease = r.lease
+            log.info("reaper: lease %s of task %s (worker %s pid %s, %s): %s", lease.tag, lease.task_id,
+                     lease.worker, lease.pid, "running" if lease.running else "held", r.outcome)
+            if not lease.job_id:
+                continue
+            if r.outcome == "failed":
+                message = (f"{lease.task} lost its worker {r.losses} times (last: {lease.worker}); "
+                           f"not retried again (SEGQ_MAX_WORKER_LOSSES)")
+                if self.rt.records.fail(lease.job_id, message):
+                    self.rt.count(registry.JOBS_FAILED)
+                log.warning("job %s failed: %s", lease.job_id, message)
+            elif r.outcome == "requeued":
+                note = f"requeued: worker {lease.worker} lost" + (f" during {lease.task}" if lease.running else "")
+                self.rt.records.requeued(lease.job_id, note)
+                log.warning("job %s: %s (task %s)", lease.job_id, note, lease.task_id)
+
+    # -- leases of the messages this worker holds (Celery signals, workers.tasks.app) ----------
+    def lease_received(self, tag: str, task_id: str, job_id: str, task: str) -> None:
+        self.rt.leases.take(tag, task_id, job_id, task)
+        with self._lock:
+            self._tags.setdefault(task_id, []).append(tag)
+
+    def lease_started(self, task_id: str) -> None:
+        with self._lock:
+            tags = list(self._tags.get(task_id, ()))
+        if tags:
+            self.rt.leases.started(tags[0])
+
+    def lease_done(self, task_id: str, broke: bool = False, retried: bool = False, model: str | None = None) -> None:
+        """The task ended. ``broke``: it failed outside the skeleton (its job was not told, and
+        Celery would drop the message): put the message back instead of releasing it.
+        ``retried``: it sent itself again with a countdown (still in flight). Otherwise its
+        message is acknowledged: it leaves flight and frees its slot (``task_ended``)."""
+        with self._lock:
+            tags = self._tags.get(task_id, [])
+            tag = tags.pop(0) if tags else None
+            if not tags:
+                self._tags.pop(task_id, None)
+        if not broke:
+            if tag:
+                self.rt.leases.release(tag)
+            if retried:
+                self.rt.release()
+            else:
+                self.rt.task_ended(task_id, model)
+            return
+        if not tag:
+            return
+        try:
+            leases_mod.restore(self.rt.redis, tag)
+            self.rt.leases.held.discard(tag)
+            log.warning("task %s broke outside its job's error handling; its message is back on its queue", task_id)
+        except redis.RedisError:
+            self.rt.leases.abandon(tag)  # the reaper restores it once Redis answers
