@@ -10,6 +10,8 @@ So a segq worker consumes through :class:`Transport` (``celery_config`` sets
 ``broker_transport``; :class:`SentinelTransport` for ``sentinel://``), whose channel inspects each
 popped item before kombu delivers it (:func:`problem`): not JSON, not a kombu envelope, a body
 that is not a Celery protocol-2 JSON body, or a task name outside ``segq.protocol.TASK_NAMES``.
+That is for segq's task queues; what other queues hold (the replies of Celery's remote control,
+which ``segq workers`` reads through the same transport) is only checked to be a JSON object.
 Such an item goes to the dead-letter list (``segq.deadletters``) with the reason, and is never
 delivered; since it was never recorded as unacknowledged, it is thereby acknowledged, and the
 process goes on serving. Payloads that are valid envelopes of segq tasks but do not parse are the
@@ -39,7 +41,30 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 
 from segq import deadletters
-from segq.protocol import TASK_NAMES
+from segq.protocol import QUEUE_PREFIX, TASK_NAMES
+
+#: Celery's default queue in segq's configuration (``segq.broker``): nothing should be sent there,
+#: but what is must be a segq task too.
+DEFAULT_QUEUE = "segq.default"
+
+
+def is_task_queue(queue: str) -> bool:
+    """A queue of segq's task messages (a model's queue, or the default one). Other queues a
+    segq process reads, such as the replies of Celery's remote control (``segq workers`` pings
+    the workers), carry kombu messages that are not tasks."""
+    return queue.startswith(QUEUE_PREFIX) or queue == DEFAULT_QUEUE
+
+
+def envelope_problem(raw: str) -> tuple[dict | None, str | None]:
+    """``(envelope, None)`` for an item of a queue that is not a task queue, when it is a JSON
+    object (what kombu would deliver), else ``(None, why not)``."""
+    try:
+        envelope = json.loads(raw)
+    except ValueError:
+        return None, "not JSON"
+    if not isinstance(envelope, dict):
+        return None, "not a message envelope (a JSON object)"
+    return envelope, None
 
 
 def problem(raw: str) -> tuple[dict | None, str | None]:
@@ -97,7 +122,7 @@ class _Inspecting:
             dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
             raw = bytes_to_str(item)
-            envelope, why = problem(raw)
+            envelope, why = problem(raw) if is_task_queue(dest) else envelope_problem(raw)
             if why is not None:
                 deadletters.add(self.client, dest, raw, why)
                 raise Empty()

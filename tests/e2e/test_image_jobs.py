@@ -19,6 +19,7 @@ from segq.protocol import TASKS
 from support.fleet import wait_handled
 from support.media import photo, rotated_jpeg
 from support.reference import assert_matches
+from support.servers import WORKER_THREADS
 from support.storage import fetch
 
 pytestmark = pytest.mark.e2e
@@ -43,7 +44,7 @@ def test_submit_an_image_and_get_outputs_identical_to_transformers(client, tiny_
     labels = np.array(Image.open(io.BytesIO(fetch(client, layout.output_key(job.id, layout.LABELS)))))
     assert labels.shape == (240, 240 * 4 // 3)
     checkpoint = tiny_models[client.settings.task_models[task]]
-    assert_matches(labels, checkpoint, Image.open(src).convert("RGB"), task, what=f"{task} image")
+    assert_matches(labels, checkpoint, Image.open(src).convert("RGB"), task, what=f"{task} image", threads=WORKER_THREADS)
 
     doc = json.loads(fetch(client, layout.output_key(job.id, layout.SEGMENTS)))
     assert doc["task"] == task and (doc["width"], doc["height"]) == (320, 240)

@@ -19,6 +19,7 @@ from segq.settings import Settings
 from support.fleet import wait_handled
 from support.media import audio_only, video
 from support.reference import assert_batch_matches
+from support.servers import WORKER_THREADS
 from support.storage import fetch
 
 pytestmark = pytest.mark.e2e
@@ -68,7 +69,7 @@ def test_a_video_on_two_workers_comes_back_as_h264_with_every_frame(client, seco
 
     # Every frame's label map equals transformers run directly on the checkpoint, but for rare
     # near-ties of the reference. The worker ran each chunk's frames in passes of 4 (batch_size;
-    # SEGQ_MAX_BATCH=1 joins no passes): the reference runs the same passes.
+    # SEGQ_MAX_BATCH=1 joins no passes) on one torch thread: the reference runs the same passes.
     frames = decoded_frames(src)
     checkpoint = tiny_models["ade-semantic"]
     seen = []
@@ -80,7 +81,7 @@ def test_a_video_on_two_workers_comes_back_as_h264_with_every_frame(client, seco
         for at in range(0, len(indices), 4):
             batch = indices[at:at + 4]
             assert_batch_matches(labels[at:at + 4], checkpoint, [Image.fromarray(frames[i]) for i in batch],
-                                 "semantic", what=[f"frame {i}" for i in batch])
+                                 "semantic", what=[f"frame {i}" for i in batch], threads=WORKER_THREADS)
         seen += indices
     assert seen == list(range(91))
 

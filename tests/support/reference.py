@@ -44,10 +44,18 @@ class Reference:
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(checkpoint).eval()
         self.stuff = for_id2label(self.model.config.id2label).stuff_ids
 
-    def outputs(self, image: Image.Image | list[Image.Image]):
-        """The model's outputs for one image, or for a batch of same-size images run as one pass."""
-        with self.torch.no_grad():
-            return self.model(**self.processor(image, return_tensors="pt"))
+    def outputs(self, image: Image.Image | list[Image.Image], threads: int | None = None):
+        """The model's outputs for one image, or for a batch of same-size images run as one pass;
+        with ``threads``, on that many torch CPU threads (the worker's count: another count sums in
+        another order)."""
+        before = self.torch.get_num_threads()
+        if threads:
+            self.torch.set_num_threads(threads)
+        try:
+            with self.torch.no_grad():
+                return self.model(**self.processor(image, return_tensors="pt"))
+        finally:
+            self.torch.set_num_threads(before)
 
     def label_map(self, outputs, size: tuple[int, int], task: str) -> np.ndarray:
         """transformers' post-processing, in segq's label-map encoding (``workers.model.segmenter``):
@@ -72,20 +80,22 @@ def to_transformers(task: str, label_map: np.ndarray) -> np.ndarray:
     return label_map.astype(np.int64) - 1 if task == "instance" else label_map.astype(np.int64)
 
 
-def assert_matches(got: np.ndarray, checkpoint: str, image: Image.Image, task: str, what: str = "") -> int:
+def assert_matches(got: np.ndarray, checkpoint: str, image: Image.Image, task: str, what: str = "",
+                   threads: int | None = None) -> int:
     """Assert that ``got`` (segq's encoding) is transformers' label map for ``image`` up to rare
-    near-ties; returns how many pixels differed (all of them near-ties)."""
-    return assert_batch_matches([got], checkpoint, [image], task, [what])
+    near-ties; returns how many pixels differed (all of them near-ties). ``threads``: the torch
+    threads the worker ran the forward pass on (default: this process's)."""
+    return assert_batch_matches([got], checkpoint, [image], task, [what], threads=threads)
 
 
 def assert_batch_matches(got: list[np.ndarray], checkpoint: str, images: list[Image.Image], task: str,
-                         what: list[str] | None = None) -> int:
+                         what: list[str] | None = None, threads: int | None = None) -> int:
     """``assert_matches`` for images the worker ran as ONE forward pass (a video chunk's batch):
     the reference runs them as one pass too. A batched pass does not give the bits of single
-    passes (float sums in another order), so comparing it with single passes would call
-    differences of the model's forward near-ties of post-processing."""
+    passes (float sums in another order), nor does another thread count, so comparing it with
+    single passes would blame post-processing for differences of the forward pass."""
     ref = reference(checkpoint)
-    outputs = ref.outputs(images if len(images) > 1 else images[0])
+    outputs = ref.outputs(images if len(images) > 1 else images[0], threads=threads)
     torch = ref.torch
     differing = 0
     for i, (mine, image) in enumerate(zip(got, images, strict=True)):

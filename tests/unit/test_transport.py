@@ -75,6 +75,35 @@ def test_a_consumer_dead_letters_poison_and_takes_the_rest(tmp_path):
         server.stop()
 
 
+def test_other_queues_deliver_kombu_messages_that_are_not_tasks(tmp_path):
+    """Celery's remote-control replies (``segq workers`` pings) are kombu messages without a task
+    name: on their reply queue they are delivered, not dead-lettered; garbage there still is."""
+    server = RedisServer("redis", tmp_path / "redis.log", data_dir=tmp_path).start()
+    try:
+        r = redis.Redis.from_url(server.url, decode_responses=True)
+        reply = json.loads(good())
+        reply["headers"] = {"ticket": "t-1", "clock": 3}  # a pidbox reply: no task, no id
+        reply["body"] = base64.b64encode(json.dumps({"w1@host": {"ok": "pong"}}).encode()).decode()
+        for item in ("garbage \x00", json.dumps(reply)):
+            r.lpush("reply.celery.pidbox", item)
+        got = []
+        with Connection(server.url, transport=Transport) as conn:
+            consumer = Consumer(conn, [Queue("reply.celery.pidbox")], accept=["json"],
+                                callbacks=[lambda body, message: (got.append(body), message.ack())])
+            with consumer:
+                for _ in range(20):
+                    try:
+                        conn.drain_events(timeout=0.5)
+                    except (TimeoutError, OSError):
+                        pass
+                    if got:
+                        break
+        assert got == [{"w1@host": {"ok": "pong"}}]
+        assert [d.reason for d in deadletters.recent(r)] == ["not JSON"]
+    finally:
+        server.stop()
+
+
 def test_a_channel_without_its_connection_raises_a_connection_error(tmp_path):
     server = RedisServer("redis", tmp_path / "redis.log", data_dir=tmp_path).start()
     try:
