@@ -32,13 +32,13 @@ from bench.common import checkpoint, table
 
 class Fleet:
     def __init__(self, root: Path, workers: int, heartbeat: int):
-        from producer.stack import RedisServer, SeaweedS3
+        from producer.stack import Servers
 
         self.root = root
-        self.redis = RedisServer("redis", root / "logs" / "redis.log", data_dir=root / "redis").start()
-        self.s3 = SeaweedS3("s3", root / "logs" / "s3.log", data_dir=root / "s3").start()
+        self.servers = Servers(root).start()
+        self.redis, self.s3 = self.servers.redis, self.servers.s3
         ckpt = checkpoint(root, "tiny")
-        self.env = {"SEGQ_REDIS_URL": self.redis.url, **self.s3.env(), "SEGQ_MODELS": f"ade-semantic={ckpt}",
+        self.env = {**self.servers.env(), "SEGQ_MODELS": f"ade-semantic={ckpt}",
                     "SEGQ_TASK_MODELS": "semantic=ade-semantic", "SEGQ_HEARTBEAT_SECONDS": str(heartbeat),
                     "SEGQ_RETRY_BUDGET": "900", "SEGQ_ENV_FILE": "/nonexistent/.env"}
         os.environ.update(self.env)
@@ -69,8 +69,7 @@ class Fleet:
     def close(self) -> None:
         for svc in self.services.values():
             svc.stop()
-        self.s3.stop()
-        self.redis.stop()
+        self.servers.stop()
 
 
 def fault(fleet: Fleet, kind: str, rng: random.Random, log) -> None:
