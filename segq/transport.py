@@ -69,12 +69,9 @@ def envelope_problem(raw: str) -> tuple[dict | None, str | None]:
 
 def problem(raw: str) -> tuple[dict | None, str | None]:
     """``(envelope, None)`` for a popped item a segq worker may take, else ``(None, why not)``."""
-    try:
-        envelope = json.loads(raw)
-    except ValueError:
-        return None, "not JSON"
-    if not isinstance(envelope, dict):
-        return None, "not a message envelope (a JSON object)"
+    envelope, why = envelope_problem(raw)
+    if why is not None:
+        return None, why
     headers, properties = envelope.get("headers"), envelope.get("properties")
     if not isinstance(headers, dict) or not isinstance(properties, dict):
         return None, "not a message envelope (no headers or properties)"

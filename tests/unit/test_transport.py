@@ -43,6 +43,23 @@ def test_what_is_not_a_segq_task_message_is_named(raw, reason):
     assert problem(raw) == (None, reason)
 
 
+def first_delivered(url: str, queue: str) -> list:
+    """Consume ``queue`` through segq's transport until a message is delivered (10 s at most)."""
+    got = []
+    with Connection(url, transport=Transport) as conn:
+        consumer = Consumer(conn, [Queue(queue)], accept=["json"],
+                            callbacks=[lambda body, message: (got.append(body), message.ack())])
+        with consumer:
+            for _ in range(20):
+                try:
+                    conn.drain_events(timeout=0.5)
+                except (TimeoutError, OSError):
+                    pass
+                if got:
+                    break
+    return got
+
+
 def test_a_segq_message_passes():
     envelope_, why = problem(good())
     assert why is None and envelope_["headers"]["task"] == "segq.segment_image"
@@ -54,18 +71,7 @@ def test_a_consumer_dead_letters_poison_and_takes_the_rest(tmp_path):
         r = redis.Redis.from_url(server.url, decode_responses=True)
         for item in ("garbage \x00", good("celery.accumulate"), good()):
             r.lpush("segq.model.m", item)
-        got = []
-        with Connection(server.url, transport=Transport) as conn:
-            consumer = Consumer(conn, [Queue("segq.model.m")], accept=["json"],
-                                callbacks=[lambda body, message: (got.append(body), message.ack())])
-            with consumer:
-                for _ in range(20):
-                    try:
-                        conn.drain_events(timeout=0.5)
-                    except (TimeoutError, OSError):
-                        pass
-                    if got:
-                        break
+        got = first_delivered(server.url, "segq.model.m")
         assert got and got[0][1] == {"job_id": "0123456789abcdef"}
         letters = deadletters.recent(r)
         assert [d.reason for d in letters] == ["task 'celery.accumulate' is not a segq task", "not JSON"]
@@ -86,18 +92,7 @@ def test_other_queues_deliver_kombu_messages_that_are_not_tasks(tmp_path):
         reply["body"] = base64.b64encode(json.dumps({"w1@host": {"ok": "pong"}}).encode()).decode()
         for item in ("garbage \x00", json.dumps(reply)):
             r.lpush("reply.celery.pidbox", item)
-        got = []
-        with Connection(server.url, transport=Transport) as conn:
-            consumer = Consumer(conn, [Queue("reply.celery.pidbox")], accept=["json"],
-                                callbacks=[lambda body, message: (got.append(body), message.ack())])
-            with consumer:
-                for _ in range(20):
-                    try:
-                        conn.drain_events(timeout=0.5)
-                    except (TimeoutError, OSError):
-                        pass
-                    if got:
-                        break
+        got = first_delivered(server.url, "reply.celery.pidbox")
         assert got == [{"w1@host": {"ok": "pong"}}]
         assert [d.reason for d in deadletters.recent(r)] == ["not JSON"]
     finally:
