@@ -19,27 +19,7 @@ import time
 from pathlib import Path
 
 from bench.common import checkpoint, servers, start_workers, stop_workers, table
-
-
-def big_jpeg(path: Path, side: int, seed: int) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    arr = np.empty((side, side, 3), np.uint8)
-    arr[:] = rng.integers(60, 200, 3)
-    for _ in range(30):
-        x, y = rng.integers(0, side - 400, 2)
-        arr[y:y + 400, x:x + 400] = rng.integers(0, 255, 3)
-    Image.fromarray(arr).save(path, quality=85)
-    return path
-
-
-def status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
+from workers.testing.probes import big_jpeg, status_kb
 
 
 def run(root: Path, env: dict, images: list[Path], warm: list[Path], task: str, budget: int | None) -> dict:

@@ -165,16 +165,10 @@ PATHS = {"fast": fast_path, "baseline": baseline_path}
 
 # --- memory -----------------------------------------------------------------------------------
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_memory_child(task: str, path: str, size: tuple[int, int], outputs_file: str) -> None:
     import torch
+
+    from workers.testing.probes import status_kb
 
     cls, masks = torch.load(outputs_file)
     s = setup(task, size, cls, masks)
@@ -185,9 +179,9 @@ def measure_memory_child(task: str, path: str, size: tuple[int, int], outputs_fi
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
-    before = _status_kb("VmRSS")
+    before = status_kb("self", "VmRSS")
     out = fn(s)
-    peak = _status_kb("VmHWM")
+    peak = status_kb("self", "VmHWM")
     del out
     print(json.dumps({"peak_growth_mb": (peak - before) / 1024, "rss_before_mb": before / 1024}))
 

@@ -113,6 +113,15 @@ def _parse_count(var: str, raw: str) -> int:
     return _parse_int(var, raw, minimum=0)
 
 
+def _from(f, environ: Mapping[str, str]) -> Any:
+    """Field ``f`` of the settings parsed from ``environ``; ``MISSING`` when its variable is unset
+    or empty (``s3_region`` falls back to ``AWS_DEFAULT_REGION`` / ``AWS_REGION`` as boto3 does)."""
+    raw = (environ.get(f.metadata["env"]) or "").strip()
+    if f.name == "s3_region" and not raw:
+        raw = (environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION") or "").strip()
+    return f.metadata["parse"](f.metadata["env"], raw) if raw else MISSING
+
+
 def setting(var: str, default: Any, doc: str, parse: Callable[[str, str], Any] = _parse_str,
             shown_default: str | None = None, side: str = "both") -> Any:
     """A field of :class:`Settings` read from ``var``. ``side``: who reads it (producer, worker, both),
@@ -256,11 +265,9 @@ class Settings:
             environ = os.environ
         kwargs: dict = {}
         for f in fields(cls):
-            raw = (environ.get(f.metadata["env"]) or "").strip()
-            if f.name == "s3_region" and not raw:
-                raw = (environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION") or "").strip()
-            if raw:
-                kwargs[f.name] = f.metadata["parse"](f.metadata["env"], raw)
+            value = _from(f, environ)
+            if value is not MISSING:
+                kwargs[f.name] = value
         settings = cls(**kwargs)
         settings.validate()
         return settings
@@ -272,9 +279,9 @@ class Settings:
         environ = os.environ if environ is None else environ
         for f in fields(cls):
             if f.name == name:
-                raw = (environ.get(f.metadata["env"]) or "").strip()
-                if raw:
-                    return f.metadata["parse"](f.metadata["env"], raw)
+                value = _from(f, environ)
+                if value is not MISSING:
+                    return value
                 return f.default_factory() if f.default is MISSING else f.default
         raise KeyError(f"no setting {name!r}")
 

@@ -4,37 +4,16 @@ over its warm baseline."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from support.media import photo
 from support.servers import start_worker, wait_for_worker
+from workers.testing.probes import big_jpeg, status_kb
 
 pytestmark = pytest.mark.e2e
 
 GB = 1024 ** 3
-
-
-def big_jpeg(path: Path, side: int = 6300, seed: int = 0) -> Path:
-    """A 6300 x 6300 JPEG (39.7 MP) of a few flat regions: under a megabyte on disk."""
-    rng = np.random.default_rng(seed)
-    arr = np.empty((side, side, 3), np.uint8)
-    arr[:] = rng.integers(60, 200, 3)
-    for _ in range(30):
-        x, y = rng.integers(0, side - 400, 2)
-        arr[y:y + 400, x:x + 400] = rng.integers(0, 255, 3)
-    Image.fromarray(arr).save(path, quality=85)
-    return path
-
-
-def status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
 
 
 @pytest.fixture(scope="module")
