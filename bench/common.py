@@ -42,14 +42,16 @@ def checkpoint(root: Path, kind: str) -> str:
     raise SystemExit(f"unknown model kind {kind!r}")
 
 
-def start_workers(root: Path, env: dict, count: int, threads: int, cpus: list[list[int]] | None = None) -> list[tuple[WorkerService, str]]:
-    """``count`` real `segq worker --gpus cpu` processes (optionally pinned to cores with taskset)."""
+def start_workers(root: Path, env: dict, count: int, threads: int, cpus: list[list[int]] | None = None,
+                  models: str | None = None) -> list[tuple[WorkerService, str]]:
+    """``count`` real `segq worker --gpus cpu` processes (optionally pinned to cores with taskset;
+    ``models``: their ``--models``, by default the tasks' default models)."""
     out = []
     for i in range(count):
         name = f"bench{i}"
         svc = WorkerService(name, root / "logs" / f"{name}.log")
         full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        svc.start(full_env, gpus="cpu", worker_name=name, threads=threads)
+        svc.start(full_env, gpus="cpu", models=models, worker_name=name, threads=threads)
         if cpus:
             os.sched_setaffinity(svc.proc.pid, cpus[i])  # children inherit it
         out.append((svc, f"{name}-cpu@{socket.gethostname()}"))
