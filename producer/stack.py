@@ -527,18 +527,20 @@ class LocalStack:
         self.stop()
 
 
-def offline_models(directory: Path, timeout: float = 900.0) -> dict[str, str]:
-    """Write the offline stand-in checkpoints under ``directory``; returns ``SEGQ_MODELS`` as a mapping.
+def offline_models(directory: Path, timeout: float = 900.0, random: bool = False) -> dict[str, str]:
+    """Write the offline checkpoints under ``directory``; returns ``SEGQ_MODELS`` as a mapping.
 
-    Runs ``segq models tiny DIRECTORY --json`` (the worker extra's command: torch builds them) in
+    Runs ``segq models tiny DIRECTORY --json`` (the worker extra's command: torch writes them) in
     a child process, so the producer never imports torch or ``workers``. Folders already there
-    are reused.
+    are reused. ``random``: the random-initialised ones (``--random``) instead of the trained ones.
     """
     import json
 
     from segq.errors import SegqError
 
     argv = [sys.executable, "-m", "producer.cli", "models", "tiny", str(directory), "--json"]
+    if random:
+        argv.append("--random")
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -53,7 +53,7 @@ def s3_server(servers):
 def tiny_models(session_dir) -> dict[str, str]:
     from producer.stack import offline_models
 
-    return offline_models(session_dir / "models")
+    return offline_models(session_dir / "models", random=True)  # noise-like outputs: the dense paths
 
 
 @pytest.fixture(scope="session")

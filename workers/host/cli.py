@@ -79,23 +79,32 @@ def worker(gpus, models, queues, name, threads, precision, loglevel):
 
 @click.command(name="tiny")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--random", "random_weights", is_flag=True,
+              help="Random-initialised weights instead of the trained ones (noise-like outputs, for tests).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"name": "folder", ...} as JSON instead.')
-def models_tiny(directory, as_json):
-    """Write small random-initialised checkpoints for machines without hub access.
+def models_tiny(directory, random_weights, as_json):
+    """Write small offline checkpoints for machines without hub access.
 
     Three folders (ade-semantic, coco-instance, coco-panoptic) with the real label sets, in
-    the format from_pretrained reads. Their predictions are MEANINGLESS: they exist to run the
-    system end to end. Prints the SEGQ_MODELS line that points workers at them.
+    the format from_pretrained reads; prints the SEGQ_MODELS line that points workers at them.
+    By default the weights segq ships, trained on synthetic street scenes: they segment sky,
+    building, window, tree, road, sidewalk, person and car in scenes like the demo's (a tiny
+    model: do not expect much on real photos). With --random: random-initialised weights whose
+    predictions are MEANINGLESS, for tests that need noise-like outputs.
 
     \b
     Examples:
       segq models tiny ./models            # SEGQ_MODELS=ade-semantic=/abs/models/tiny-ade-semantic,...
       segq models tiny ./models --json     # {"ade-semantic": "/abs/models/tiny-ade-semantic", ...}
+      segq models tiny ./models --random   # .../tiny-random-ade-semantic,...
     """
     require_worker_extra("models tiny")
+    from transformers.utils import logging as hf_logging
+
     from workers.model.checkpoints import make_all_tiny
 
-    paths = make_all_tiny(directory)
+    hf_logging.disable_progress_bar()  # "Writing model shards" and "Loading weights" bars for 1.5 MB files
+    paths = make_all_tiny(directory, random=random_weights)
     if as_json:
         click.echo(json.dumps(paths))
     else:
