@@ -18,14 +18,14 @@ def _stack_models(data_dir: Path, offline: bool) -> dict[str, str] | None:
         return None
     from producer.stack import offline_models
 
-    err.print("[yellow]offline models:[/] random-initialised stand-ins; their predictions are meaningless")
+    err.print("[yellow]offline models:[/] segq's tiny checkpoints, trained on synthetic street scenes (docs/offline-models.md)")
     return offline_models(data_dir / "models")
 
 
 @click.command()
 @click.option("--data-dir", default=".segq", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--offline/--hub", default=True, show_default=True,
-              help="--offline: generated tiny checkpoints; --hub: the real ones (needs hub access or HF cache).")
+              help="--offline: segq's tiny checkpoints (trained on synthetic street scenes); --hub: the real ones (needs hub access or HF cache).")
 @click.option("--gpus", default="auto", show_default=True)
 @click.option("--flower/--no-flower", default=True, show_default=True)
 @click.option("--flower-auth", is_flag=True,
@@ -80,10 +80,15 @@ def up(data_dir, offline, gpus, flower, flower_auth, flower_user):
 @click.command()
 @click.option("--data-dir", default=".segq", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("-o", "--out", "out_dir", default="segq-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--offline/--hub", default=True, show_default=True)
+@click.option("--offline/--hub", default=True, show_default=True,
+              help="--offline: segq's tiny checkpoints (trained on synthetic street scenes); --hub: the real ones.")
 @click.option("--keep", is_flag=True, help="Keep the stack running after the demo (Ctrl-C stops).")
 def demo(data_dir, out_dir, offline, keep):
     """Start the local stack, segment a demo image (all three tasks) and a demo clip, show the outputs.
+
+    The image and the clip are a street drawn by segq's scene generator with a seed its offline
+    checkpoints never trained on; the overlays show sky, buildings, windows, trees, road,
+    sidewalk, persons and cars segmented.
 
     \b
     Example:
