@@ -463,6 +463,36 @@ def test_tiny_random_model_outputs(monkeypatch, tiny_outputs):
     assert taken == ["dense", "dense"]
 
 
+@pytest.fixture(scope="module")
+def trained_outputs(tmp_path_factory):
+    """The trained tiny checkpoints' (package data) real outputs on the demo street drawn at
+    1920x1080 (``bench.scenes.DEMO_SEED``, a held-out seed): region-like outputs of a model that
+    segments."""
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    from bench import scenes
+    from workers.model import checkpoints
+
+    folders = checkpoints.make_all_tiny(tmp_path_factory.mktemp("trained"))
+    image = scenes.scene(scenes.DEMO_SEED, (1920, 1080)).image
+    out = {}
+    for name, label_set in checkpoints.TINY_MODELS.items():
+        model = Mask2FormerForUniversalSegmentation.from_pretrained(folders[name]).eval()
+        proc = Mask2FormerImageProcessorPil.from_pretrained(folders[name])
+        with torch.no_grad():
+            o = model(**proc(images=image, return_tensors="pt"))
+        out[label_set] = (o.class_queries_logits, o.masks_queries_logits)
+    return out
+
+
+def test_trained_model_outputs_take_the_fast_path(monkeypatch, trained_outputs):
+    taken = _paths_taken(monkeypatch)
+    print(_check_semantic(*trained_outputs["ade20k"], (1080, 1920)))
+    print(_check_panoptic(*trained_outputs["coco_panoptic"], (1080, 1920))[0])
+    print(_check_instance(*trained_outputs["coco_instance"], (1080, 1920))[0])
+    assert taken == ["sparse", "sparse"]
+
+
 def test_noise_like_exact_ties():
     # duplicated queries and classes tie exactly; the first index must win, as in transformers
     cls, masks = synthetic.pixel_noise(105, 150, num_queries=24, size=(64, 120))
