@@ -435,31 +435,42 @@ def test_instance_noise_like(shape, size):
     assert len(ref["segments_info"]) >= 10
 
 
-@pytest.fixture(scope="module")
-def tiny_outputs(tmp_path_factory):
-    """The random tiny checkpoints' real outputs on a random 1080p frame (24 queries, 64 x 120)."""
-    import numpy as np
+def _model_outputs(folders: dict, image) -> dict:
+    """label set -> (class logits, mask logits) of the real checkpoints ``folders`` (name -> folder) on ``image``."""
     from transformers import Mask2FormerForUniversalSegmentation
 
-    from workers.model import checkpoints
+    from workers.model.checkpoints import TINY_MODELS
 
-    image = np.random.default_rng(5).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
     out = {}
-    for label_set in ("ade20k", "coco_panoptic", "coco_instance"):
-        folder = checkpoints.make_tiny(label_set, tmp_path_factory.mktemp(label_set))
+    for name, folder in folders.items():
         model = Mask2FormerForUniversalSegmentation.from_pretrained(folder).eval()
         proc = Mask2FormerImageProcessorPil.from_pretrained(folder)
         with torch.no_grad():
             o = model(**proc(images=image, return_tensors="pt"))
-        out[label_set] = (o.class_queries_logits, o.masks_queries_logits)
+        out[TINY_MODELS[name]] = (o.class_queries_logits, o.masks_queries_logits)
     return out
+
+
+def _check_all(outputs: dict) -> None:
+    print(_check_semantic(*outputs["ade20k"], (1080, 1920)))
+    print(_check_panoptic(*outputs["coco_panoptic"], (1080, 1920))[0])
+    print(_check_instance(*outputs["coco_instance"], (1080, 1920))[0])
+
+
+@pytest.fixture(scope="module")
+def tiny_outputs(tmp_path_factory):
+    """The random tiny checkpoints' real outputs on a random 1080p frame (24 queries, 64 x 120)."""
+    import numpy as np
+
+    from workers.model import checkpoints
+
+    image = np.random.default_rng(5).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    return _model_outputs(checkpoints.make_all_tiny(tmp_path_factory.mktemp("random"), random=True), image)
 
 
 def test_tiny_random_model_outputs(monkeypatch, tiny_outputs):
     taken = _paths_taken(monkeypatch)
-    print(_check_semantic(*tiny_outputs["ade20k"], (1080, 1920)))
-    print(_check_panoptic(*tiny_outputs["coco_panoptic"], (1080, 1920))[0])
-    print(_check_instance(*tiny_outputs["coco_instance"], (1080, 1920))[0])
+    _check_all(tiny_outputs)
     assert taken == ["dense", "dense"]
 
 
@@ -468,28 +479,16 @@ def trained_outputs(tmp_path_factory):
     """The trained tiny checkpoints' (package data) real outputs on the demo street drawn at
     1920x1080 (``bench.scenes.DEMO_SEED``, a held-out seed): region-like outputs of a model that
     segments."""
-    from transformers import Mask2FormerForUniversalSegmentation
-
     from bench import scenes
     from workers.model import checkpoints
 
-    folders = checkpoints.make_all_tiny(tmp_path_factory.mktemp("trained"))
     image = scenes.scene(scenes.DEMO_SEED, (1920, 1080)).image
-    out = {}
-    for name, label_set in checkpoints.TINY_MODELS.items():
-        model = Mask2FormerForUniversalSegmentation.from_pretrained(folders[name]).eval()
-        proc = Mask2FormerImageProcessorPil.from_pretrained(folders[name])
-        with torch.no_grad():
-            o = model(**proc(images=image, return_tensors="pt"))
-        out[label_set] = (o.class_queries_logits, o.masks_queries_logits)
-    return out
+    return _model_outputs(checkpoints.make_all_tiny(tmp_path_factory.mktemp("trained")), image)
 
 
 def test_trained_model_outputs_take_the_fast_path(monkeypatch, trained_outputs):
     taken = _paths_taken(monkeypatch)
-    print(_check_semantic(*trained_outputs["ade20k"], (1080, 1920)))
-    print(_check_panoptic(*trained_outputs["coco_panoptic"], (1080, 1920))[0])
-    print(_check_instance(*trained_outputs["coco_instance"], (1080, 1920))[0])
+    _check_all(trained_outputs)
     assert taken == ["sparse", "sparse"]
 
 
