@@ -190,13 +190,29 @@ def centres(tm):
     return torch.stack([(tm.sum(1) * xs).sum(1) / area, (tm.sum(2) * ys).sum(1) / area], 1)
 
 
+def match_things(cls_logits, mask_logits, tm, tc, valid, pan, spatial: float = 0.0):
+    """Hungarian matching of one image's thing queries to its instances ``tm`` (k, h, w) of our
+    classes ``tc``: (query indexes among the thing queries, instance indexes). The cost is
+    Mask2Former's (class probability, mask cross-entropy and dice), plus ``spatial`` times the
+    distance of an instance's centre to a query's anchor."""
+    import torch
+    from scipy.optimize import linear_sum_assignment
+
+    with torch.no_grad():
+        prob = cls_logits[N_STUFF:].softmax(-1)[:, [int(pan[int(c)]) for c in tc]]
+        bce, dice = _dice_bce_cost(mask_logits[N_STUFF:], tm, valid)
+        cost = -W_CLASS * prob + W_BCE * bce + W_DICE * dice
+        if spatial:
+            cost = cost + spatial * torch.cdist(anchors(), centres(tm))
+    return linear_sum_assignment(cost.numpy())
+
+
 def layer_loss(cls_logits, mask_logits, tgts, luts, spatial: float = 0.0):
     """The set loss of one decoder layer's outputs for a batch (see the module docstring);
     ``spatial`` > 0 (phase 2) adds the distance of an instance's centre to a thing query's anchor
     to the matching cost, and balances the things' mask cross-entropy between object and background."""
     import torch
     import torch.nn.functional as F
-    from scipy.optimize import linear_sum_assignment
 
     pan = luts["coco_panoptic"]
     null = cls_logits.shape[-1] - 1
@@ -217,14 +233,7 @@ def layer_loss(cls_logits, mask_logits, tgts, luts, spatial: float = 0.0):
                 pairs_q.append(j)
                 pairs_t.append(frac[c])
         if len(tc):
-            with torch.no_grad():
-                thing_logits = ml[N_STUFF:]
-                prob = cls_logits[b, N_STUFF:].softmax(-1)[:, [int(pan[c]) for c in tc]]
-                bce, dice = _dice_bce_cost(thing_logits, tm, valid)
-                cost = -W_CLASS * prob + W_BCE * bce + W_DICE * dice
-                if spatial:
-                    cost = cost + spatial * torch.cdist(anchors(), centres(tm))
-            qi, ti = linear_sum_assignment(cost.numpy())
+            qi, ti = match_things(cls_logits[b], ml, tm, tc, valid, pan, spatial)
             for q, t in zip(qi, ti):
                 target_cls[N_STUFF + q] = int(pan[int(tc[t])])
                 pairs_q.append(N_STUFF + int(q))
@@ -277,13 +286,15 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def quick_miou(model, data, rows) -> float:
-    """Semantic mIoU at 1/4 resolution over the classes present, on held-out scenes."""
+def quick_check(model, data, rows) -> tuple[float, float]:
+    """On held-out scenes, at 1/4 resolution: the semantic mIoU over the classes present, and the
+    fraction of persons and cars that some thing query's mask (sigmoid > 0.5) covers with IoU > 0.5."""
     import torch
 
     model.eval()
     inter = np.zeros(len(scenes.CLASSES))
     union = np.zeros(len(scenes.CLASSES))
+    found = total = 0
     with torch.no_grad():
         for item in data:
             out = model(pixel_values=pixels([item[0]]))
@@ -294,31 +305,17 @@ def quick_miou(model, data, rows) -> float:
                 p, g = pred == c, gt == c
                 inter[c] += (p & g).sum()
                 union[c] += (p | g).sum()
-    model.train()
-    seen = union > 0
-    return float((inter[seen] / union[seen]).mean())
-
-
-def quick_things(model, data) -> float:
-    """Fraction of held-out persons and cars that some thing query's mask (sigmoid > 0.5, 1/4
-    resolution) covers with IoU > 0.5."""
-    import torch
-
-    model.eval()
-    found = total = 0
-    with torch.no_grad():
-        for item in data:
-            out = model(pixel_values=pixels([item[0]]))
             masks = out.masks_queries_logits[0, N_STUFF:] > 0
             _, _, tm, _ = item_targets(item, False)
             h, w = masks.shape[-2:]
             for t in torch.from_numpy(tm)[:, :h, :w] > 0.5:
-                inter = (masks & t).flatten(1).sum(1).float()
-                union = (masks | t).flatten(1).sum(1).float().clamp(min=1)
-                found += int((inter / union).max() > 0.5)
+                i = (masks & t).flatten(1).sum(1).float()
+                u = (masks | t).flatten(1).sum(1).float().clamp(min=1)
+                found += int((i / u).max() > 0.5)
                 total += 1
     model.train()
-    return found / max(1, total)
+    seen = union > 0
+    return float((inter[seen] / union[seen]).mean()), found / max(1, total)
 
 
 def train_phase(model, args, data, held, luts, *, phase: int, steps: int, schedule: int, lr: float, warmup: int,
@@ -356,8 +353,8 @@ def train_phase(model, args, data, held, luts, *, phase: int, steps: int, schedu
             entry = {"phase": phase, "step": step, "loss": round(loss.item(), 4), "set": round(set_loss.item(), 4),
                      "dense": round(dense.item(), 4), "s": round(time.perf_counter() - started, 1)}
             if step % args.eval_every == 0 or step == steps - 1:
-                entry["miou"] = round(quick_miou(model, held, rows), 4)
-                entry["things"] = round(quick_things(model, held), 4)
+                miou, things = quick_check(model, held, rows)
+                entry["miou"], entry["things"] = round(miou, 4), round(things, 4)
                 torch.save(model.state_dict(), args.work / f"trunk-phase{phase}.pt")
             log.append(entry)
             print(json.dumps(entry), flush=True)
@@ -409,28 +406,35 @@ def train_trunk(args, data, held, luts):
     return model, log, seconds
 
 
-def semantic_model(trunk, luts):
-    """``ade-semantic``: the trunk with its class head's rows moved to the ADE20K ids of the same
-    classes; the label set's other classes get a logit that never wins (-30)."""
+def with_trunk(trunk, label_set: str, rows: dict[int, int]):
+    """A ``label_set`` model with the trunk's weights; its class head copies the trunk's rows
+    ``rows`` (its id -> the trunk's id) and "no object"; every other class gets a logit that
+    never wins (-30)."""
     import torch
 
     from workers.model.checkpoints import tiny_config
     from transformers import Mask2FormerForUniversalSegmentation
 
-    model = Mask2FormerForUniversalSegmentation(tiny_config("ade20k")).eval()
-    state = {k: v for k, v in trunk.state_dict().items() if not k.startswith(("class_predictor.", "criterion."))}
+    model = Mask2FormerForUniversalSegmentation(tiny_config(label_set)).eval()
+    own = ("class_predictor.", "criterion.")
+    state = {k: v for k, v in trunk.state_dict().items() if not k.startswith(own)}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith(("class_predictor.", "criterion.")) for k in missing), (missing, unexpected)
+    assert not unexpected and all(k.startswith(own) for k in missing), (missing, unexpected)
     src, dst = trunk.class_predictor, model.class_predictor
     with torch.no_grad():
         dst.weight.zero_()
         dst.bias.fill_(-30.0)
-        for c in range(len(scenes.CLASSES)):
-            dst.weight[int(luts["ade20k"][c])] = src.weight[int(luts["coco_panoptic"][c])]
-            dst.bias[int(luts["ade20k"][c])] = src.bias[int(luts["coco_panoptic"][c])]
-        dst.weight[-1] = src.weight[-1]
-        dst.bias[-1] = src.bias[-1]
+        for mine, theirs in {**rows, -1: -1}.items():
+            dst.weight[mine] = src.weight[theirs]
+            dst.bias[mine] = src.bias[theirs]
     return model
+
+
+def semantic_model(trunk, luts):
+    """``ade-semantic``: the trunk with its class head's rows moved to the ADE20K ids of the same
+    classes."""
+    return with_trunk(trunk, "ade20k", {int(luts["ade20k"][c]): int(luts["coco_panoptic"][c])
+                                        for c in range(len(scenes.CLASSES))})
 
 
 def instance_model(trunk, data, luts, steps: int = 400):
@@ -439,10 +443,8 @@ def instance_model(trunk, data, luts, steps: int = 400):
     Hungarian matching of training) keep that class, every other query is "no object"."""
     import torch
     import torch.nn.functional as F
-    from scipy.optimize import linear_sum_assignment
 
     from workers.model.checkpoints import tiny_config
-    from transformers import Mask2FormerForUniversalSegmentation
 
     pan, ins = luts["coco_panoptic"], luts["coco_instance"]
     null_id = tiny_config("coco_instance").num_labels
@@ -462,9 +464,7 @@ def instance_model(trunk, data, luts, steps: int = 400):
             h, w = masks.shape[-2:]
             t = torch.full((masks.shape[0],), null_id, dtype=torch.long)
             if len(tc):
-                prob = cls[N_STUFF:].softmax(-1)[:, [int(pan[int(c)]) for c in tc]]
-                bce, dice = _dice_bce_cost(masks[N_STUFF:], tm[:, :h, :w], valid[:h, :w])
-                qi, ti = linear_sum_assignment((-W_CLASS * prob + W_BCE * bce + W_DICE * dice).numpy())
+                qi, ti = match_things(cls, masks, tm[:, :h, :w], tc, valid[:h, :w], pan)
                 for q, j in zip(qi, ti):
                     t[N_STUFF + q] = int(ins[int(tc[j])])
             feats.append(f)
@@ -472,20 +472,9 @@ def instance_model(trunk, data, luts, steps: int = 400):
     hook.remove()
     x = torch.cat(feats)
     y = torch.cat(targets)
-    model = Mask2FormerForUniversalSegmentation(tiny_config("coco_instance")).eval()
+    model = with_trunk(trunk, "coco_instance", {int(ins[c]): int(pan[c]) for c in scenes.THINGS})
     null = model.config.num_labels
-    state = {k: v for k, v in trunk.state_dict().items() if not k.startswith(("class_predictor.", "criterion."))}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith(("class_predictor.", "criterion.")) for k in missing), (missing, unexpected)
     head = model.class_predictor
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.fill_(-30.0)
-        for c in scenes.THINGS:
-            head.weight[int(ins[c])] = trunk.class_predictor.weight[int(pan[c])]
-            head.bias[int(ins[c])] = trunk.class_predictor.bias[int(pan[c])]
-        head.weight[null] = trunk.class_predictor.weight[-1]
-        head.bias[null] = trunk.class_predictor.bias[-1]
     rows = [int(ins[c]) for c in scenes.THINGS] + [null]
     w = head.weight[rows].detach().clone().requires_grad_(True)
     b = head.bias[rows].detach().clone().requires_grad_(True)
