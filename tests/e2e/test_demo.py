@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from bench import scenes
+from bench.quality import SemanticScore
 
 #: The demo image's semantic mIoU over the classes it shows, measured: docs/offline-models.md.
 DEMO_MIOU_FLOOR = 0.45
@@ -44,14 +45,9 @@ def test_demo_runs_the_whole_stack_and_downloads_outputs(tmp_path):
         assert Image.open(job / "overlay.jpg").size == Image.open(tmp_path / "out" / "demo-street.jpg").size
     assert tasks == {"semantic", "instance", "panoptic"}
     # The demo image is the generator's held-out scene DEMO_SEED: its truth is drawn again here.
-    truth = scenes.scene(scenes.DEMO_SEED, semantic.shape[::-1])
-    lut = scenes.label_lut("ade20k")
-    ious = {}
-    for c, name in enumerate(scenes.CLASSES):
-        g, p = truth.classes == c, semantic == lut[c]
-        if g.any():
-            ious[name] = np.count_nonzero(g & p) / np.count_nonzero(g | p)
-    assert sum(ious.values()) / len(ious) >= DEMO_MIOU_FLOOR, ious
+    score = SemanticScore("ade20k")
+    score.add(scenes.scene(scenes.DEMO_SEED, semantic.shape[::-1]), semantic)
+    assert score.miou() >= DEMO_MIOU_FLOOR, score.iou()
     assert not (tmp_path / "stack" / "segq.env").exists()  # the stack stopped and cleaned up
     flower_url = result.stdout.split("flower: ")[1].split()[0]
     assert f"Visit me at {flower_url}" in (tmp_path / "stack" / "logs" / "flower.log").read_text()
