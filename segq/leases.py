@@ -56,24 +56,46 @@ class LeaseBook:
         self.r, self.worker, self.ttl = r, worker, ttl
         self.pid = os.getpid()
         self.held: set[str] = set()
+        self._records: dict[str, dict] = {}  # tag -> the lease's fields, to write it again at start
 
     def take(self, tag: str, task_id: str, job_id: str, task: str) -> None:
         now = time.time()
+        record = {"task_id": task_id, "job_id": job_id, "task": task, "worker": self.worker, "pid": self.pid,
+                  "received_at": now}
         pipe = self.r.pipeline()
-        pipe.hset(keys.lease(tag), mapping={"task_id": task_id, "job_id": job_id, "task": task,
-                                            "worker": self.worker, "pid": self.pid, "received_at": now})
+        pipe.hset(keys.lease(tag), mapping=record)
         pipe.zadd(keys.LEASES, {tag: now + self.ttl})
         pipe.execute()
         self.held.add(tag)
+        self._records[tag] = record
 
     def started(self, tag: str) -> None:
-        self.r.hset(keys.lease(tag), "started_at", time.time())
+        """The task of ``tag`` started. The whole lease is written again, not only its start: a
+        lease lost since it was taken (a failover to a replica that had not received it) would
+        otherwise come back as a start time with no worker, which the reaper takes for a dead
+        worker's while the task runs here."""
+        if tag not in self.held:
+            return  # no longer this worker's lease (abandoned)
+        now = time.time()
+        pipe = self.r.pipeline()
+        pipe.hset(keys.lease(tag), mapping={**self._records[tag], "started_at": now})
+        pipe.zadd(keys.LEASES, {tag: now + self.ttl})
+        pipe.execute()
 
     def release(self, tag: str) -> None:
+        """The task of ``tag`` ended and its message is done with: the lease goes, and so does
+        kombu's record of the message as unacknowledged, in one step. Celery acknowledges it too,
+        right after; but a task that ran on across a broken broker connection (a failover) holds a
+        message of a channel that is closed by then, whose acknowledgement can no longer be sent,
+        and without this the message would sit unacknowledged until the orphan sweep put a finished
+        job's message back on its queue."""
         self.held.discard(tag)
+        self._records.pop(tag, None)
         pipe = self.r.pipeline()
         pipe.zrem(keys.LEASES, tag)
         pipe.delete(keys.lease(tag))
+        pipe.zrem(keys.KOMBU_UNACKED_INDEX, tag)
+        pipe.hdel(keys.KOMBU_UNACKED, tag)
         pipe.execute()
 
     def abandon(self, tag: str) -> None:
@@ -81,6 +103,7 @@ class LeaseBook:
         back (its task broke outside the skeleton, e.g. on a Redis outage). The reaper restores it
         once it has gone unrenewed for a whole extra lease time, even though this worker lives."""
         self.held.discard(tag)
+        self._records.pop(tag, None)
 
     def renew(self) -> None:
         """Push every held lease's expiry forward (the heartbeat)."""
@@ -98,6 +121,15 @@ def get(r: redis.Redis, tag: str) -> Lease | None:
     return Lease(tag, d.get("task_id", ""), d.get("job_id", ""), d.get("task", ""), d.get("worker", ""),
                  int(d.get("pid") or 0), float(d.get("received_at") or 0), float(d.get("started_at") or 0),
                  float(score))
+
+
+def started(r: redis.Redis, tag: str) -> bool | None:
+    """Whether the task of ``tag``'s lease started; None when there is no lease. Works through
+    any client, one that answers bytes too (kombu's)."""
+    exists, start = r.pipeline().exists(keys.lease(tag)).hget(keys.lease(tag), "started_at").execute()
+    if not exists:
+        return None
+    return float(start or 0) > 0
 
 
 def leases(r: redis.Redis) -> list[Lease]:

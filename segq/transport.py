@@ -26,6 +26,12 @@ connection error it is, Celery ignores it as it ignores every error of a broken 
 reconnects; the messages stay unacknowledged in Redis, where segq's leases and their orphan
 sweep put them back (``segq.leases``).
 
+And it keeps a closing channel from putting back messages whose tasks still run (:class:`QoS`):
+kombu's channel, closing, puts every message it delivered and that is not yet acknowledged back on
+its queue, while Celery lets the tasks of those messages run on (it cannot stop a thread), so
+when the restore succeeds, after a failover with the new primary already promoted, another worker
+ran the same message a second time alongside.
+
 Everything else is kombu's own code path: the copy of ``_brpop_read`` below differs from kombu's
 only in the inspection (``tests/unit/test_transport.py`` runs it against a real Redis).
 """
@@ -38,9 +44,10 @@ from queue import Empty
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
-from segq import deadletters
+from segq import deadletters, leases
 from segq.protocol import QUEUE_PREFIX, TASK_NAMES
 
 #: Celery's default queue in segq's configuration (``segq.broker``): nothing should be sent there,
@@ -96,6 +103,35 @@ def problem(raw: str) -> tuple[dict | None, str | None]:
     return envelope, None
 
 
+class QoS(kombu_redis.QoS):
+    """What a segq channel does with the messages it delivered when it closes (a broken broker
+    connection, a shutdown), by each message's lease (``segq.leases``):
+
+    - its task started (the lease says so): nothing. The task runs on in this process, and the
+      lease's release acknowledges the message when it ends, even though this channel is gone;
+    - leased but not started (reserved, or held for a retry's countdown, which Celery drops with
+      the channel): back on its queue, its lease gone, in one transaction;
+    - no lease (a worker leases a message within milliseconds; a failover can lose a lease with
+      the writes the replica never got): left for the reaper's orphan sweep, which puts it back
+      once nobody has leased it for two lease times.
+
+    An acknowledgement that arrives after the channel closed is not sent (there is nothing to
+    send it through; the lease's release did it)."""
+
+    def restore_unacked(self, client=None):
+        with self.channel.conn_or_acquire(client) as client:
+            for tag in list(self._delivered):
+                if leases.started(client, tag) is False:
+                    leases.restore(client, tag)
+        self._delivered.clear()
+
+    def ack(self, delivery_tag):
+        if self.channel.connection is None:
+            virtual.QoS.ack(self, delivery_tag)  # this process's bookkeeping only
+            return
+        super().ack(delivery_tag)
+
+
 class _Inspecting:
     """The channel part: inspect each popped item; no client from a closed connection (module
     docstring)."""
@@ -131,7 +167,7 @@ class _Inspecting:
 
 
 class Channel(_Inspecting, kombu_redis.Channel):
-    pass
+    QoS = QoS
 
 
 class Transport(kombu_redis.Transport):
@@ -139,7 +175,7 @@ class Transport(kombu_redis.Transport):
 
 
 class SentinelChannel(_Inspecting, kombu_redis.SentinelChannel):
-    pass
+    QoS = QoS
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):

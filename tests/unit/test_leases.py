@@ -111,3 +111,20 @@ def test_an_unleased_message_delivered_long_ago_is_an_orphan_and_goes_back(r):
     r.hset(keys.KOMBU_UNACKED, "tag-8", "[{}, \"\", \"q\"]")
     r.zadd(keys.KOMBU_UNACKED_INDEX, {"tag-8": time.time()})  # just delivered: its lease may be on its way
     assert leases.reap(r, max_losses=3, ttl=5.0) == []
+
+
+def test_a_lease_lost_before_its_task_started_is_written_whole_at_the_start(r):
+    """A failover to a replica that never got the lease: the start writes all of it again, so the
+    reaper does not take a running task for a dead worker's (worker '' pid 0)."""
+    WorkerRegistration(r, "w9@h", "cpu").publish()
+    book = leases.LeaseBook(r, "w9@h", ttl=0.0)
+    book.take("tag-9", "job9", "job9", "segq.segment_image")
+    held_by_kombu(r, "tag-9", "job9")
+    r.delete(keys.lease("tag-9"))
+    r.zrem(keys.LEASES, "tag-9")
+    book.started("tag-9")
+    lease = leases.get(r, "tag-9")
+    assert (lease.worker, lease.pid, lease.job_id, lease.running) == ("w9@h", os.getpid(), "job9", True)
+    assert leases.reap(r, max_losses=3) == []  # a live worker's
+    book.release("tag-9")  # the task ended: lease and kombu's unacknowledged record go together
+    assert leases.get(r, "tag-9") is None and not r.hexists(keys.KOMBU_UNACKED, "tag-9")

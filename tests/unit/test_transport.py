@@ -5,6 +5,7 @@ a channel whose connection is gone raises a connection error instead of an Attri
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 
 import pytest
@@ -13,7 +14,7 @@ from celery import Celery
 from kombu import Connection, Consumer, Queue
 
 from producer.stack import RedisServer
-from segq import deadletters, messages
+from segq import deadletters, keys, leases, messages
 from segq.transport import Transport, problem
 
 
@@ -108,5 +109,46 @@ def test_a_channel_without_its_connection_raises_a_connection_error(tmp_path):
         with pytest.raises(redis.ConnectionError):
             channel._connparams()
         conn.release()
+    finally:
+        server.stop()
+
+
+def test_a_closing_channel_puts_back_only_what_has_not_started(tmp_path):
+    """kombu's channel, closing (a broken connection), would put every delivered message back,
+    those whose tasks still run in the worker too: the failover that ran one message twice."""
+    server = RedisServer("redis", tmp_path / "redis.log", data_dir=tmp_path).start()
+    try:
+        r = redis.Redis.from_url(server.url, decode_responses=True)
+        for job in ("a" * 16, "b" * 16, "c" * 16):
+            r.lpush("segq.model.m", good(kwargs={"job_id": job}))
+        held = []
+        conn = Connection(server.url, transport=Transport)
+        consumer = Consumer(conn, [Queue("segq.model.m")], accept=["json"],
+                            callbacks=[lambda body, message: held.append(message)])
+        consumer.consume()
+        for _ in range(40):
+            if len(held) == 3:
+                break
+            with contextlib.suppress(TimeoutError, OSError):
+                conn.drain_events(timeout=0.5)
+        running, reserved, unleased = [m.delivery_tag for m in held]
+        assert r.hlen(keys.KOMBU_UNACKED) == 3
+        book = leases.LeaseBook(r, "w@h", ttl=60.0)
+        book.take(running, "a" * 16, "a" * 16, "segq.segment_image")
+        book.started(running)
+        book.take(reserved, "b" * 16, "b" * 16, "segq.segment_image")
+
+        conn.release()  # closes the channel, as Celery does when the broker connection breaks
+
+        assert r.hexists(keys.KOMBU_UNACKED, running) and leases.started(r, running) is True
+        [back] = r.lrange("segq.model.m", 0, -1)
+        back = json.loads(back)
+        assert back["properties"]["delivery_tag"] == reserved and back["headers"]["redelivered"] is True
+        assert not r.hexists(keys.KOMBU_UNACKED, reserved) and leases.started(r, reserved) is None
+        assert r.hexists(keys.KOMBU_UNACKED, unleased)  # the orphan sweep's (segq.leases)
+        held[0].ack()  # the task that ran on: its late acknowledgement has no channel left; no error
+        book.release(running)  # what acknowledges it (the task's end, workers.host.upkeep)
+        assert not r.hexists(keys.KOMBU_UNACKED, running) and not r.zscore(keys.KOMBU_UNACKED_INDEX, running)
+        assert sorted(r.hkeys(keys.KOMBU_UNACKED)) == [unleased]
     finally:
         server.stop()

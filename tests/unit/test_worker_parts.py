@@ -125,3 +125,14 @@ def test_the_banded_overlay_is_the_articles_blend_and_the_panoptic_png_holds_the
     png, _ = render.coco_panoptic(big, ls, job_id="j")
     rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.int64)
     assert np.array_equal(rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2], big.label_map)
+
+
+def test_after_redis_was_away_the_reaper_waits_for_the_fleet_to_beat_again():
+    """A failover cuts every worker off: until the others have beaten again their records and
+    leases look dead, so the worker that reconnects first must not put their running work back."""
+    from workers.host.upkeep import AfterOutage
+
+    guard = AfterOutage(interval=1.0, needed=3)
+    assert guard.beat(0.01)  # a worker that just started judges at once
+    assert [guard.beat(t) for t in (4.2, 0.01, 0.01, 0.01, 0.02)] == [False, False, False, True, True]
+    assert [guard.beat(t) for t in (None, 0.01, 0.01, 0.01)] == [False, False, False, True]

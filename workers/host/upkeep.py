@@ -21,6 +21,21 @@ from segq import registry, watchdog
 log = logging.getLogger(__name__)
 
 
+class AfterOutage:
+    """Whether a worker may judge the others now (run the reaper and the watchdog), from its own
+    heartbeats: not until ``needed`` beats in a row got their Redis writes through within one
+    interval (``Upkeep.start_heartbeat``)."""
+
+    def __init__(self, interval: float, needed: int = registry.MISSED_BEATS):
+        self.interval, self.needed = interval, needed
+        self.calm = needed  # a worker that just started has seen no outage
+
+    def beat(self, took: float | None) -> bool:
+        """A beat's writes took ``took`` seconds (None: they failed). True: judge now."""
+        self.calm = self.calm + 1 if took is not None and took < self.interval else 0
+        return self.calm >= self.needed
+
+
 class Upkeep:
     """The heartbeat and lease bookkeeping of one worker process: ``Runtime.upkeep``, over its
     ``rt`` (a ``workers.host.runtime.Runtime``, which imports this module)."""
@@ -32,17 +47,29 @@ class Upkeep:
 
     def start_heartbeat(self) -> None:
         """Every ``SEGQ_HEARTBEAT_SECONDS``: refresh the registry record, renew this worker's
-        leases, and run the reaper if no other worker runs it now (``segq.leases``)."""
+        leases, and run the reaper if no other worker runs it now (``segq.leases``).
+
+        Not right after Redis was away (a beat whose writes failed, or took longer than a beat:
+        a restart, a failover): every other worker was cut off too, and until it has beaten again
+        its record and leases look like a dead worker's (expired meanwhile, or lost with the
+        writes a promoted replica never got). The reaper waits ``MISSED_BEATS`` timely beats,
+        the time a live worker has to show itself, instead of putting back work that is running."""
+
+        interval = self.rt.settings.heartbeat_seconds
+        guard = AfterOutage(interval)
 
         def beat() -> None:
             while True:
-                time.sleep(self.rt.settings.heartbeat_seconds)
+                time.sleep(interval)
+                began = time.monotonic()
                 try:
                     self.rt.registration.publish()
                     self.rt.leases.renew()
-                    self.maintain()
+                    if guard.beat(time.monotonic() - began):
+                        self.maintain()
                     self.rt.release()
                 except Exception as exc:  # Redis blip: the next beat retries
+                    guard.beat(None)
                     log.warning("heartbeat failed: %s", exc)
 
         threading.Thread(target=beat, name="segq-heartbeat", daemon=True).start()
@@ -76,7 +103,10 @@ class Upkeep:
                     self.rt.count(registry.JOBS_FAILED)
                 log.warning("job %s failed: %s", lease.job_id, message)
             elif r.outcome == "requeued":
-                note = f"requeued: worker {lease.worker} lost" + (f" during {lease.task}" if lease.running else "")
+                if lease.worker:
+                    note = f"requeued: worker {lease.worker} lost" + (f" during {lease.task}" if lease.running else "")
+                else:  # the orphan sweep's: nobody leased it
+                    note = "requeued: delivered but never leased (its worker died at once, or a failover lost the lease)"
                 self.rt.records.requeued(lease.job_id, note)
                 log.warning("job %s: %s (task %s)", lease.job_id, note, lease.task_id)
 
