@@ -382,3 +382,28 @@ def test_a_failing_batch_fails_each_of_its_submissions():
         with pytest.raises(RuntimeError, match="out of memory"):
             f.result(5)
     stage.close()
+
+
+def test_a_call_runs_on_the_stage_thread_in_turn_never_in_a_batch_and_not_as_a_pass():
+    """A CPU worker's post-processing goes through ``call``: on the thread that runs the passes."""
+    gate = threading.Event()
+    runner = BatchingRunner(gate)
+    stage = ModelStage(maxsize=16, max_batch=4)
+    first = stage.submit(runner, ("a", [0]), items=1)  # held by the gate: the rest waits
+    time.sleep(0.1)
+    a1 = stage.submit(runner, ("a", [1]), items=1)
+    called = stage.call(lambda x, y=0: (threading.get_ident(), x + y), 2, y=3)
+    a2 = stage.submit(runner, ("a", [2]), items=1)
+    failing = stage.call(lambda: 1 / 0)
+    gate.set()
+    ident, value = called.result(5)
+    assert value == 5 and ident == stage._thread.ident != threading.get_ident()
+    with pytest.raises(ZeroDivisionError):
+        failing.result(5)
+    assert [f.result(5) for f in (first, a1, a2)] == [[0], [2], [4]]
+    stage.close()
+    assert runner.batches == [[0], [1], [2]]  # the call between the two "a" passes kept them apart
+    assert stage.stats().passes == 3 and stage.stats().items == 3
+    assert called.queued_s > 0 and called.seconds >= 0 and called.batch_items == 0
+    inline = InlineStage().call(lambda: threading.get_ident())
+    assert inline.result() == threading.get_ident()

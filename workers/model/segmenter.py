@@ -209,9 +209,16 @@ class Segmenter:
                       forward_s=getattr(pending.future, "seconds", 0.0),
                       items_per_pass=getattr(pending.future, "batch_items", len(pending.images)))
         blend = self.blends if blend is None else blend
-        t0 = time.perf_counter()
-        preds = self.post_process_batch(outputs, pending.sizes, task, keep_on_device=blend)
-        times.postprocess_s = time.perf_counter() - t0
+        if self.model.spec.device.type == "cpu":
+            # on the stage's thread, the one with all the CPU threads (workers.model.stage)
+            done = self.stage.call(self.post_process_batch, outputs, pending.sizes, task, keep_on_device=blend)
+            preds = done.result()
+            times.wait_s += done.queued_s
+            times.postprocess_s = done.seconds
+        else:
+            t0 = time.perf_counter()
+            preds = self.post_process_batch(outputs, pending.sizes, task, keep_on_device=blend)
+            times.postprocess_s = time.perf_counter() - t0
         if blend:
             t1 = time.perf_counter()
             self.blend(preds, pending.images)
