@@ -136,3 +136,30 @@ def test_after_redis_was_away_the_reaper_waits_for_the_fleet_to_beat_again():
     assert guard.beat(0.01)  # a worker that just started judges at once
     assert [guard.beat(t) for t in (4.2, 0.01, 0.01, 0.01, 0.02)] == [False, False, False, True, True]
     assert [guard.beat(t) for t in (None, 0.01, 0.01, 0.01)] == [False, False, False, True]
+
+
+@pytest.mark.parametrize("band", [1, 50, 1 << 20])
+def test_segment_stats_by_runs_equal_a_direct_count(monkeypatch, band):
+    """Region-like maps (a model's) are counted by their runs along rows; noise-like ones pixel by
+    pixel: both give a direct count's areas and boxes, ids absent included."""
+    from workers.media import prediction
+
+    monkeypatch.setattr(prediction, "STATS_BAND_PIXELS", band)
+    rng = np.random.default_rng(band)
+    m = np.zeros((61, 600), np.int32)
+    for _ in range(8):  # rectangles over rectangles: at most 18 runs in a row of 600
+        y, x = rng.integers(0, 60), rng.integers(0, 599)
+        m[y:y + rng.integers(1, 30), x:x + rng.integers(1, 200)] = rng.integers(1, 12)
+    m[:, -1] = 11  # a run in the last column of every row (it ends where the next row begins)
+    assert prediction._run_stats(m, int(m.max()) + 1) is not None
+    noise = rng.integers(0, 5, (20, 30)).astype(np.int32)
+    assert prediction._run_stats(noise, 5) is None
+    for label_map in (m, noise):
+        direct = {}
+        for i in np.unique(label_map).tolist():
+            ys, xs = np.nonzero(label_map == i)
+            direct[i] = (len(ys), (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+        assert prediction._stats(label_map, None) == direct
+        absent = int(label_map.max()) + 3
+        assert prediction._stats(label_map, [absent, int(label_map[0, 0])]) == {
+            absent: (0, (0, 0, 0, 0)), int(label_map[0, 0]): direct[int(label_map[0, 0])]}

@@ -38,13 +38,25 @@ class Prediction:
 STATS_BAND_PIXELS = 1 << 20
 
 
+#: ``_stats`` counts by runs while a map has at most one run (of equal labels along a row) in this
+#: many pixels: a model's maps (regions) have a few per row, noise-like ones nearly one per pixel.
+RUN_PIXELS = 16
+
+
 def _stats(label_map: np.ndarray, ids: list[int] | None) -> dict[int, tuple[int, tuple[int, int, int, int]]]:
     """Area and bounding box of each id (every id present, for None), in one banded pass over
-    the map: per band of rows, the areas and which rows and columns hold each id."""
+    the map: by its runs (``_run_stats``) while it has few, else per band of rows, the areas and
+    which rows and columns hold each id."""
     if ids is not None and not ids:
         return {}
     h, w = label_map.shape
     k = int(label_map.max()) + 1 if label_map.size else 1
+    by_runs = _run_stats(label_map, k)
+    if by_runs is not None:
+        area, y0, y1, x0, x1 = by_runs
+        present = ids if ids is not None else [int(i) for i in np.flatnonzero(area)]
+        return {i: (int(area[i]), (int(x0[i]), int(y0[i]), int(x1[i] - x0[i] + 1), int(y1[i] - y0[i] + 1)))
+                if i < k and area[i] else (0, (0, 0, 0, 0)) for i in present}
     area = np.zeros(k, np.int64)
     rows = np.zeros((h, k), bool)
     cols = np.zeros((w, k), bool)
@@ -66,6 +78,38 @@ def _stats(label_map: np.ndarray, ids: list[int] | None) -> dict[int, tuple[int,
         xs = np.flatnonzero(cols[:, i])
         out[i] = (int(area[i]), (int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)))
     return out
+
+
+def _run_stats(label_map: np.ndarray, k: int):
+    """Per id below ``k``: (area, first row, last row, first column, last column), from the map's
+    runs (maximal stretches of one label along a row), band by band; None as soon as the map
+    has more than one run in ``RUN_PIXELS`` pixels (the caller counts pixel by pixel then).
+    Rows and columns of an absent id are meaningless; its area is 0."""
+    h, w = label_map.shape
+    area = np.zeros(k, np.int64)
+    big = np.iinfo(np.int64).max
+    y0, x0 = np.full(k, big), np.full(k, big)
+    y1, x1 = np.full(k, -1), np.full(k, -1)
+    band = max(1, STATS_BAND_PIXELS // max(w, 1))
+    budget = label_map.size // RUN_PIXELS
+    runs = 0
+    for r0 in range(0, h, band):
+        flat = label_map[r0:r0 + band].ravel()
+        b = flat.size // w
+        # a run starts where the label changes along the flat band, and at every row's start
+        starts = np.union1d(np.flatnonzero(flat[1:] != flat[:-1]) + 1, np.arange(b) * w)
+        runs += starts.size
+        if runs > budget:
+            return None
+        ends = np.append(starts[1:], flat.size) - 1  # a row's last run ends where the next row starts
+        lab = flat[starts].astype(np.intp)
+        rows = starts // w + r0
+        area += np.bincount(lab, weights=ends - starts + 1, minlength=k).astype(np.int64)
+        np.minimum.at(y0, lab, rows)
+        np.maximum.at(y1, lab, rows)
+        np.minimum.at(x0, lab, starts % w)
+        np.maximum.at(x1, lab, ends % w)
+    return area, y0, y1, x0, x1
 
 
 def with_stats(label_map: np.ndarray, segments: list[Segment]) -> list[Segment]:
