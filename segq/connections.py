@@ -120,7 +120,27 @@ def redis_client(url: str, *, patient: bool = True, decode_responses: bool = Tru
     auth = {k: v for k, v in (("password", target.password), ("username", target.username)) if v}
     sentinel_kwargs = {**auth, "socket_timeout": timeout or 5.0, "socket_connect_timeout": timeout or 5.0}
     manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs, **auth, db=target.db, **options)
-    return manager.master_for(target.master)
+    return manager.master_for(target.master, connection_class=_following_connection())
+
+
+def _following_connection():
+    """redis-py's Sentinel-managed connection, made to ask the Sentinels on every reconnect.
+
+    redis-py (8.1) asks them in ``connect``, but a connection that breaks in the middle of a
+    command reconnects from inside the command's retry (``send_packed_command`` ->
+    ``connect_check_health``), to the address it last had, with the whole retry budget: after a
+    failover a worker's heartbeat kept knocking at the dead primary for half a minute while the
+    Sentinels named the new one, and its leases expired meanwhile. Here that reconnect goes
+    through ``connect`` (each attempt asks the Sentinels; the connect itself one try)."""
+    from redis.sentinel import SentinelManagedConnection
+
+    class FollowingConnection(SentinelManagedConnection):
+        def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True):
+            if self._sock or not retry_socket_connect:  # connected, or ``connect_to``'s own try
+                return super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+            return self.connect()
+
+    return FollowingConnection
 
 
 def celery_broker(url: str) -> tuple[str, dict]:

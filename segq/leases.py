@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import redis
 
 from segq import keys, registry
+from segq.states import FINAL_STATES
 
 
 @dataclass
@@ -212,7 +213,8 @@ def _orphans(r: redis.Redis, now: float, age: float) -> list[Reaped]:
 
     A worker leases a message within milliseconds of receiving it, so such a message belongs to
     a worker that died between the broker's delivery and its lease (kombu writes the delivery
-    first): it goes back on its queue like any lost work."""
+    first), or lost its lease in a failover: it goes back on its queue like any lost work, unless
+    its job has finished (then it is dropped)."""
     out = []
     for tag, _delivered in r.zrangebyscore(keys.KOMBU_UNACKED_INDEX, "-inf", now - age, withscores=True):
         if r.exists(keys.lease(tag)):
@@ -224,8 +226,12 @@ def _orphans(r: redis.Redis, now: float, age: float) -> list[Reaped]:
                 task_id = json.loads(raw)[0].get("headers", {}).get("id", "")
             except (ValueError, IndexError, AttributeError):
                 pass
-        if _restore(r, tag, job_failed=False):
-            out.append(Reaped(Lease(tag, task_id=task_id, job_id=task_id.split("-")[0]), "requeued", 0))
+        job_id = task_id.split("-")[0]
+        # a finished job's message is only dropped: its work is done (a task that ran across a
+        # broken broker connection whose acknowledgement was lost), nothing is to run again
+        final = bool(job_id) and r.hget(keys.job(job_id), "state") in FINAL_STATES
+        if _restore(r, tag, job_failed=final):
+            out.append(Reaped(Lease(tag, task_id=task_id, job_id=job_id), "dropped" if final else "requeued", 0))
     return out
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 import pytest
 
 from producer.client import Client
 from producer.stack import SentinelRedis, wait_until
-from segq import registry
+from segq import connections, registry
 from segq.settings import Settings
 from support.media import photo, video
 from support.servers import start_worker, wait_for_worker
@@ -57,3 +59,35 @@ def test_a_sentinel_failover_during_a_backlog_loses_no_job(sentinel_stack, tmp_p
     # the workers are the same processes, now on the new primary
     wait_until(lambda: len(registry.workers(client.r)) >= 2, 60, "the workers' records on the new primary")
     assert all(service.running for service, _ in workers)
+
+
+def test_a_client_cut_off_in_the_middle_of_a_command_follows_the_failover(tmp_path):
+    """redis-py reconnects a connection that broke inside a command to the address it last had, for
+    its whole retry budget; segq's client asks the Sentinels again, so the command goes on on the
+    new primary (before, a worker's heartbeat knocked at the dead one for half a minute)."""
+    ha = SentinelRedis(tmp_path).start()
+    try:
+        client = connections.redis_client(ha.url)
+        client.set("segq-test-key", "kept")
+        client.wait(1, 5000)  # on the replica too
+        old = ha.current_primary()
+        got: dict = {}
+
+        def blocked() -> None:
+            try:
+                got["value"] = client.blpop("segq-test-list", timeout=2)  # in flight when the primary dies
+            except Exception as exc:  # noqa: BLE001 - the test reads it
+                got["error"] = exc
+
+        thread = threading.Thread(target=blocked)
+        thread.start()
+        time.sleep(0.5)
+        ha.primary.stop(sig=signal.SIGKILL)
+        wait_until(lambda: ha.current_primary() != old, 60, "the Sentinels to promote the replica")
+        thread.join(90)
+        assert not thread.is_alive() and "error" not in got, got
+        assert got["value"] is None  # the BLPOP ran again on the new primary and timed out there
+        assert client.get("segq-test-key") == "kept"
+        assert client.connection_pool.get_master_address() == ha.current_primary() != old
+    finally:
+        ha.stop()

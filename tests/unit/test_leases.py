@@ -128,3 +128,13 @@ def test_a_lease_lost_before_its_task_started_is_written_whole_at_the_start(r):
     assert leases.reap(r, max_losses=3) == []  # a live worker's
     book.release("tag-9")  # the task ended: lease and kombu's unacknowledged record go together
     assert leases.get(r, "tag-9") is None and not r.hexists(keys.KOMBU_UNACKED, "tag-9")
+
+
+def test_an_orphan_of_a_finished_job_is_dropped_not_requeued(r):
+    """A task that ran across a failover finished, but its acknowledgement and lease were lost:
+    nothing is to run again, and the job is not told it was requeued."""
+    held_by_kombu(r, "tag-10", "fedcba9876543210-chunk00001")
+    r.hset(keys.job("fedcba9876543210"), "state", "done")
+    [x] = leases.reap(r, max_losses=3, ttl=5.0)
+    assert (x.outcome, x.lease.job_id) == ("dropped", "fedcba9876543210")
+    assert not r.hexists(keys.KOMBU_UNACKED, "tag-10") and r.llen("segq.model.m") == 0
