@@ -28,6 +28,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from segq.errors import ConfigError
 
@@ -115,15 +116,13 @@ def redis_client(url: str, *, patient: bool = True, decode_responses: bool = Tru
     target = parse(url)
     if not target.is_sentinel:
         return redis.Redis.from_url(url, **options)
-    from redis.sentinel import Sentinel
-
     auth = {k: v for k, v in (("password", target.password), ("username", target.username)) if v}
     sentinel_kwargs = {**auth, "socket_timeout": timeout or 5.0, "socket_connect_timeout": timeout or 5.0}
     manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs, **auth, db=target.db, **options)
-    return manager.master_for(target.master, connection_class=_following_connection())
+    return manager.master_for(target.master, connection_class=_FollowingConnection)
 
 
-def _following_connection():
+class _FollowingConnection(SentinelManagedConnection):
     """redis-py's Sentinel-managed connection, made to ask the Sentinels on every reconnect.
 
     redis-py (8.1) asks them in ``connect``, but a connection that breaks in the middle of a
@@ -132,15 +131,11 @@ def _following_connection():
     failover a worker's heartbeat kept knocking at the dead primary for half a minute while the
     Sentinels named the new one, and its leases expired meanwhile. Here that reconnect goes
     through ``connect`` (each attempt asks the Sentinels; the connect itself one try)."""
-    from redis.sentinel import SentinelManagedConnection
 
-    class FollowingConnection(SentinelManagedConnection):
-        def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True):
-            if self._sock or not retry_socket_connect:  # connected, or ``connect_to``'s own try
-                return super().connect_check_health(check_health=check_health, retry_socket_connect=False)
-            return self.connect()
-
-    return FollowingConnection
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True):
+        if self._sock or not retry_socket_connect:  # connected, or ``connect_to``'s own try
+            return super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+        return self.connect()
 
 
 def celery_broker(url: str) -> tuple[str, dict]:

@@ -56,8 +56,7 @@ class LeaseBook:
     def __init__(self, r: redis.Redis, worker: str, ttl: float):
         self.r, self.worker, self.ttl = r, worker, ttl
         self.pid = os.getpid()
-        self.held: set[str] = set()
-        self._records: dict[str, dict] = {}  # tag -> the lease's fields, to write it again at start
+        self.held: dict[str, dict] = {}  # tag -> the lease's fields (to write it again at its start)
 
     def take(self, tag: str, task_id: str, job_id: str, task: str) -> None:
         now = time.time()
@@ -67,8 +66,7 @@ class LeaseBook:
         pipe.hset(keys.lease(tag), mapping=record)
         pipe.zadd(keys.LEASES, {tag: now + self.ttl})
         pipe.execute()
-        self.held.add(tag)
-        self._records[tag] = record
+        self.held[tag] = record
 
     def started(self, tag: str) -> None:
         """The task of ``tag`` started. The whole lease is written again, not only its start: a
@@ -79,7 +77,7 @@ class LeaseBook:
             return  # no longer this worker's lease (abandoned)
         now = time.time()
         pipe = self.r.pipeline()
-        pipe.hset(keys.lease(tag), mapping={**self._records[tag], "started_at": now})
+        pipe.hset(keys.lease(tag), mapping={**self.held[tag], "started_at": now})
         pipe.zadd(keys.LEASES, {tag: now + self.ttl})
         pipe.execute()
 
@@ -90,8 +88,7 @@ class LeaseBook:
         message of a channel that is closed by then, whose acknowledgement can no longer be sent,
         and without this the message would sit unacknowledged until the orphan sweep put a finished
         job's message back on its queue."""
-        self.held.discard(tag)
-        self._records.pop(tag, None)
+        self.held.pop(tag, None)
         pipe = self.r.pipeline()
         pipe.zrem(keys.LEASES, tag)
         pipe.delete(keys.lease(tag))
@@ -103,8 +100,7 @@ class LeaseBook:
         """Stop renewing a lease without releasing it: its message was neither finished nor put
         back (its task broke outside the skeleton, e.g. on a Redis outage). The reaper restores it
         once it has gone unrenewed for a whole extra lease time, even though this worker lives."""
-        self.held.discard(tag)
-        self._records.pop(tag, None)
+        self.held.pop(tag, None)
 
     def renew(self) -> None:
         """Push every held lease's expiry forward (the heartbeat)."""

@@ -144,7 +144,7 @@ class Upkeep:
             return
         try:
             leases_mod.restore(self.rt.redis, tag)
-            self.rt.leases.held.discard(tag)
+            self.rt.leases.held.pop(tag, None)
             log.warning("task %s broke outside its job's error handling; its message is back on its queue", task_id)
         except redis.RedisError:
             self.rt.leases.abandon(tag)  # the reaper restores it once Redis answers

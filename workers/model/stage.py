@@ -70,6 +70,20 @@ class StageStats:
         return self.busy_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
+def _settle(future: StageFuture, clock: Callable[[], float], fn: Callable[..., Any], *args, **kwargs) -> None:
+    """Run ``fn(*args, **kwargs)`` into ``future`` (a ``call``'s): ``seconds`` first, then its
+    result or its exception."""
+    start = clock()
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - it belongs to the caller
+        future.seconds = clock() - start
+        future.set_exception(exc)
+        return
+    future.seconds = clock() - start
+    future.set_result(result)
+
+
 def _default_forward(runner, inputs):
     return runner.forward(inputs)  # a Segmenter's: synchronised, so busy time is the device's
 
@@ -237,16 +251,8 @@ class ModelStage:
         runner = group[0][1]
         if runner is _CALL:  # alone in its group: ``_key`` is None for it
             [(future, _, (fn, args, kwargs), _, submitted)] = group
-            start = self._clock()
-            future.queued_s = start - submitted
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:  # noqa: BLE001 - it belongs to the caller
-                future.seconds = self._clock() - start
-                future.set_exception(exc)
-                return
-            future.seconds = self._clock() - start
-            future.set_result(result)
+            future.queued_s = self._clock() - submitted
+            _settle(future, self._clock, fn, *args, **kwargs)
             return
         items = sum(job[3] for job in group)
         start = self._clock()
@@ -313,10 +319,5 @@ class InlineStage:
     def call(self, fn: Callable[..., Any], *args, **kwargs) -> StageFuture:
         future = StageFuture()
         future.set_running_or_notify_cancel()
-        start = time.monotonic()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001
-            future.set_exception(exc)
-        future.seconds = time.monotonic() - start
+        _settle(future, time.monotonic, fn, *args, **kwargs)
         return future
