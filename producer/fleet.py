@@ -46,15 +46,20 @@ def workers(settings: Settings, r: redis.Redis, celery_app=None, timeout: float 
     """Every live worker, with Celery's remote-control answers where it gave them."""
     views = {w.hostname: WorkerView(w) for w in registry.workers(r)}
     if celery_app is not None:
-        inspect = celery_app.control.inspect(timeout=timeout)
-        pings = celery_app.control.ping(timeout=timeout) or []
+        # Each broadcast returns once every registered worker has answered (``limit``), waiting
+        # the whole ``timeout`` only for a silent one; with no worker registered it listens
+        # ``timeout`` seconds for any that answers.
+        limit = len(views) or None
+        pings = celery_app.control.ping(timeout=timeout, limit=limit) or []
         answered = {name for reply in pings for name in reply}
         silent = sorted(set(views) - answered)
         if silent:  # a busy worker's reply can miss the first window: ask those once more
-            again = celery_app.control.ping(destination=silent, timeout=timeout) or []
+            again = celery_app.control.ping(destination=silent, timeout=timeout, limit=len(silent)) or []
             answered |= {name for reply in again for name in reply}
-        active = inspect.active() or {}
-        stats = inspect.stats() or {}
+        ask = sorted(answered)
+        inspect = celery_app.control.inspect(destination=ask, timeout=timeout, limit=len(ask)) if ask else None
+        active = (inspect.active() or {}) if inspect else {}
+        stats = (inspect.stats() or {}) if inspect else {}
         for name in set(views) | answered:
             view = views.setdefault(name, WorkerView(WorkerRecord(hostname=name)))
             view.responding = name in answered
