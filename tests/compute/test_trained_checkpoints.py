@@ -19,7 +19,7 @@ from PIL import Image
 pytest.importorskip("transformers")
 
 from bench import scenes  # noqa: E402
-from bench.quality import SemanticScore  # noqa: E402
+from bench.quality import PanopticScore, SemanticScore  # noqa: E402
 from workers.model import device  # noqa: E402
 from workers.model.checkpoints import TINY_MODELS, make_all_tiny, tiny_config, trained_data  # noqa: E402
 from workers.model.models import load  # noqa: E402
@@ -28,7 +28,7 @@ from workers.model.segmenter import Segmenter  # noqa: E402
 #: Held-out scenes of this test (bench.quality uses HELDOUT_SEEDS.start + 1000 on).
 SEEDS = [scenes.HELDOUT_SEEDS.start + 100 + i for i in range(4)]
 SIZE = (640, 426)
-SEMANTIC_MIOU_FLOOR = 0.45  # measured on these 4 scenes: 0.6 (bench.quality, 50 scenes: 0.627)
+SEMANTIC_MIOU_FLOOR = 0.45  # measured on these 4 scenes: 0.63 (bench.quality, 50 scenes: 0.624)
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +104,18 @@ def thing_precision(pairs, lut) -> float:
 
 
 def test_trained_panoptic_model_segments_stuff_and_puts_things_on_things(trained, held_out):
-    # Measured on these 4 scenes: 13 of 19 stuff regions matched (IoU > 0.5), 92 % of the thing
-    # segments' pixels on things of their class. Persons and cars as segments of their own: the
-    # aim is not met (docs/offline-models.md), so no floor for it here.
+    # Measured on these 4 scenes: 13 of 19 stuff regions matched (IoU > 0.5), 94 % of the thing
+    # segments' pixels on things of their class, 3 of the 12 cars a segment of their own (the
+    # checkpoints before the discriminative loss: 1). Persons as segments of their own: the aim
+    # is not met (docs/offline-models.md), so no floor for them here.
     lut = scenes.label_lut("coco_panoptic")
     hit = total = 0
     pairs = []
+    own = PanopticScore()
     for sc in held_out:
         [p] = predict(trained["coco-panoptic"], "coco-panoptic", [sc.image], "panoptic")
         pairs.append((sc, p))
+        own.add(sc, p.label_map.astype(np.int32), {s.id: s.label_id for s in p.segments})
         for c in range(len(scenes.CLASSES)):
             g = sc.classes == c
             if c in scenes.THINGS or not g.any():
@@ -123,10 +126,11 @@ def test_trained_panoptic_model_segments_stuff_and_puts_things_on_things(trained
             hit += max(ious, default=0.0) > 0.5
     assert hit / total >= 0.5, (hit, total)
     assert thing_precision(pairs, lut) >= 0.6
+    assert own.things_gt["car"] == 12 and own.things_found["car"] >= 2, own.things_found
 
 
 def test_trained_instance_model_finds_persons_and_cars_and_nothing_else(trained, held_out):
-    # Measured: 80 % of the detections' pixels on persons or cars of their class.
+    # Measured: 83 % of the detections' pixels on persons or cars of their class.
     lut = scenes.label_lut("coco_instance")
     pairs = []
     for sc in held_out:
