@@ -24,8 +24,8 @@ cheap enough for two CPU cores:
 After three phases of that (see ``PHASES``), phase 4 adds De Brabandere et al.'s discriminative
 loss on the mask features (:func:`discriminative_loss`): a thing query's mask is the dot product
 of its embedding with those features, so where two cars' pixels have the same features no query
-can cover one without the other (measured: the best possible linear query on the phase-3
-features covered 27 % of held-out cars and 3 % of persons with IoU > 0.5).
+can cover one without the other (measured: a linear query fitted to each held-out instance alone
+on the phase-3 features covered 27 % of the cars and 3 % of the persons with IoU > 0.5).
 
 The checkpoints come from that trunk without more training of it: ``ade-semantic`` copies the
 class head's rows by class name (semantic inference uses only the class probabilities and
