@@ -56,10 +56,11 @@ def workers(settings: Settings, r: redis.Redis, celery_app=None, timeout: float 
         if silent:  # a busy worker's reply can miss the first window: ask those once more
             again = celery_app.control.ping(destination=silent, timeout=timeout, limit=len(silent)) or []
             answered |= {name for reply in again for name in reply}
-        ask = sorted(answered)
-        inspect = celery_app.control.inspect(destination=ask, timeout=timeout, limit=len(ask)) if ask else None
-        active = (inspect.active() or {}) if inspect else {}
-        stats = (inspect.stats() or {}) if inspect else {}
+        active, stats = {}, {}
+        if answered:
+            inspect = celery_app.control.inspect(destination=sorted(answered), timeout=timeout, limit=len(answered))
+            active = inspect.active() or {}
+            stats = inspect.stats() or {}
         for name in set(views) | answered:
             view = views.setdefault(name, WorkerView(WorkerRecord(hostname=name)))
             view.responding = name in answered

@@ -1,7 +1,8 @@
 """Train the three offline Mask2Former checkpoints on procedural street scenes, on the CPU.
 
     python scripts/train_tiny.py                       # writes workers/model/data/tiny/<model>/ (package data)
-    python scripts/train_tiny.py --steps 300 --out /tmp/tiny     # a quicker, worse run
+    python scripts/train_tiny.py --out /tmp/tiny --work /tmp/tiny-work   # elsewhere: the package data untouched
+    python scripts/train_tiny.py --resume /tmp/tiny-work/trunk-phase3.pt --resume-phase 3   # phases 4-5 only
 
 The architecture is exactly ``workers.model.checkpoints.tiny_config(label_set)`` (Swin embed 24,
 depths 1-1-1-1, 24 queries, hidden 32) with the label sets and image processors of the random
@@ -162,6 +163,13 @@ def step_inputs(items):
     return pixels(images), tgts
 
 
+def stuff_present(frac) -> list[tuple[int, int]]:
+    """The stuff queries' fixed assignment in one image: (query, our class) for each stuff class
+    present in its class fractions ``frac`` (8, h, w); the other stuff queries are "no object"."""
+    present = frac.flatten(1).sum(1) > 0
+    return [(j, c) for j, c in enumerate(STUFF) if present[c]]
+
+
 def _dice_bce_cost(logits, targets, valid):
     """(Q, K) matching costs: mean BCE and dice between Q mask logits and K soft targets."""
     import torch
@@ -235,12 +243,10 @@ def layer_loss(cls_logits, mask_logits, tgts, luts, spatial: float = 0.0):
         ml = mask_logits[b]
         target_cls = torch.full((ml.shape[0],), null, dtype=torch.long)
         pairs_q, pairs_t = [], []
-        present = frac.flatten(1).sum(1) > 0
-        for j, c in enumerate(STUFF):
-            if present[c]:
-                target_cls[j] = int(pan[c])
-                pairs_q.append(j)
-                pairs_t.append(frac[c])
+        for j, c in stuff_present(frac):
+            target_cls[j] = int(pan[c])
+            pairs_q.append(j)
+            pairs_t.append(frac[c])
         if len(tc):
             qi, ti = match_things(cls_logits[b], ml, tm, tc, valid, pan, spatial)
             for q, t in zip(qi, ti):
@@ -518,10 +524,8 @@ def query_features(trunk, data, luts):
             h, w = masks.shape[-2:]
             frac, valid, tm = frac[:, :h, :w], valid[:h, :w], tm[:, :h, :w]
             t = torch.full((masks.shape[0],), -1, dtype=torch.long)
-            present = frac.flatten(1).sum(1) > 0
-            for j, c in enumerate(STUFF):
-                if present[c]:
-                    t[j] = c
+            for j, c in stuff_present(frac):
+                t[j] = c
             if len(tc):
                 qi, ti = match_things(cls, masks, tm, tc, valid, pan)
                 for q, j in zip(qi, ti):
@@ -608,8 +612,10 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/segq-train"))
     ap.add_argument("--scenes", type=int, default=3000)
     ap.add_argument("--resume", type=Path, help="start from this trunk (trunk-phaseK.pt; its log from the "
-                                                   ".json beside it, or a checkpoint folder such as "
-                                                   "workers/model/data/tiny/coco-panoptic) after phase --resume-phase")
+                                                   ".json beside it) after phase --resume-phase; or from a "
+                                                   "checkpoint folder in coco-panoptic's format, every weight "
+                                                   "(the shipped coco-panoptic's class head is refitted: it is "
+                                                   "not the trunk's own)")
     ap.add_argument("--resume-phase", type=int, default=1)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=100)
