@@ -50,6 +50,8 @@ OVERLAP_MASK_AREA_THRESHOLD = 0.8
 OVERLAY_IMAGE_WEIGHT = 0.2
 OVERLAY_SEGMENT_WEIGHT = 1.0
 OVERLAY_JPEG_QUALITY = 90
+#: threads of a worker process that encode and upload image jobs' output files, several at once
+OUTPUT_THREADS = 4
 
 #: How often the CLI polls Redis while waiting.
 POLL_SECONDS = 0.25

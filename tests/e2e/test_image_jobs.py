@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from segq import keys, layout
+from segq.jobs import STAGES
 from segq.protocol import TASKS
 
 from support.fleet import wait_handled
@@ -37,6 +38,11 @@ def test_submit_an_image_and_get_outputs_identical_to_transformers(client, tiny_
     assert done.inference_s > 0 and done.fps == pytest.approx(1 / done.inference_s, rel=1e-2)
     assert done.queue_wait_s is not None and done.started_at >= done.created_at
     assert (done.width, done.height) == (320, 240)
+    # every stage's seconds, each once (the files are encoded and uploaded several at once, but
+    # render and upload are the two phases of that wall time, not sums over the files)
+    assert set(done.stages) == set(STAGES), done.stages
+    assert all(v >= 0 for v in done.stages.values())
+    assert sum(done.stages.values()) <= done.total_s * 1.01 + 1e-3
 
     overlay = Image.open(io.BytesIO(fetch(client, layout.output_key(job.id, layout.OVERLAY))))
     assert overlay.format == "JPEG" and overlay.size == (320, 240)

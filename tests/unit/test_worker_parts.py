@@ -163,3 +163,53 @@ def test_segment_stats_by_runs_equal_a_direct_count(monkeypatch, band):
         absent = int(label_map.max()) + 3
         assert prediction._stats(label_map, [absent, int(label_map[0, 0])]) == {
             absent: (0, (0, 0, 0, 0)), int(label_map[0, 0]): direct[int(label_map[0, 0])]}
+
+
+def test_an_image_jobs_files_are_encoded_and_uploaded_at_once_and_the_first_error_waits_for_the_rest():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from segq import layout
+    from segq.errors import ServiceUnavailable
+    from workers.tasks.outputs import write_outputs
+
+    class Recorder:  # a stand-in for segq.storage.Storage: what was put, and how many puts at once
+        def __init__(self, refuse: str = ""):
+            self.put, self.refuse, self.lock = {}, refuse, threading.Lock()
+            self.now = self.peak = 0
+            self.all_started = threading.Barrier(4, timeout=10)  # released once 4 puts run together
+
+        def put_bytes(self, key, body, content_type):
+            with self.lock:
+                self.now += 1
+                self.peak = max(self.peak, self.now)
+            try:
+                self.all_started.wait()
+                self.all_started.abort()  # once is enough: the fifth file need not wait
+            except threading.BrokenBarrierError:
+                pass
+            time.sleep(0.01)
+            with self.lock:
+                self.now -= 1
+            if key.endswith(self.refuse or "\0"):
+                raise ServiceUnavailable("S3 answered 503 (will retry)")
+            with self.lock:
+                self.put[key] = (body, content_type)
+
+    names = ["a.png", "b.json", "c.jpg", "d.png", "e.json"]
+    parts = {n: ((lambda n=n: n.encode()), "x/" + n) for n in names}
+    with ThreadPoolExecutor(4) as pool:
+        storage = Recorder()
+        started = time.perf_counter()
+        keys, render_s, upload_s = write_outputs(storage, pool, "j1", parts)
+        wall = time.perf_counter() - started
+        assert keys == [layout.output_key("j1", n) for n in names]
+        assert storage.put == {layout.output_key("j1", n): (n.encode(), "x/" + n) for n in names}
+        assert storage.peak == 4  # not one after another: the pool's 4 threads uploaded together
+        assert render_s >= 0 and upload_s > 0 and render_s + upload_s <= wall
+
+        storage = Recorder(refuse="b.json")
+        with pytest.raises(ServiceUnavailable):
+            write_outputs(storage, pool, "j2", parts)
+        assert len(storage.put) == 4  # every other file was still written before the error came out

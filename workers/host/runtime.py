@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 import redis
 
+from segq import defaults
 from segq import leases as leases_mod
 from segq import manifest, metrics, registry
 from segq.batches import BatchStore
@@ -54,6 +56,10 @@ class Runtime:
     stage: ModelStage | None = None
     leases: leases_mod.LeaseBook | None = None
     upkeep: Upkeep | None = None  # heartbeat, reaper, watchdog, leases of held messages
+    # encode and upload image jobs' files, several at once (``workers.tasks.image.write_outputs``);
+    # its threads start with the first job
+    writers: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
+        max_workers=defaults.OUTPUT_THREADS, thread_name_prefix="segq-output"))
     _targets: dict[str, tuple[float, int]] = field(default_factory=dict)  # model -> (when, slots)
     _active: dict[int, str] = field(default_factory=dict)  # pool thread -> its task
     _active_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -235,6 +241,7 @@ def boot(hostname: str, settings: Settings | None = None, app=None) -> Runtime:
 def shutdown() -> None:
     """The worker stops: remove its record (its expiry would, a little later)."""
     if _runtime is not None:
+        _runtime.writers.shutdown(wait=False)
         try:
             _runtime.registration.remove()
         except redis.RedisError:

@@ -7,4 +7,5 @@
 - ``video``     the video tasks: split into chunks, a chunk, assemble (exactly once)
 - ``chunk``     a chunk's frames through the model (``ChunkPipeline``)
 - ``threads``   the threads that keep a chunk's frames moving (decode ahead, encode behind)
+- ``outputs``   an image job's files encoded and uploaded several at once
 """

@@ -15,10 +15,11 @@ import time
 
 import numpy as np
 
-from segq import layout, registry
+from segq import registry
 from segq.protocol import SEGMENT_IMAGE, ImageJob
 from workers.media import render
 from workers.media.decode import load, open_image
+from workers.tasks.outputs import write_outputs
 from workers.tasks.skeleton import Context, job_task
 
 
@@ -34,7 +35,7 @@ def segment_image(ctx: Context) -> dict:
     with rt.budget.hold(header.width * header.height):
         t1 = time.perf_counter()
         image = load(header, rt.settings.max_image_pixels)
-        stages = {"fetch": fetched - t0, "budget": t1 - fetched, "decode": time.perf_counter() - t1}
+        stages = {"fetch": fetched - t0, "memory": t1 - fetched, "decode": time.perf_counter() - t1}
         return _segment(ctx, segmenter, image, t0, stages)
 
 
@@ -42,21 +43,15 @@ def _segment(ctx: Context, segmenter, image, t0: float, stages: dict) -> dict:
     rt, job = ctx.rt, ctx.job
     result = segmenter.predict([image], job.task)
     pred = result.predictions[0]
-    t1 = time.perf_counter()
     model = segmenter.model
-    files = render.image_outputs(np.asarray(image), pred, model.labels, job_id=job.job_id, model=model.name,
-                                 checkpoint=model.checkpoint, max_value=model.max_label_value,
-                                 processor=model.processor_name, postprocess=model.postprocess)
-    t2 = time.perf_counter()
-    keys = []
-    for name, (body, content_type) in files.items():
-        key = layout.output_key(job.job_id, name)
-        rt.storage.put_bytes(key, body, content_type)
-        keys.append(key)
+    parts = render.output_parts(np.asarray(image), pred, model.labels, job_id=job.job_id, model=model.name,
+                                checkpoint=model.checkpoint, max_value=model.max_label_value,
+                                processor=model.processor_name, postprocess=model.postprocess)
+    keys, render_s, upload_s = write_outputs(rt.storage, rt.writers, job.job_id, parts)
     times = result.times
     stages.update(preprocess=times.preprocess_s, wait=times.wait_s, forward=times.forward_s,
-                  postprocess=times.postprocess_s, render=times.blend_s + t2 - t1,
-                  upload=time.perf_counter() - t2)
+                  postprocess=times.postprocess_s, render=times.blend_s + render_s,
+                  upload=upload_s)
     seconds = result.seconds
     rt.records.finish(
         job.job_id, checkpoint=model.checkpoint, inference_s=round(seconds, 6),
@@ -67,3 +62,4 @@ def _segment(ctx: Context, segmenter, image, t0: float, stages: dict) -> dict:
     rt.count(registry.JOBS_DONE)
     rt.observe(job.model, stages)
     return {"job_id": job.job_id, "state": "done", "outputs": keys, "inference_s": round(seconds, 4)}
+
