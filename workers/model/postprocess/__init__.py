@@ -39,8 +39,8 @@ How it avoids the full-resolution tensors (and most of the work):
   Noise-like outputs (mask logits that vary at the source-pixel scale, as a random-weight
   model's: those bounds settle almost nothing; decided first on a sample of one source cell in
   9, where over 35 % unsettled means dense), and source grids larger than a quarter of the
-  384 grid: the grid is computed in bands of 32 rows (the "dense" path): the mask logits
-  resized in two passes, channels-last (``_SeparableGrid``, where ``_separable_exact``
+  384 grid: the grid is computed in bands of 32 rows, more for few channels (``band_rows``;
+  the "dense" path): the mask logits resized in two passes, channels-last (``_SeparableGrid``, where ``_separable_exact``
   confirms torch's order for the shape: about twice as fast as ``F.interpolate``, and no full
   384 x 384 plane per query; else ``F.interpolate``'s rows), the sigmoid, and for
   semantic the class x query product per band (classes x queries by the band's queries x

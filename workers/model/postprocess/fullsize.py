@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from workers.model.postprocess.geometry import BAND, EPS, _Geometry, _corner_points, _eval_blocks, _expand, _matmul, _nonzero, _rows, _shift
+from workers.model.postprocess.geometry import EPS, _Geometry, _corner_points, _eval_blocks, _expand, _matmul, _nonzero, _rows, _shift, band_rows
 
 
 def _argmax0(v: torch.Tensor) -> torch.Tensor:
@@ -46,7 +46,7 @@ def resized_argmax(
     scale: torch.Tensor | None = None,
     threshold: float | None = None,
     out_dtype=torch.int64,
-    band: int = BAND,
+    band: int | None = None,
     index_fn=None,
 ):
     """Arg-max over ``n`` channels of ``F.interpolate(G, (H, W), bilinear) * scale`` at every
@@ -65,6 +65,7 @@ def resized_argmax(
     corners do not share one arg-max.
     Returns (argmax map (H, W), (sure, unsure) (n,) int64 each or None, pixels evaluated)."""
     gh, gw, H, W = geo.gh, geo.gw, geo.H, geo.W
+    band = band or band_rows(n, gw)
     device = geo.y0.device
     flat = torch.empty(H * W + 1, dtype=out_dtype, device=device)  # the last element: padding's writes
     out = flat[: H * W].view(H, W)
@@ -301,11 +302,13 @@ def _count_bounds(v, ncell, i0, geo: _Geometry, threshold, sure, unsure=None):
     return mixed
 
 
-def count_above(band_fn, n: int, geo: _Geometry, scale: torch.Tensor | None, threshold: float, band: int = BAND):
+def count_above(band_fn, n: int, geo: _Geometry, scale: torch.Tensor | None, threshold: float,
+                band: int | None = None):
     """Exact number of pixels of each of the ``n`` channels of ``band_fn`` (bands (n, rows, gw))
     whose resized value (times ``scale``) is >= threshold: whole cells above it by their
     corners, the pixels of the cells that straddle it evaluated in torch's order."""
     counts = torch.zeros(n, dtype=torch.float64, device=geo.y0.device)
+    band = band or band_rows(n, geo.gw)
     px = geo.rows.k * geo.cols.k
     for i0 in range(0, geo.gh, band):
         i1 = min(geo.gh, i0 + band)
