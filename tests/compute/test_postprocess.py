@@ -545,10 +545,10 @@ def test_argmax0_first_index():
     v[4, 0, 2] = 2.0
     v[9, 0, 2] = torch.nextafter(torch.tensor(2.0), torch.tensor(3.0))  # equal up to the low 8 bits
     v[:, 1] = 0.0
-    assert torch.equal(fullsize._argmax0(v), v.max(0).indices)
-    assert fullsize._argmax0(v)[0, :3].tolist() == [0, 4, 9]
+    assert torch.equal(geometry._argmax0(v), v.max(0).indices)
+    assert geometry._argmax0(v)[0, :3].tolist() == [0, 4, 9]
     w = torch.rand(300, 5, 7, generator=g)  # more channels than the packed form holds
-    assert torch.equal(fullsize._argmax0(w), w.max(0).indices)
+    assert torch.equal(geometry._argmax0(w), w.max(0).indices)
 
 
 def test_nonzero_matches_torch():

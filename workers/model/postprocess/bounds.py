@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from workers.model.postprocess.geometry import EPS, GRID, _Geometry, _matmul, _shift, axis_weights
+from workers.model.postprocess.geometry import EPS, GRID, _argmax0, _Geometry, _matmul, _shift, axis_weights
 
 
 INSTANCE_CHUNK = 16
@@ -81,26 +81,30 @@ def _window_counts(masks: torch.Tensor, scale: torch.Tensor, threshold: float, g
         return None
     rkey, rcount = torch.unique_consecutive(ra * 3 + (rb - ra), return_counts=True)
     ckey, ccount = torch.unique_consecutive(ca * 3 + (cb - ca), return_counts=True)
-    pixels = (ccount[:, None] * rcount[None, :])[..., None]  # (runs of columns, runs of rows, 1)
-    x = masks.permute(1, 2, 0)  # (h, w, n): a window's channels together
+    # a run's window: (size - 1) selects the plane of windows of that many source rows (columns),
+    # its first source row (column) the slice: one index_select into the planes side by side (a
+    # fraction of the time of advanced indexing)
+    rsel = (rkey % 3) * h + rkey // 3
+    csel = (ckey % 3) * w + ckey // 3
 
     def extremes(op):
-        # windows of 1, 2 and 3 rows at each row run's first source row, then of columns
-        down = _shift(x, 0)
-        r1 = op(x, down)
-        rows = torch.stack([x, r1, op(r1, _shift(down, 0))])[rkey % 3, rkey // 3]  # (row runs, w, n)
-        right = _shift(rows, 1)
+        # windows of 1, 2 and 3 source rows at each row run's first source row, then of columns
+        down = _shift(masks, 1)
+        r1 = op(masks, down)
+        rows = torch.cat([masks, r1, op(r1, _shift(down, 1))], 1).index_select(1, rsel)  # (n, row runs, w)
+        right = _shift(rows, 2)
         c1 = op(rows, right)
-        cols = torch.stack([rows, c1, op(c1, _shift(right, 1))])  # (3, row runs, w, n)
-        return cols[ckey % 3, :, ckey // 3]  # (column runs, row runs, n)
+        return torch.cat([rows, c1, op(c1, _shift(right, 2))], 2).index_select(2, csel)  # (n, row runs, column runs)
 
-    low = extremes(torch.minimum).sigmoid_().mul_(scale)
+    # pixels per (row run, column run); the sums are of integers, exact in float64 (no TF32 there)
+    pixels = (rcount[:, None] * ccount[None, :]).reshape(-1, 1).double()
+    low = extremes(torch.minimum).sigmoid_().mul_(scale[:, None, None])
     above = low >= threshold * (1 + EPS) + 1e-30
     del low
-    high = extremes(torch.maximum).sigmoid_().mul_(scale)
+    high = extremes(torch.maximum).sigmoid_().mul_(scale[:, None, None])
     mixed = ~above & (high >= threshold * (1 - EPS) - 1e-30)
     del high
-    return (above * pixels).sum((0, 1)), (mixed * pixels).sum((0, 1))
+    return (above.view(n, -1).double() @ pixels)[:, 0].long(), (mixed.view(n, -1).double() @ pixels)[:, 0].long()
 
 
 def _decided_grid(probs_t: torch.Tensor | None, masks: torch.Tensor, geo: _Geometry, scale: torch.Tensor | None = None):
@@ -144,24 +148,27 @@ def _decided_grid(probs_t: torch.Tensor | None, masks: torch.Tensor, geo: _Geome
     if k > SPARSE_LIMIT * GRID * GRID:
         return None
     # exact scores at those points: bilinear mask logits (torch's indices and weights), sigmoid,
-    # class x query product
+    # class x query product, in chunks of points; each chunk's arg-max is taken while it is in
+    # cache, and the chunks are kept as computed (one (channels, points) array filled from them
+    # cost as much again here, most of it in first touches of its pages)
     flat = masks.reshape(q, -1).t().contiguous()  # (h * w, Q): a source point's queries together
-    scores = torch.empty((c, k), device=device)
+    chunks: list[torch.Tensor] = []
+    index = grid.view(-1).clone()
     for s in range(0, k, POINT_CHUNK):
         p = points[s : s + POINT_CHUNK]
         r, col = p // GRID, p % GRID
-        top, bot = ry0[r] * w, ry1[r] * w
-        x0, x1 = cx0[col], cx1[col]
-        wx0, wx1 = cxl0[col, None], cxl1[col, None]
+        pick = lambda t, i: t.index_select(0, i)  # noqa: E731 (a fraction of the time of t[i] here)
+        top, bot = pick(ry0, r) * w, pick(ry1, r) * w
+        x0, x1 = pick(cx0, col), pick(cx1, col)
+        wx0, wx1 = pick(cxl0, col)[:, None], pick(cxl1, col)[:, None]
         # torch's order (``_SeparableGrid``): along the row, then across rows, fused
         t0 = (flat.index_select(0, top + x1) * wx1).addcmul_(flat.index_select(0, top + x0), wx0)
         t1 = (flat.index_select(0, bot + x1) * wx1).addcmul_(flat.index_select(0, bot + x0), wx0)
-        m = (t1.mul_(ryl1[r, None])).addcmul_(t0, ryl0[r, None]).sigmoid_()  # (points, Q)
+        m = (t1.mul_(pick(ryl1, r)[:, None])).addcmul_(t0, pick(ryl0, r)[:, None]).sigmoid_()  # (points, Q)
         del t0, t1
-        scores[:, s : s + POINT_CHUNK] = _matmul(probs_t, m.t()) if probs_t is not None else m.t()
-    index = grid.view(-1).clone()
-    if k:
-        index[points] = (scores if probs_t is not None else scores * scale[:, None]).max(0).indices
+        scores = _matmul(probs_t, m.t()) if probs_t is not None else m.t().contiguous()  # (c, points)
+        chunks.append(scores)
+        index.index_copy_(0, p, _argmax0(scores if probs_t is not None else scores * scale[:, None]))
     index = index.view(GRID, GRID)
 
     def index_fn(r0, r1):
@@ -170,8 +177,9 @@ def _decided_grid(probs_t: torch.Tensor | None, masks: torch.Tensor, geo: _Geome
     def band_fn(r0, r1):
         a, b = torch.searchsorted(points, torch.tensor([r0 * GRID, r1 * GRID], device=device)).tolist()
         band = torch.zeros((c, (r1 - r0) * GRID), device=device)
-        if b > a:
-            band.index_copy_(1, points[a:b] - r0 * GRID, scores[:, a:b])
+        for s in range(a - a % POINT_CHUNK, b, POINT_CHUNK):  # the chunks that hold points [a, b)
+            lo, hi = max(a, s), min(b, s + POINT_CHUNK)
+            band.index_copy_(1, points[lo:hi] - r0 * GRID, chunks[s // POINT_CHUNK][:, lo - s : hi - s])
         return band.view(c, r1 - r0, GRID)
 
     return index_fn, band_fn

@@ -35,6 +35,30 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
+def _argmax0(v: torch.Tensor) -> torch.Tensor:
+    """``v.max(0).indices`` (first index on ties) of a non-negative float32 ``v`` (n, ...).
+
+    On the CPU, with at most 256 channels, about a third faster: the low 8 bits of every value
+    are replaced by 255 - channel, so that one integer ``amax`` (the bits of non-negative floats
+    order as their values) finds the largest value up to those bits and, among those equal,
+    the first channel; it is that channel unless a value equal up to 8 bits exceeds it (checked
+    against the exact maximum; those points are redone with ``max``)."""
+    n = v.shape[0]
+    if v.device.type != "cpu" or n > 256 or v.dtype != torch.float32:
+        return v.max(0).indices  # (max(0) is faster than argmax on CPU; first index on ties too)
+    low = (255 - torch.arange(n, dtype=torch.int32, device=v.device)).view((n,) + (1,) * (v.dim() - 1))
+    key = v.view(torch.int32) & 0x7FFFFF00  # (the sign bit, of a -0.0, cleared)
+    key |= low
+    idx = (255 - (key.amax(0) & 255)).long()
+    del key
+    miss = v.gather(0, idx[None])[0] != v.amax(0)
+    if bool(miss.any()):
+        flat = idx.view(-1)
+        pts = miss.view(-1).nonzero()[:, 0]
+        flat[pts] = v.reshape(n, -1).index_select(1, pts).max(0).indices
+    return idx
+
+
 # ---------------------------------------------------------------------------------------------
 # Bilinear geometry (torch's align_corners=False source indices and weights)
 
