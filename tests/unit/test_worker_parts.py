@@ -17,7 +17,7 @@ from workers.media.prediction import Prediction, Segment, semantic_segments, wit
 from segq.protocol import chunk_ranges as plan_chunks
 
 
-def test_the_launcher_pins_one_process_per_gpu_with_its_models_queues():
+def test_the_launcher_pins_one_process_per_gpu_with_its_models_queues(monkeypatch):
     s = Settings.from_env({})
     procs = launcher.plan(s, gpus="0,1", models="semantic,coco-panoptic", name="edge@node7")
     assert [(p.hostname, p.cuda_visible_devices) for p in procs] == [("edge-gpu0@node7", "0"), ("edge-gpu1@node7", "1")]
@@ -25,6 +25,9 @@ def test_the_launcher_pins_one_process_per_gpu_with_its_models_queues():
     assert procs[0].queues == ("segq.model.ade-semantic", "segq.model.coco-panoptic")
     env = launcher.environment(procs[1], threads=None, precision="fp16")
     assert (env["CUDA_VISIBLE_DEVICES"], env["SEGQ_WORKER_MODELS"], env["SEGQ_PRECISION"]) == ("1", "ade-semantic,coco-panoptic", "fp16")
+    assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20) and env["MALLOC_TRIM_THRESHOLD_"] == str(128 << 20)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")  # an operator's own setting wins
+    assert launcher.environment(procs[1])["MALLOC_TRIM_THRESHOLD_"] == "0"
     [cpu] = launcher.plan(s, gpus="cpu")
     assert cpu.cuda_visible_devices == "" and cpu.hostname.startswith("segq-cpu@")
     # the policy (threads pool, prefetch 1, acks late) comes from the app's config, not the command line

@@ -121,7 +121,17 @@ def environment(proc: WorkerProcess, threads: int | None = None, precision: str 
     if precision:
         env["SEGQ_PRECISION"] = precision
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.update({k: v for k, v in MALLOC.items() if k not in env})
     return env
+
+
+#: glibc malloc settings of a worker process (unless the environment sets them): blocks under
+#: 32 MB come from the heap and up to 128 MB of freed heap is kept, instead of a fresh mmap (and a
+#: page fault on every 4 KB page it touches) for each full-size map and image of every job. A
+#: 1080p job allocates tens of such blocks: with glibc's defaults its post-processing spent
+#: up to a third of its time in first touches (docs/fleet.md). Other C libraries
+#: ignore these variables.
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 
 
 #: Exit status of a worker process whose start failed on its configuration (a model that does not
