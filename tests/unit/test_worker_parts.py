@@ -26,6 +26,7 @@ def test_the_launcher_pins_one_process_per_gpu_with_its_models_queues(monkeypatc
     env = launcher.environment(procs[1], threads=None, precision="fp16")
     assert (env["CUDA_VISIBLE_DEVICES"], env["SEGQ_WORKER_MODELS"], env["SEGQ_PRECISION"]) == ("1", "ade-semantic,coco-panoptic", "fp16")
     assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20) and env["MALLOC_TRIM_THRESHOLD_"] == str(128 << 20)
+    assert env["MALLOC_ARENA_MAX"] == "2"
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")  # an operator's own setting wins
     assert launcher.environment(procs[1])["MALLOC_TRIM_THRESHOLD_"] == "0"
     [cpu] = launcher.plan(s, gpus="cpu")

@@ -129,9 +129,11 @@ def environment(proc: WorkerProcess, threads: int | None = None, precision: str 
 #: 32 MB come from the heap and up to 128 MB of freed heap is kept, instead of a fresh mmap (and a
 #: page fault on every 4 KB page it touches) for each full-size map and image of every job. A
 #: 1080p job allocates tens of such blocks: with glibc's defaults its post-processing spent
-#: up to a third of its time in first touches (docs/fleet.md). Other C libraries
-#: ignore these variables.
-MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+#: up to a third of its time in first touches. Two arenas, not glibc's 8 per core: each arena
+#: keeps its own freed heap, and with one per thread (task, output and model threads) three
+#: 40 MP images at once grew the worker's peak by 1.7 GB instead of 0.9 (docs/fleet.md). Other C
+#: libraries ignore these variables.
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20), "MALLOC_ARENA_MAX": "2"}
 
 
 #: Exit status of a worker process whose start failed on its configuration (a model that does not
