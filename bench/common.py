@@ -43,12 +43,12 @@ def checkpoint(root: Path, kind: str) -> str:
 
 
 def start_workers(root: Path, env: dict, count: int, threads: int, cpus: list[list[int]] | None = None,
-                  models: str | None = None) -> list[tuple[WorkerService, str]]:
+                  models: str | None = None, prefix: str = "bench") -> list[tuple[WorkerService, str]]:
     """``count`` real `segq worker --gpus cpu` processes (optionally pinned to cores with taskset;
-    ``models``: their ``--models``, by default the tasks' default models)."""
+    ``models``: their ``--models``, by default the tasks' default models; ``prefix``: of their names)."""
     out = []
     for i in range(count):
-        name = f"bench{i}"
+        name = f"{prefix}{i}"
         svc = WorkerService(name, root / "logs" / f"{name}.log")
         full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         svc.start(full_env, gpus="cpu", models=models, worker_name=name, threads=threads)

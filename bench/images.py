@@ -1,15 +1,20 @@
 """Image jobs through the whole queue vs. a direct in-process loop, same model, same machine.
 
-    python -m bench.images [--images 40] [--size 640x480] [--model tiny|swin-l]
+    python -m bench.images [--images 40] [--size 640x480] [--model tiny|swin-l] [--max-batch 4]
 
 (a) direct: one process loads the model once, then for each image: read, decode, infer,
     render the same outputs, write them to local files;
 (b) segq: producer -> Redis -> one worker process -> S3 (upload, queue, fetch, infer, render,
-    upload outputs, job record), from the first submit to the last job done.
+    upload outputs, job record), from the first submit to the last job done;
+(c) the same with dynamic batching across jobs (``SEGQ_MAX_BATCH=--max-batch``,
+    ``SEGQ_BATCH_DELAY_MS=--batch-delay-ms``; the images are all one size, so their passes can
+    be taken together), a second worker process that serves the same checkpoint under another
+    model name (``ade-batched``), so that (b) and (c) alternate round by round on one set of
+    servers and neither worker takes the other's jobs.
 
 Both use every core of the machine (torch threads = cores). Prints images/s and the ratio, and
-how busy the worker's model stage was during the queued rounds (its forward seconds / the round's
-wall time, from the worker's registry record).
+how busy each worker's model stage was during its rounds (its forward seconds / the round's
+wall time) and its items per pass, from the worker's registry record.
 """
 
 from __future__ import annotations
@@ -73,34 +78,37 @@ class Direct:
 
 
 class Queued:
-    """The same images through segq: producer -> Redis -> one worker process -> S3."""
+    """The same images through segq: producer -> Redis -> one worker process of ``model`` -> S3."""
 
-    def __init__(self, root: Path, env: dict, threads: int):
+    def __init__(self, root: Path, env: dict, threads: int, model: str = "ade-semantic", prefix: str = "bench"):
         os.environ.update(env)
         from producer.client import Client
         from segq.settings import Settings
 
-        self.workers = start_workers(root, env, 1, threads)
+        self.model = model
+        self.workers = start_workers(root, env, 1, threads, models=model, prefix=prefix)
         self.client = Client(Settings.from_env())
 
-    def stage(self) -> tuple[float, int]:
-        """The worker's model stage so far: busy seconds, items."""
+    def stage(self) -> tuple[float, int, int]:
+        """The worker's model stage so far: busy seconds, items, passes."""
         from segq import registry
 
         rec = registry.get(self.client.records.r, self.workers[0][1])
-        return (rec.model_busy_s, rec.model_items) if rec else (0.0, 0)
+        return (rec.model_busy_s, rec.model_items, rec.model_passes) if rec else (0.0, 0, 0)
 
-    def run(self, paths: list[Path]) -> tuple[float, list, float]:
-        busy0, items0 = self.stage()
+    def run(self, paths: list[Path]) -> tuple[float, list, float, float | None]:
+        """images/s, the job records, the busy fraction, items per pass."""
+        busy0, items0, passes0 = self.stage()
         started = time.perf_counter()
-        jobs = self.client.submit([str(p) for p in paths], task="semantic")
+        jobs = self.client.submit([str(p) for p in paths], task="semantic", model=self.model)
         records = self.client.wait([j.id for j in jobs], timeout=3600, poll=0.5)
         elapsed = time.perf_counter() - started
         assert all(r.state == "done" for r in records), [r.error for r in records if r.state != "done"]
         deadline = time.monotonic() + 5  # the record is written as each task ends: the last one's may lag
-        while (busy := self.stage())[1] - items0 < len(paths) and time.monotonic() < deadline:
+        while (now := self.stage())[1] - items0 < len(paths) and time.monotonic() < deadline:
             time.sleep(0.05)
-        return len(paths) / elapsed, records, (busy[0] - busy0) / elapsed
+        passes = now[2] - passes0
+        return len(paths) / elapsed, records, (now[0] - busy0) / elapsed, (now[1] - items0) / passes if passes else None
 
     def close(self) -> None:
         stop_workers(self.workers)
@@ -112,6 +120,8 @@ def main() -> None:
     ap.add_argument("--size", default="640x480")
     ap.add_argument("--model", choices=["tiny", "swin-l"], default="tiny")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of each path; medians are reported")
+    ap.add_argument("--max-batch", type=int, default=4, help="SEGQ_MAX_BATCH of the batching worker (path c)")
+    ap.add_argument("--batch-delay-ms", type=int, default=5, help="SEGQ_BATCH_DELAY_MS of the batching worker")
     args = ap.parse_args()
     size = tuple(int(x) for x in args.size.split("x"))
     threads = os.cpu_count() or 1
@@ -121,34 +131,46 @@ def main() -> None:
         paths = make_images(root / "in", args.images, size)
         (root / "direct-out").mkdir()
         with servers(root) as env:
-            env["SEGQ_MODELS"] = f"ade-semantic={ckpt}"
-            direct, queued = Direct(ckpt, root / "direct-out", threads), Queued(root, env, threads)
+            env["SEGQ_MODELS"] = f"ade-semantic={ckpt},ade-batched={ckpt}"
+            batched_env = {**env, "SEGQ_MAX_BATCH": str(args.max_batch), "SEGQ_BATCH_DELAY_MS": str(args.batch_delay_ms)}
+            direct = Direct(ckpt, root / "direct-out", threads)
+            queued = Queued(root, env, threads)
+            batched = None
             try:
-                direct.run(paths[:2])  # warm-up of both paths
+                batched = Queued(root, batched_env, threads, model="ade-batched", prefix="batched")
+                direct.run(paths[:2])  # warm-up of every path
                 queued.run(paths[:2])
-                d_runs, q_runs, records, busy = [], [], [], []
-                for _ in range(args.rounds):  # alternate, so drifts of the machine hit both
-                    d_runs.append(direct.run(paths))
-                    ips, recs, fraction = queued.run(paths)
-                    q_runs.append(ips)
-                    records += recs
-                    busy.append(fraction)
+                batched.run(paths[: 2 * args.max_batch])
+                runs: dict[str, list[float]] = {"direct": [], "queued": [], "batched": []}
+                records, busy, items = {"queued": [], "batched": []}, {"queued": [], "batched": []}, {"queued": [], "batched": []}
+                for _ in range(args.rounds):  # alternate, so drifts of the machine hit every path
+                    runs["direct"].append(direct.run(paths))
+                    for name, path in (("queued", queued), ("batched", batched)):
+                        ips, recs, fraction, per_pass = path.run(paths)
+                        runs[name].append(ips)
+                        records[name] += recs
+                        busy[name].append(fraction)
+                        items[name].append(per_pass or 0.0)
             finally:
                 queued.close()
-    d, q = statistics.median(d_runs), statistics.median(q_runs)
-    infer = statistics.mean(r.inference_s for r in records)
-    worker = statistics.mean(r.total_s for r in records)
+                if batched is not None:
+                    batched.close()
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    d = med["direct"]
     print(f"\n{args.images} images of {args.size}, model {args.model}, {threads} CPU threads, torch on CPU, "
           f"median of {args.rounds} alternating rounds\n")
-    print(table(
-        [("direct loop (1 process)", f"{d:.2f}", " ".join(f"{x:.2f}" for x in d_runs), "1.00"),
-         ("segq queue (1 worker)", f"{q:.2f}", " ".join(f"{x:.2f}" for x in q_runs), f"{q / d:.2f}")],
-        ("path", "images/s", "rounds", "ratio"),
-    ))
-    print(f"\nsegq per job: inference {infer * 1000:.1f} ms, worker total {worker * 1000:.1f} ms "
-          f"(fetch + decode + inference + render + upload; jobs overlap in the worker's threads)")
-    print(f"segq worker's model stage busy: {statistics.median(busy):.2f} of the wall time "
-          f"(rounds: {' '.join(f'{b:.2f}' for b in busy)})")
+    rows = [("direct loop (1 process)", f"{d:.2f}", " ".join(f"{x:.2f}" for x in runs["direct"]), "1.00", "-", "-")]
+    for name, label in (("queued", "segq queue (1 worker, batching off)"),
+                        ("batched", f"segq queue (1 worker, SEGQ_MAX_BATCH={args.max_batch}, delay {args.batch_delay_ms} ms)")):
+        rows.append((label, f"{med[name]:.2f}", " ".join(f"{x:.2f}" for x in runs[name]), f"{med[name] / d:.2f}",
+                     f"{statistics.median(busy[name]):.2f}", f"{statistics.median(items[name]):.2f}"))
+    print(table(rows, ("path", "images/s", "rounds", "ratio", "model busy", "items/pass")))
+    for name in ("queued", "batched"):
+        recs = records[name]
+        infer = statistics.mean(r.inference_s for r in recs)
+        worker = statistics.mean(r.total_s for r in recs)
+        print(f"\n{name}: per job, inference {infer * 1000:.1f} ms, worker total {worker * 1000:.1f} ms "
+              f"(jobs overlap in the worker's threads); model busy by round: {' '.join(f'{b:.2f}' for b in busy[name])}")
 
 
 if __name__ == "__main__":
