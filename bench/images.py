@@ -142,7 +142,7 @@ def main() -> None:
                 queued.run(paths[:2])
                 batched.run(paths[: 2 * args.max_batch])
                 runs: dict[str, list[float]] = {"direct": [], "queued": [], "batched": []}
-                records, busy, items = {"queued": [], "batched": []}, {"queued": [], "batched": []}, {"queued": [], "batched": []}
+                records, busy, items = ({"queued": [], "batched": []} for _ in range(3))
                 for _ in range(args.rounds):  # alternate, so drifts of the machine hit every path
                     runs["direct"].append(direct.run(paths))
                     for name, path in (("queued", queued), ("batched", batched)):

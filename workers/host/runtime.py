@@ -56,7 +56,7 @@ class Runtime:
     stage: ModelStage | None = None
     leases: leases_mod.LeaseBook | None = None
     upkeep: Upkeep | None = None  # heartbeat, reaper, watchdog, leases of held messages
-    # encode and upload image jobs' files, several at once (``workers.tasks.image.write_outputs``);
+    # encode and upload image jobs' files, several at once (``workers.tasks.outputs.write_outputs``);
     # its threads start with the first job
     writers: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         max_workers=defaults.OUTPUT_THREADS, thread_name_prefix="segq-output"))

@@ -62,4 +62,3 @@ def _segment(ctx: Context, segmenter, image, t0: float, stages: dict) -> dict:
     rt.count(registry.JOBS_DONE)
     rt.observe(job.model, stages)
     return {"job_id": job.job_id, "state": "done", "outputs": keys, "inference_s": round(seconds, 4)}
-

@@ -154,10 +154,10 @@ def _decided_grid(probs_t: torch.Tensor | None, masks: torch.Tensor, geo: _Geome
     flat = masks.reshape(q, -1).t().contiguous()  # (h * w, Q): a source point's queries together
     chunks: list[torch.Tensor] = []
     index = grid.view(-1).clone()
+    pick = lambda t, i: t.index_select(0, i)  # noqa: E731 (a fraction of the time of t[i] here)
     for s in range(0, k, POINT_CHUNK):
         p = points[s : s + POINT_CHUNK]
         r, col = p // GRID, p % GRID
-        pick = lambda t, i: t.index_select(0, i)  # noqa: E731 (a fraction of the time of t[i] here)
         top, bot = pick(ry0, r) * w, pick(ry1, r) * w
         x0, x1 = pick(cx0, col), pick(cx1, col)
         wx0, wx1 = pick(cxl0, col)[:, None], pick(cxl1, col)[:, None]
