@@ -126,10 +126,14 @@ class Service:
     log_path: Path
     proc: subprocess.Popen | None = None
     _log: IO | None = None
+    _log_start: int = 0  # where this spawn's output begins in the (appended) log
 
     def spawn(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._log:  # a respawn (start_on_free_port)
+            self._log.close()
         self._log = self.log_path.open("ab")
+        self._log_start = self._log.tell()
         self.proc = subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
             preexec_fn=die_with_parent,
@@ -138,6 +142,32 @@ class Service:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def lost_port_race(self) -> bool:
+        """Whether the process exited because its port was taken (by another process, between
+        ``free_port`` and its own bind): its log since this spawn says "address already in use"."""
+        if self.proc is None or self.proc.poll() is None or not self.log_path.exists():
+            return False
+        with self.log_path.open("rb") as fh:
+            fh.seek(self._log_start)
+            return b"address already in use" in fh.read().lower()
+
+    def start_on_free_port(self, launch, attempts: int = 3):
+        """``launch()`` spawns the service on ``self.port`` and waits until it answers. Where the
+        port is picked here (``self.port`` 0: ``free_port``), another process can take it before
+        the service binds it; then another port is picked, up to ``attempts`` times. A port the
+        caller chose is never changed."""
+        picked = not self.port
+        for _ in range(attempts - 1 if picked else 0):
+            self.port = free_port()
+            try:
+                return launch()
+            except ServiceUnavailable:
+                if not self.lost_port_race():
+                    raise
+        if picked:
+            self.port = free_port()
+        return launch()
 
     def stop(self, timeout: float = 20.0, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None:
@@ -167,9 +197,11 @@ class RedisServer(Service):
         return f"redis://:{self.password}@{self.host}:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> "RedisServer":
+        return self.start_on_free_port(lambda: self._launch(timeout))
+
+    def _launch(self, timeout: float) -> "RedisServer":
         import redis
 
-        self.port = self.port or free_port()
         self.password = self.password or secrets.token_hex(16)
         assert self.data_dir is not None
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -205,9 +237,11 @@ class SentinelServer(Service):
     down_after_ms: int = 2000
 
     def start(self, timeout: float = 20.0) -> "SentinelServer":
+        return self.start_on_free_port(lambda: self._launch(timeout))
+
+    def _launch(self, timeout: float) -> "SentinelServer":
         import redis
 
-        self.port = self.port or free_port()
         assert self.data_dir is not None and self.password
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "sentinel.conf"  # Sentinel rewrites it as it learns the topology
@@ -391,9 +425,11 @@ class FlowerService(Service):
         return f"http://{LOOPBACK}:{self.port}"
 
     def start(self, redis_url: str, env: dict[str, str], timeout: float = 30.0, basic_auth: str | None = None) -> "FlowerService":
+        return self.start_on_free_port(lambda: self._launch(redis_url, env, timeout, basic_auth))
+
+    def _launch(self, redis_url: str, env: dict[str, str], timeout: float, basic_auth: str | None) -> "FlowerService":
         import urllib.request
 
-        self.port = self.port or free_port()
         # Secrets by environment, never on the command line (`ps` shows it to every local user):
         # the app (producer.flower_app) reads SEGQ_REDIS_URL as every segq client does (Sentinel
         # included), Flower its options from FLOWER_*.
