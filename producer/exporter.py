@@ -208,3 +208,32 @@ def serve(settings: Settings, address: str, port: int) -> None:
 #: ``user:password`` the exporter demands (HTTP basic auth), read from the environment, never from
 #: a command line; unset: no authentication (then keep it on loopback or behind a network policy).
 AUTH_VARIABLE = "SEGQ_EXPORTER_AUTH"
+
+
+def probe(address: str, port: int, timeout: float = 5.0) -> tuple[bool, str]:
+    """Whether an exporter serving at ``address:port`` answers ``/metrics`` (a container's health
+    check): with the credentials of ``SEGQ_EXPORTER_AUTH`` from the environment, so that a probe
+    never carries the secret on its command line. ``0.0.0.0`` and ``::`` probe the loopback."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address, address)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
+    headers = {}
+    auth = os.environ.get(AUTH_VARIABLE)
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            why = "the credentials of SEGQ_EXPORTER_AUTH were refused" if auth else \
+                "it asks for credentials: set SEGQ_EXPORTER_AUTH=user:password in this environment"
+            return False, f"exporter at {url}: {why}"
+        return False, f"exporter at {url}: HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"exporter at {url} does not answer: {reason}"
+    return True, f"exporter at {url} answers"

@@ -161,16 +161,28 @@ def health(local):
 @click.command()
 @click.option("--address", default="127.0.0.1", show_default=True)
 @click.option("--port", default=9808, show_default=True)
-def exporter(address, port):
+@click.option("--probe", is_flag=True,
+              help="Serve nothing: exit 0 if the exporter at --address/--port answers /metrics (with the "
+                   "credentials of SEGQ_EXPORTER_AUTH), else 1. For container health checks.")
+def exporter(address, port, probe):
     """Serve Prometheus metrics (queues, pending work by priority, batches, jobs by outcome, frames,
     FPS, latency and stage histograms, workers) at /metrics, and each model's backlog (JSON, for
     autoscalers) at /backlog?model=NAME. With SEGQ_EXPORTER_AUTH=user:password in its environment
-    every path asks for HTTP basic auth.
+    every path asks for HTTP basic auth (the secret is read from the environment only, never from
+    the command line).
 
     \b
-    Example:
-      segq exporter --address 0.0.0.0 --port 9808   # then scrape http://host:9808/metrics
+    Examples:
+      export SEGQ_EXPORTER_AUTH="prom:$(cat ~/.segq/exporter-password)"
+      segq exporter --address 0.0.0.0 --port 9808   # scrape with basic_auth
+      segq exporter --probe --port 9808             # health check: exit 0 if it answers
     """
+    if probe:
+        from producer.exporter import probe as probe_exporter
+
+        ok, message = probe_exporter(address, port)
+        (out if ok else err).print(display.plain(message))
+        sys.exit(0 if ok else 1)
     from producer.exporter import serve
     from segq.settings import Settings
 

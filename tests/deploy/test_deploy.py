@@ -47,8 +47,10 @@ DASHBOARD = DEPLOY / "grafana" / "segq-dashboard.json"
 HEALTH_ARGV = ["segq", "health", "--local"]
 WORKER_ARGV = ["segq", "worker", "--gpus", "all"]
 DEFAULT_QUEUES = {model_queue(name) for name in defaults.TASK_MODELS.values()}
-#: SEGQ_* variables allowed without being in segq/settings.py's docstring.
-EXTRA_SEGQ_VARIABLES: set[str] = set()
+#: SEGQ_* variables allowed without being in segq/settings.py's docstring: the exporter's secret,
+#: which only the exporter and its probe read (never part of the settings, which are printed).
+EXTRA_SEGQ_VARIABLES: set[str] = {"SEGQ_EXPORTER_AUTH"}
+PROBE_ARGV = ["segq", "exporter", "--probe"]
 #: The metrics `segq exporter` serves.
 EXPORTER_METRICS = {
     "segq_queue_depth", "segq_jobs_total", "segq_frames_processed_total", "segq_inference_seconds_total",
@@ -513,6 +515,23 @@ def test_compose_segq_services_share_the_settings_and_reach_redis_with_its_passw
     assert {"SEGQ_PRECISION", "SEGQ_IMAGE_PROCESSOR", "SEGQ_POSTPROCESS", "SEGQ_COMPILE"} <= set(worker_env)
 
 
+def test_compose_exporter_asks_for_basic_auth_and_its_health_check_sends_it():
+    from producer.exporter import AUTH_VARIABLE
+
+    assert AUTH_VARIABLE in EXTRA_SEGQ_VARIABLES
+    exporter = service("exporter")
+    words = argv_of(exporter["command"])
+    assert words[:2] == ["segq", "exporter"] and not any("$" in w or "auth" in w.lower() for w in words)
+    auth = environment_of(exporter).get(AUTH_VARIABLE, "")
+    assert re.fullmatch(r"\$\{EXPORTER_AUTH:\?[^}]+\}", auth), "basic auth from .env, required"
+    # The health check authenticates with the same variable, so it carries no secret itself.
+    test = argv_of(exporter["healthcheck"]["test"])
+    assert test[0] == "CMD" and test[1:4] == PROBE_ARGV and "$" not in " ".join(test)
+    port = test[test.index("--port") + 1]
+    assert port == words[words.index("--port") + 1]
+    assert {target for _, target in published_ports(exporter)} == {port}
+
+
 def test_compose_tools_service_runs_the_cli_on_demand():
     tools = service("segq")
     assert tools.get("profiles") == ["tools"]
@@ -562,7 +581,7 @@ def test_kustomize_renders_and_every_builtin_object_validates():
             custom.add((obj["apiVersion"], obj["kind"]))
     assert {"Namespace", "ConfigMap", "Secret", "Service", "Deployment", "StatefulSet", "NetworkPolicy"} <= validated
     # Nothing else escapes schema validation.
-    assert custom == {("keda.sh/v1alpha1", "ScaledObject")}
+    assert custom == {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication")}
 
 
 def test_the_kubernetes_validator_rejects_a_broken_deployment():
@@ -774,6 +793,32 @@ def test_k8s_exporter_is_annotated_for_prometheus():
     assert annotations["prometheus.io/port"] == str(port)
     assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"
     assert port in {p["port"] for p in svc["spec"]["ports"]}
+
+
+def test_k8s_exporter_asks_for_basic_auth_and_keda_and_the_probes_send_it():
+    from producer.exporter import AUTH_VARIABLE
+
+    exporter = workload_running(["segq", "exporter"])
+    c = container(exporter)
+    argv = c.get("command", []) + c.get("args", [])
+    assert not any("$(" in a for a in argv), "no secret on the command line"
+    env = {e["name"]: e for e in c["env"]}
+    parts = re.fullmatch(r"\$\((\w+)\):\$\((\w+)\)", env[AUTH_VARIABLE]["value"]).groups()
+    refs = [env[name]["valueFrom"]["secretKeyRef"] for name in parts]
+    assert [(r["name"], r["key"]) for r in refs] == [("segq-exporter", "username"), ("segq-exporter", "password")]
+    port = argv[argv.index("--port") + 1]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "httpGet" not in c[probe], f"{probe}: an httpGet probe is refused without credentials"
+        command = c[probe]["exec"]["command"]
+        assert command[:3] == PROBE_ARGV and command[command.index("--port") + 1] == port, probe
+    # KEDA reads /backlog with the same Secret's keys.
+    auths = {o["metadata"]["name"]: o for o in objects("TriggerAuthentication")}
+    for trigger in one("ScaledObject")["spec"]["triggers"]:
+        assert trigger["metadata"]["authMode"] == "basic"
+        auth = auths[trigger["authenticationRef"]["name"]]
+        targets = {t["parameter"]: (t["name"], t["key"]) for t in auth["spec"]["secretTargetRef"]}
+        assert targets == {"username": ("segq-exporter", "username"), "password": ("segq-exporter", "password")}
+    assert {"username", "password"} <= set(one("Secret", "segq-exporter")["stringData"])
 
 
 def test_secrets_are_placeholders_only():

@@ -188,3 +188,31 @@ def test_a_real_prometheus_scrapes_the_exporter_and_promtool_finds_nothing_to_fi
         exporter.terminate()
         prometheus.wait(20)
         exporter.wait(10)
+
+
+def test_the_exporter_probe_answers_for_a_container_health_check_with_the_credentials_of_its_environment(client):
+    """`segq exporter --probe` (the deploy files' health check) exits 0 only where the exporter
+    answers with the credentials of SEGQ_EXPORTER_AUTH, and says what is wrong otherwise."""
+    import secrets
+
+    port, auth = free_port(), f"prom:{secrets.token_hex(8)}"
+    exporter = subprocess.Popen([sys.executable, "-m", "producer", "exporter", "--port", str(port)],
+                                env={**os.environ, "SEGQ_EXPORTER_AUTH": auth}, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while (ok := segq("exporter", "--probe", "--port", str(port), env={"SEGQ_EXPORTER_AUTH": auth})).returncode:
+            assert "does not answer" in ok.stderr and time.monotonic() < deadline, ok.stderr
+            time.sleep(0.2)
+        assert "answers" in ok.stdout and auth.split(":")[1] not in ok.stdout + ok.stderr
+        without = segq("exporter", "--probe", "--port", str(port), env={"SEGQ_EXPORTER_AUTH": ""})
+        assert without.returncode == 1 and "asks for credentials" in without.stderr
+        wrong = segq("exporter", "--probe", "--port", str(port), env={"SEGQ_EXPORTER_AUTH": "prom:wrong"})
+        assert wrong.returncode == 1 and "were refused" in wrong.stderr and "wrong" not in wrong.stderr
+        # on 0.0.0.0 (what the deploy files bind) the probe asks the loopback
+        assert segq("exporter", "--probe", "--address", "0.0.0.0", "--port", str(port),
+                    env={"SEGQ_EXPORTER_AUTH": auth}).returncode == 0
+    finally:
+        exporter.terminate()
+        exporter.wait(10)
+    gone = segq("exporter", "--probe", "--port", str(port), env={"SEGQ_EXPORTER_AUTH": auth})
+    assert gone.returncode == 1 and "does not answer" in gone.stderr
