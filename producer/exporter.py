@@ -210,6 +210,25 @@ def serve(settings: Settings, address: str, port: int) -> None:
 AUTH_VARIABLE = "SEGQ_EXPORTER_AUTH"
 
 
+def exposure_error(address: str, auth: str | None) -> str | None:
+    """Why the exporter must not serve on ``address`` (None: it may): every address but the
+    loopback needs credentials, and credentials must be ``user:password``."""
+    import ipaddress
+
+    if auth is not None and (":" not in auth or not auth.split(":", 1)[0] or not auth.split(":", 1)[1]):
+        return f"{AUTH_VARIABLE} must be user:password (a non-empty user and password)"
+    if auth:
+        return None
+    try:
+        loopback = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = address == "localhost"
+    if loopback:
+        return None
+    return (f"refusing to serve metrics on {address} without credentials: set {AUTH_VARIABLE}=user:password "
+            "in the environment (Prometheus then scrapes with basic_auth), or serve on 127.0.0.1")
+
+
 def probe(address: str, port: int, timeout: float = 5.0) -> tuple[bool, str]:
     """Whether an exporter serving at ``address:port`` answers ``/metrics`` (a container's health
     check): with the credentials of ``SEGQ_EXPORTER_AUTH`` from the environment, so that a probe

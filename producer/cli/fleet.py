@@ -169,7 +169,7 @@ def exporter(address, port, probe):
     FPS, latency and stage histograms, workers) at /metrics, and each model's backlog (JSON, for
     autoscalers) at /backlog?model=NAME. With SEGQ_EXPORTER_AUTH=user:password in its environment
     every path asks for HTTP basic auth (the secret is read from the environment only, never from
-    the command line).
+    the command line); without it the exporter serves on a loopback address only.
 
     \b
     Examples:
@@ -183,10 +183,17 @@ def exporter(address, port, probe):
         ok, message = probe_exporter(address, port)
         (out if ok else err).print(display.plain(message))
         sys.exit(0 if ok else 1)
-    from producer.exporter import serve
+    import os
+
+    from producer.exporter import AUTH_VARIABLE, exposure_error, serve
     from segq.settings import Settings
 
-    err.print(f"serving metrics on http://{address}:{port}/metrics")
+    auth = os.environ.get(AUTH_VARIABLE) or None
+    if problem := exposure_error(address, auth):
+        err.print(display.plain(f"error: {problem}"))
+        sys.exit(2)
+    err.print(display.plain(f"serving metrics on http://{address}:{port}/metrics"
+                            + ("" if auth else " (no credentials: loopback only)")))
     serve(Settings.from_env(), address, port)
 
 

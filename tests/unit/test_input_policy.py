@@ -133,3 +133,20 @@ def test_the_stack_puts_no_secret_on_a_command_line(tmp_path, monkeypatch):
     assert "SEGQ_FLOWER_PASSWORD" in up_help and "USER:PASSWORD" not in up_help
     toml = stack.seaweedfs_security_toml()
     assert toml.count("key = ") == 4 and "[jwt.filer_signing.read]" in toml
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "10.0.0.5", "exporter.example"])
+def test_the_exporter_refuses_to_serve_beyond_the_loopback_without_credentials(address, monkeypatch):
+    from click.testing import CliRunner
+
+    from producer.cli import cli
+    from producer.exporter import exposure_error
+
+    monkeypatch.delenv("SEGQ_EXPORTER_AUTH", raising=False)
+    result = CliRunner().invoke(cli, ["exporter", "--address", address, "--port", "1"])
+    assert result.exit_code == 2 and "without credentials" in result.output and "SEGQ_EXPORTER_AUTH" in result.output
+    assert exposure_error(address, "prom:secret") is None
+    for bad in ("nocolon", ":pw", "prom:"):
+        assert "user:password" in exposure_error(address, bad)
+    for loopback in ("127.0.0.1", "::1", "localhost"):
+        assert exposure_error(loopback, None) is None
