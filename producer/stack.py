@@ -9,6 +9,7 @@ wheel). Ports are free loopback ports chosen at start. ``segq up`` and ``segq de
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -60,6 +61,9 @@ def weed_binary() -> str:
 
 #: The parts of ``weed mini`` that listen (WebDAV is disabled).
 INTERNAL_PARTS = ("master", "volume", "filer", "s3", "admin")
+#: What a server's log says when a port it was given is taken (lower-cased): redis-server,
+#: SeaweedFS.
+PORT_TAKEN = re.compile(r":(\d+): bind: address already in use|port (\d+) for .{0,80}? is not available")
 
 
 def write_private(path: Path, text: str) -> None:
@@ -143,31 +147,41 @@ class Service:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def lost_port_race(self) -> bool:
-        """Whether the process exited because its port was taken (by another process, between
-        ``free_port`` and its own bind): its log since this spawn says "address already in use"."""
+    def taken_port(self) -> int | None:
+        """The port whose being taken (by another process, between ``free_port`` and the bind)
+        made the process exit, from its log since this spawn: redis-server's "HOST:PORT: bind:
+        address already in use", SeaweedFS's "port PORT for ... is not available" (it checks its
+        ports before it starts); None when it exited for another reason or runs."""
         if self.proc is None or self.proc.poll() is None or not self.log_path.exists():
-            return False
+            return None
         with self.log_path.open("rb") as fh:
             fh.seek(self._log_start)
-            return b"address already in use" in fh.read().lower()
+            log = fh.read().decode("utf-8", "replace").lower()
+        found = PORT_TAKEN.search(log)
+        return int(found.group(1) or found.group(2)) if found else None
 
-    def start_on_free_port(self, launch, attempts: int = 3):
-        """``launch()`` spawns the service on ``self.port`` and waits until it answers. Where the
-        port is picked here (``self.port`` 0: ``free_port``), another process can take it before
-        the service binds it; then another port is picked, up to ``attempts`` times. A port the
-        caller chose is never changed."""
-        picked = not self.port
-        for _ in range(attempts - 1 if picked else 0):
-            self.port = free_port()
+    def start_on_free_port(self, launch, attempts: int = 3, pick=None):
+        """``launch()`` spawns the service and waits until it answers. Where its ports are picked
+        here (``free_port``), another process can take one before the service binds it; then the
+        ports are picked again, up to ``attempts`` times. ``pick()`` (re)picks the ports this
+        start may choose and returns them; by default ``self.port`` when it is 0. A port the
+        caller chose is never changed, and its being taken fails the start at once."""
+        if pick is None:
+            chosen = bool(self.port)
+
+            def pick() -> set[int]:
+                if not chosen:
+                    self.port = free_port()
+                return set() if chosen else {self.port}
+
+        for attempt in range(attempts):
+            picked = pick()
             try:
                 return launch()
             except ServiceUnavailable:
-                if not self.lost_port_race():
+                if attempt == attempts - 1 or self.taken_port() not in picked:
                     raise
-        if picked:
-            self.port = free_port()
-        return launch()
+        raise AssertionError("unreachable")
 
     def stop(self, timeout: float = 20.0, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None:
@@ -218,7 +232,9 @@ class RedisServer(Service):
             lines.append(f"replicaof {self.replica_of[0]} {self.replica_of[1]}")
         write_private(config, "\n".join(lines) + "\n")
         self.spawn([redis_binary(), str(config)])
-        client = redis.Redis.from_url(self.url)
+        # short timeouts: a port another process holds (and never answers on) must not hide
+        # that the server has exited
+        client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
         _wait(client.ping, f"redis-server on port {self.port}", timeout, self.proc, self.log_path)
         return self
 
@@ -254,7 +270,8 @@ class SentinelServer(Service):
             f"sentinel failover-timeout {self.master} 10000", f"sentinel parallel-syncs {self.master} 1",
         ]) + "\n")
         self.spawn([redis_binary(), str(config), "--sentinel"])
-        client = redis.Redis(host=LOOPBACK, port=self.port, password=self.password)
+        client = redis.Redis(host=LOOPBACK, port=self.port, password=self.password, socket_timeout=2,
+                             socket_connect_timeout=2)
         _wait(client.ping, f"redis sentinel on port {self.port}", timeout, self.proc, self.log_path)
         return self
 
@@ -333,15 +350,25 @@ class SeaweedS3(Service):
         }
 
     def start(self, timeout: float = 60.0) -> "SeaweedS3":
+        chosen = dict(self.ports)  # the caller's ports stay; the others are picked (again) here
+
+        def pick() -> set[int]:
+            self.ports = dict(chosen)
+            for part in INTERNAL_PARTS:
+                self.ports.setdefault(part, free_port())
+                self.ports.setdefault(part + ".grpc", free_port())
+            return {port for part, port in self.ports.items() if part not in chosen}
+
+        return self.start_on_free_port(lambda: self._launch(timeout), pick=pick)
+
+    def _launch(self, timeout: float) -> "SeaweedS3":
         import boto3
+        from botocore.config import Config
 
         assert self.data_dir is not None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.access_key = self.access_key or "segq" + secrets.token_hex(6)
         self.secret_key = self.secret_key or secrets.token_hex(20)
-        for part in INTERNAL_PARTS:
-            self.ports.setdefault(part, free_port())
-            self.ports.setdefault(part + ".grpc", free_port())
         # Locked down (see README, Security): only the S3 API, with the credentials, serves data.
         # security.toml (read from the working directory) makes the volume server and the filer
         # demand JWTs signed with keys only this process knows, for reads and writes; the master
@@ -359,9 +386,12 @@ class SeaweedS3(Service):
         # The S3 identity comes from the environment (weed mini reads AWS_*), never the command line.
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         self.spawn(argv, env=env, cwd=self.data_dir)
+        # Short timeouts, one try per check: a port another process holds (and never answers on)
+        # must not hide for minutes that weed has exited.
         s3 = boto3.client(
             "s3", endpoint_url=self.endpoint, region_name=self.region,
             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            config=Config(connect_timeout=2, read_timeout=2, retries={"total_max_attempts": 1}),
         )
         _wait(lambda: s3.head_bucket(Bucket=self.bucket) or True, f"SeaweedFS S3 on port {self.ports['s3']}",
               timeout, self.proc, self.log_path)
