@@ -512,7 +512,11 @@ class Servers:
 
 
 class LocalStack:
-    """Redis + SeaweedFS S3 + one segq worker + Flower, all on loopback, data under ``data_dir``."""
+    """Redis + SeaweedFS S3 + one segq worker + Flower, all on loopback, data under ``data_dir``.
+
+    Every server asks for credentials: Redis a generated password, S3 a generated key pair,
+    Flower basic auth (``flower_auth`` ``user:password``; None: ``admin`` with a generated
+    password; ``""``: none, Flower open to every local user), all in the owner-only env file."""
 
     def __init__(self, data_dir: Path, *, models: dict[str, str] | None = None, worker: bool = True,
                  flower: bool = True, gpus: str = "auto", flower_auth: str | None = None,
@@ -522,7 +526,7 @@ class LocalStack:
         self.with_worker = worker
         self.with_flower = flower
         self.gpus = gpus
-        self.flower_auth = flower_auth
+        self.flower_auth = f"admin:{secrets.token_urlsafe(16)}" if flower_auth is None else flower_auth
         if retention_days is None:  # SEGQ_RETENTION_DAYS, as every segq process reads it
             from segq.settings import Settings
 
@@ -576,8 +580,7 @@ class LocalStack:
 
     def write_env_file(self) -> None:
         lines = [f"{k}={v}" for k, v in self.env().items()]
-        self.env_file.write_text("\n".join(lines) + "\n")
-        self.env_file.chmod(0o600)
+        write_private(self.env_file, "\n".join(lines) + "\n")  # never readable by others, not even for a moment
 
     def stop(self) -> None:
         for service in (self.flower, self.worker):

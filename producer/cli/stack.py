@@ -28,10 +28,11 @@ def _stack_models(data_dir: Path, offline: bool) -> dict[str, str] | None:
               help="--offline: segq's tiny checkpoints (trained on synthetic street scenes); --hub: the real ones (needs hub access or HF cache).")
 @click.option("--gpus", default="auto", show_default=True)
 @click.option("--flower/--no-flower", default=True, show_default=True)
-@click.option("--flower-auth", is_flag=True,
-              help="Basic auth for Flower: the password from SEGQ_FLOWER_PASSWORD, else a generated one; "
-                   "either way it is written to DATA_DIR/segq.env, never printed, never on a command line.")
-@click.option("--flower-user", default="admin", show_default=True, help="With --flower-auth: the user name.")
+@click.option("--flower-auth/--no-flower-auth", default=True, show_default=True,
+              help="Basic auth for Flower (every page, /metrics included): the password from SEGQ_FLOWER_PASSWORD, "
+                   "else a generated one; either way it is written to DATA_DIR/segq.env, never printed, never on a "
+                   "command line. --no-flower-auth leaves Flower open to every local user.")
+@click.option("--flower-user", default="admin", show_default=True, help="Flower's user name.")
 def up(data_dir, offline, gpus, flower, flower_auth, flower_user):
     """Start a local stack: Redis, SeaweedFS S3, one worker and Flower, on loopback.
 
@@ -42,7 +43,7 @@ def up(data_dir, offline, gpus, flower, flower_auth, flower_user):
 
     \b
     Example:
-      segq up --flower-auth                       # then, in another shell:
+      segq up                                     # then, in another shell:
       export SEGQ_ENV_FILE=.segq/segq.env && segq submit street.jpg --task panoptic --wait
       grep FLOWER_BASIC_AUTH .segq/segq.env       # Flower's user:password
     """
@@ -53,9 +54,12 @@ def up(data_dir, offline, gpus, flower, flower_auth, flower_user):
 
     from producer.stack import LocalStack
 
-    auth = None
+    auth = ""
     if flower_auth:
         auth = f"{flower_user}:{os.environ.get('SEGQ_FLOWER_PASSWORD') or secrets.token_urlsafe(16)}"
+    elif flower:
+        err.print("[yellow]warning:[/] Flower without authentication: every local user can see and control "
+                  "the workers (--flower-auth is the default)")
     stack = LocalStack(data_dir, models=_stack_models(data_dir, offline), flower=flower, gpus=gpus,
                        flower_auth=auth)
     err.print("starting redis, s3, worker" + (", flower" if flower else "") + " ...")

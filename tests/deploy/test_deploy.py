@@ -779,7 +779,7 @@ def test_k8s_flower_has_basic_auth_and_is_fenced_in():
     policies = [p for p in objects("NetworkPolicy")
                 if p["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()
                 and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
-    assert policies, "a NetworkPolicy must restrict ingress to Flower (its /metrics is unauthenticated)"
+    assert policies, "a NetworkPolicy must restrict ingress to Flower (its /healthcheck answers anyone)"
 
 
 def test_k8s_exporter_is_annotated_for_prometheus():

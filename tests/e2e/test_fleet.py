@@ -78,12 +78,23 @@ def test_three_workers_share_one_queue_and_every_view_lists_them(
     assert image_ids[0] in tasks[image_ids[0]]["kwargs"]  # the job id is visible in Flower
 
 
-def test_flower_requires_its_password_except_on_metrics(flower):
+def test_flower_requires_its_password_on_every_page_metrics_included(flower):
+    """Flower itself leaves /metrics open under basic auth; segq's Flower app closes it."""
+    for path in ("/api/workers", "/metrics"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{flower.url}{path}", timeout=10)
+        assert err.value.code == 401, path
+    wrong = urllib.request.Request(f"{flower.url}/metrics",
+                                   headers={"Authorization": "Basic " + base64.b64encode(b"admin:wrong").decode()})
     with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(f"{flower.url}/api/workers", timeout=10)
+        urllib.request.urlopen(wrong, timeout=10)
     assert err.value.code == 401
-    # What the docs warn about: /metrics answers anyone, so Flower must stay behind the proxy.
-    assert urllib.request.urlopen(f"{flower.url}/metrics", timeout=10).status == 200
+    right = urllib.request.Request(f"{flower.url}/metrics",
+                                   headers={"Authorization": "Basic " + base64.b64encode(b"admin:s3cret").decode()})
+    body = urllib.request.urlopen(right, timeout=10).read().decode()
+    assert "flower_events_total" in body or "flower_worker_online" in body
+    # the probe page stays open and says nothing
+    assert urllib.request.urlopen(f"{flower.url}/healthcheck", timeout=10).read() == b"OK"
 
 
 def test_a_joining_worker_takes_work_and_a_sigtermed_one_finishes_its_chunk(

@@ -175,3 +175,34 @@ def test_the_cli_refuses_forbidden_s3_keys_text_named_as_images_and_symlinks_out
     [job_id] = result.stdout.split()
     assert redis_client.zcard("segq:jobs") == before + 1
     assert client.status(job_id).source.endswith("a.png")
+
+
+def test_the_local_stack_asks_for_credentials_on_every_port_flower_included(tmp_path):
+    """`segq up` / `segq demo`'s stack (without its worker here): Redis, S3 and Flower (every page,
+    /metrics included) refuse anonymous clients; the credentials are in the owner-only env file."""
+    import base64
+    import stat
+    import urllib.error
+    import urllib.request
+
+    import redis
+
+    from producer.stack import LocalStack
+
+    with LocalStack(tmp_path / "stack", worker=False) as stack:
+        env_file = stack.env_file
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+        auth = stack.env()["FLOWER_BASIC_AUTH"]
+        assert f"FLOWER_BASIC_AUTH={auth}" in env_file.read_text() and len(auth.split(":", 1)[1]) >= 16
+        for path in ("/", "/api/workers", "/metrics"):
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(f"{stack.flower.url}{path}", timeout=10)
+            assert info.value.code == 401, path
+        req = urllib.request.Request(f"{stack.flower.url}/metrics",
+                                     headers={"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()})
+        assert urllib.request.urlopen(req, timeout=10).status == 200
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host=stack.redis.host, port=stack.redis.port).ping()
+        anonymous = http.client.HTTPConnection(stack.s3.host, stack.s3.ports["s3"], timeout=10)
+        anonymous.request("GET", f"/{stack.s3.bucket}/")
+        assert anonymous.getresponse().status == 403
