@@ -40,7 +40,11 @@ def guard_metrics() -> bool:
         from flower.views import monitor
     except ImportError:
         return False
-    get = monitor.Metrics.get
+    try:
+        get = monitor.Metrics.get
+    except AttributeError:  # fail closed: no Flower with an open /metrics (and not a confusing "no app")
+        raise RuntimeError("this Flower version has no flower.views.monitor.Metrics handler: segq cannot "
+                           "guard its /metrics page; use a Flower version segq supports (2.x)") from None
     if not getattr(get, "_segq_guarded", False):
         guarded = tornado.web.authenticated(get)
         guarded._segq_guarded = True
