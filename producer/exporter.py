@@ -158,7 +158,6 @@ def backlog(settings: Settings, r: redis.Redis) -> dict:
 def app(settings: Settings, r: redis.Redis, auth: str | None = None):
     """The exporter's WSGI app: ``/metrics`` (Prometheus) and ``/backlog[?model=NAME]`` (JSON).
     ``auth`` (``user:password``, from ``SEGQ_EXPORTER_AUTH``): HTTP basic auth on every path."""
-    import base64
     import hmac
 
     from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -166,7 +165,7 @@ def app(settings: Settings, r: redis.Redis, auth: str | None = None):
     registry_ = CollectorRegistry()
     registry_.register(SegqCollector(settings, r))
     metrics = make_wsgi_app(registry_)
-    expected = "Basic " + base64.b64encode(auth.encode()).decode() if auth else None
+    expected = basic_authorization(auth) if auth else None
 
     def route(environ, start_response):
         if expected and not hmac.compare_digest(environ.get("HTTP_AUTHORIZATION", ""), expected):
@@ -189,7 +188,9 @@ def app(settings: Settings, r: redis.Redis, auth: str | None = None):
     return route
 
 
-def serve(settings: Settings, address: str, port: int) -> None:
+def serve(settings: Settings, address: str, port: int, auth: str | None = None) -> None:
+    """Serve :func:`app` until killed; ``auth``: see :func:`app` (the CLI reads it from
+    ``SEGQ_EXPORTER_AUTH`` and checks it with :func:`exposure_error` first)."""
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -201,7 +202,6 @@ def serve(settings: Settings, address: str, port: int) -> None:
             pass
 
     r = redis_client(settings.redis_url)
-    auth = os.environ.get(AUTH_VARIABLE) or None
     make_server(address, port, app(settings, r, auth), server_class=Server, handler_class=Quiet).serve_forever()
 
 
@@ -210,14 +210,22 @@ def serve(settings: Settings, address: str, port: int) -> None:
 AUTH_VARIABLE = "SEGQ_EXPORTER_AUTH"
 
 
+def basic_authorization(auth: str) -> str:
+    """The ``Authorization`` header value of HTTP basic auth for ``user:password``."""
+    import base64
+
+    return "Basic " + base64.b64encode(auth.encode()).decode()
+
+
 def exposure_error(address: str, auth: str | None) -> str | None:
     """Why the exporter must not serve on ``address`` (None: it may): every address but the
     loopback needs credentials, and credentials must be ``user:password``."""
     import ipaddress
 
-    if auth is not None and (":" not in auth or not auth.split(":", 1)[0] or not auth.split(":", 1)[1]):
-        return f"{AUTH_VARIABLE} must be user:password (a non-empty user and password)"
-    if auth:
+    if auth is not None:
+        user, _, password = auth.partition(":")
+        if not (user and password):
+            return f"{AUTH_VARIABLE} must be user:password (a non-empty user and password)"
         return None
     try:
         loopback = ipaddress.ip_address(address).is_loopback
@@ -233,7 +241,6 @@ def probe(address: str, port: int, timeout: float = 5.0) -> tuple[bool, str]:
     """Whether an exporter serving at ``address:port`` answers ``/metrics`` (a container's health
     check): with the credentials of ``SEGQ_EXPORTER_AUTH`` from the environment, so that a probe
     never carries the secret on its command line. ``0.0.0.0`` and ``::`` probe the loopback."""
-    import base64
     import urllib.error
     import urllib.request
 
@@ -242,7 +249,7 @@ def probe(address: str, port: int, timeout: float = 5.0) -> tuple[bool, str]:
     headers = {}
     auth = os.environ.get(AUTH_VARIABLE)
     if auth:
-        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+        headers["Authorization"] = basic_authorization(auth)
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
             resp.read()

@@ -174,14 +174,15 @@ class Service:
                     self.port = free_port()
                 return set() if chosen else {self.port}
 
-        for attempt in range(attempts):
+        for _ in range(attempts - 1):
             picked = pick()
             try:
                 return launch()
             except ServiceUnavailable:
-                if attempt == attempts - 1 or self.taken_port() not in picked:
+                if self.taken_port() not in picked:
                     raise
-        raise AssertionError("unreachable")
+        pick()
+        return launch()
 
     def stop(self, timeout: float = 20.0, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None:

@@ -194,7 +194,7 @@ def exporter(address, port, probe):
         sys.exit(2)
     err.print(display.plain(f"serving metrics on http://{address}:{port}/metrics"
                             + ("" if auth else " (no credentials: loopback only)")))
-    serve(Settings.from_env(), address, port)
+    serve(Settings.from_env(), address, port, auth)
 
 
 COMMANDS = (workers, queues, dead_letters, health, exporter)
