@@ -515,7 +515,7 @@ class Servers:
 class LocalStack:
     """Redis + SeaweedFS S3 + one segq worker + Flower, all on loopback, data under ``data_dir``.
 
-    Every server asks for credentials: Redis a generated password, S3 a generated key pair,
+    Its Redis, S3 and Flower ask for credentials: Redis a generated password, S3 a generated key pair,
     Flower basic auth (``flower_auth`` ``user:password``; None: ``admin`` with a generated
     password; ``""``: none, Flower open to every local user), all in the owner-only env file."""
 

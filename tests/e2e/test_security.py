@@ -177,7 +177,7 @@ def test_the_cli_refuses_forbidden_s3_keys_text_named_as_images_and_symlinks_out
     assert client.status(job_id).source.endswith("a.png")
 
 
-def test_the_local_stack_asks_for_credentials_on_every_port_flower_included(tmp_path):
+def test_the_local_stack_asks_for_credentials_on_redis_s3_and_every_flower_page(tmp_path):
     """`segq up` / `segq demo`'s stack (without its worker here): Redis, S3 and Flower (every page,
     /metrics included) refuse anonymous clients; the credentials are in the owner-only env file."""
     import base64
