@@ -23,26 +23,28 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import redis
 
-from segq import defaults, layout, manifest, messages, registry
-from segq.batches import BatchRecord, BatchStore
+from segq import defaults, keys, layout, manifest, messages, registry
+from segq.batches import BatchRecord, BatchStore, shard_of
 from segq.broker import make_celery
 from segq.errors import InputError, JobNotFound, ServiceUnavailable, UsageError, WaitTimeout
 from segq.jobs import JobRecord, JobStore
 from segq.protocol import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_FRAMES,
-    SEGMENT_IMAGE,
     SPLIT_VIDEO,
     PayloadError,
     check_video_options,
     model_queue,
+    parse_image_id,
+    shard_task_id,
     valid_batch_name,
     valid_job_id,
 )
 from segq.connections import redis_client
 from segq.scheduler import Scheduler, entry
 from segq.settings import Settings
-from segq.states import RETRYABLE_STATES, JobState, Priority
+from segq.shards import ShardImage, ShardSpec, ShardState, ShardStore
+from segq.states import RETRYABLE_STATES, JobKind, JobState, Priority
 from segq.storage import Storage
 
 from producer.display import redact, safe
@@ -53,6 +55,56 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[list[JobRecord]], None]
 BatchProgressFn = Callable[[list[BatchRecord]], None]
+
+
+class ImageWatch:
+    """Images waited on, followed through their shards: a poll reads the states of the shards
+    that decide them (one HMGET per batch); an image whose shard ended is read from S3 once."""
+
+    def __init__(self, shards: ShardStore):
+        self.shards = shards
+        self.where: dict[str, tuple[str, int, int]] = {}  # image id -> batch, first shard, position
+        self.final: dict[str, JobRecord] = {}
+
+    def add(self, job_id: str, batch: str, first: int, pos: int) -> None:
+        self.where[job_id] = (batch, first, pos)
+
+    def has(self, job_id: str) -> bool:
+        return job_id in self.where
+
+    def read(self) -> dict[str, JobRecord]:
+        waiting = [i for i in self.where if i not in self.final]
+        by_batch: dict[str, set[int]] = {}
+        for job_id in waiting:
+            batch, first, _ = self.where[job_id]
+            by_batch.setdefault(batch, set()).add(first)
+        states: dict[tuple[str, int], ShardState | None] = {}
+        for batch, firsts in by_batch.items():
+            firsts = sorted(firsts)
+            states.update(zip([(batch, k) for k in firsts], self.shards.states(batch, firsts)))
+        out = dict(self.final)
+        ended: set[tuple[str, int]] = set()
+        for job_id in waiting:
+            batch, first, pos = self.where[job_id]
+            state = states.get((batch, first))
+            if state is None:
+                continue
+            k = state.deciding(first, pos)
+            decider = state if k == first else self.shards.state(batch, k)
+            if decider is not None and decider.ended:
+                ended.add((batch, first))
+            else:
+                running = decider is not None and decider.s == "r"
+                out[job_id] = JobRecord(id=job_id, kind=JobKind.IMAGE.value, task="", model="", input="",
+                                        state=(JobState.RUNNING if running else JobState.QUEUED).value,
+                                        batch=batch, shard=k)
+        for batch, first in ended:
+            for record in self.shards.records(batch, first):
+                if record.id in self.where:
+                    out[record.id] = record
+                    if record.final:
+                        self.final[record.id] = record
+        return out
 
 
 def kind_of_ref(ref: str) -> str:
@@ -72,6 +124,7 @@ class Client:
         self.storage = Storage(self.settings)
         self.records = JobStore(self.r, self.settings.job_ttl_seconds, on_batch_finished=self.batch_finished)
         self.batches = BatchStore(self.r, self.settings.job_ttl_seconds)
+        self.shards = ShardStore(self.r, self.storage, self.settings.job_ttl_seconds)
         self.scheduler = Scheduler(self.r)
         self.celery = make_celery(self.settings, name="segq-producer")
 
@@ -146,7 +199,7 @@ class Client:
     def batch_finished(self, name: str) -> None:
         """A move of ours finished batch ``name``: write its manifest."""
         try:
-            manifest.write(self.batches, self.records, self.storage, name)
+            manifest.write(self.batches, self.records, self.shards, self.storage, name)
         except (ServiceUnavailable, redis.RedisError) as exc:
             log.warning("batch %s finished; its manifest could not be written now (segq get writes it): %s",
                         name, exc)
@@ -157,10 +210,17 @@ class Client:
             self.r.ping()
 
     def status(self, job_id: str) -> JobRecord:
+        """A video job's record, or an image's (from its shard's state and results,
+        ``segq.shards``)."""
         if not valid_job_id(job_id):
             raise JobNotFound(f"{safe(job_id)}: not a job id (16 hex digits)")
         with self._redis():
-            return self.records.get(job_id)
+            if parse_image_id(job_id) is None:
+                return self.records.get(job_id)
+            record = self.shards.record(job_id)
+        if record is None:
+            raise JobNotFound(f"no job {job_id!r} (unknown id, or its batch expired)")
+        return record
 
     def batch(self, name: str) -> BatchRecord:
         if not valid_batch_name(name):
@@ -169,19 +229,45 @@ class Client:
             return self.batches.get(name)
 
     def jobs(self, limit: int = 20) -> list[JobRecord]:
+        """The most recent jobs, newest first: the latest items of the latest batches (a video
+        job, or a shard's images)."""
+        out: list[JobRecord] = []
         with self._redis():
-            return self.records.recent(limit)
+            for batch in self.batches.recent(limit):
+                meta = (batch.task, batch.model, batch.priority)
+                items = self.r.lrange(keys.batch_jobs(batch.name), -limit, -1)
+                for item in reversed(items):
+                    shard = shard_of(item)
+                    if shard is None:
+                        record = self.records.get_many([item])[0]
+                        found = [record] if record else []
+                    else:
+                        found = list(reversed(self.shards.records(batch.name, shard, meta)))
+                    out += found[:limit - len(out)]
+                    if len(out) >= limit:
+                        return out
+        return out
 
     def recent_batches(self, limit: int = 20) -> list[BatchRecord]:
         with self._redis():
             return self.batches.recent(limit)
 
     def batch_jobs(self, name: str) -> Iterator[JobRecord]:
-        """Every job record of a batch, in submission order, a page at a time."""
-        self.batch(name)
+        """Every job of a batch, in submission order: its video jobs' records and its images (a
+        shard at a time, from S3), a page at a time."""
+        batch = self.batch(name)
+        meta = (batch.task, batch.model, batch.priority)
         with self._redis():
-            for ids in self.batches.job_ids(name):
-                yield from (r for r in self.records.get_many(ids) if r is not None)
+            for items in self.batches.items(name):
+                videos = [i for i in items if shard_of(i) is None]
+                records = dict(zip(videos, self.records.get_many(videos)))
+                for item in items:
+                    shard = shard_of(item)
+                    if shard is None:
+                        if records[item] is not None:
+                            yield records[item]
+                    else:
+                        yield from self.shards.records(name, shard, meta)
 
     def urls(self, record: JobRecord) -> dict[str, str]:
         """Presigned, time-limited download URLs of a job's outputs."""
@@ -191,10 +277,13 @@ class Client:
         }
 
     def flower_links(self, record: JobRecord) -> dict[str, str]:
-        """Flower pages of a job's Celery tasks (task ids are derived from the job id)."""
+        """Flower pages of a job's Celery tasks (task ids are derived from the job id; an image's
+        task is its shard's)."""
         if not self.settings.flower_url:
             return {}
         base = self.settings.flower_url
+        if record.shard is not None:
+            return {"flower task": f"{base}/task/{shard_task_id(record.batch, record.shard)}"}
         links = {"flower task": f"{base}/task/{record.id}"}
         if record.is_video:
             links["flower chunks"] = f"{base}/tasks?search={record.id}"
@@ -216,71 +305,167 @@ class Client:
         return rec is None or not rec.live
 
     # -- cancel / retry --------------------------------------------------------------------
-    def _job_ids(self, refs: Iterable[str]) -> Iterator[str]:
-        """Job ids of ``refs``: job ids as they are, batches expanded (a page at a time)."""
-        for ref in refs:
-            if kind_of_ref(ref) == "job":
-                yield ref
-            else:
-                self.batch(ref)
-                with self._redis():
-                    for ids in self.batches.job_ids(ref):
-                        yield from ids
+    def _image(self, job_id: str) -> tuple[str, int, int, ShardState]:
+        """An image's batch, first shard, position and that shard's state (JobNotFound)."""
+        ref = parse_image_id(job_id)
+        with self._redis():
+            batch = self.shards.batch_of(ref.namespace) if ref else None
+            state = self.shards.state(batch, ref.shard) if batch else None
+        if state is None or state.of is not None or ref.position >= state.n:
+            raise JobNotFound(f"no job {job_id!r} (unknown id, or its batch expired)")
+        return batch, ref.shard, ref.position, state
 
-    def cancel(self, refs: Iterable[str]) -> list[tuple[JobRecord, str]]:
-        """Cancel jobs (ids, or every job of a named batch): queued tasks are skipped (a batch's
-        unreleased ones dropped), a running video stops after its current batch, no assembly runs,
-        partial outputs are removed. Idempotent. Returns ``(record, outcome)`` per job:
-        ``canceled`` now, ``already canceled``, or ``already <state>`` (nothing to cancel)."""
-        refs = list(refs)
+    def cancel(self, refs: Iterable[str]) -> list[tuple[JobRecord | BatchRecord, str]]:
+        """Cancel jobs, images or whole batches. A batch: its pending work is dropped at once (its
+        queued images canceled), its running shards stop within a second (their unfinished images
+        canceled), its videos are canceled; one ``(batch, outcome)``. A video job: queued tasks are
+        skipped, a running video stops after its current batch of frames, no assembly runs, partial
+        outputs are removed. An image: canceled if its shard has not begun it (a running shard
+        skips it unless it is done first). Idempotent. Returns ``(record, outcome)`` per id:
+        ``canceled``, ``canceling ...``, ``already canceled`` or ``already <state>``."""
+        out: list = []
         for ref in refs:
             if kind_of_ref(ref) == "batch":
-                self.batch(ref)
-                with self._redis():
-                    self.batches.drop_pending(ref)
-        out = []
-        for job_id in self._job_ids(refs):
-            record = self.status(job_id)
-            with self._redis():
-                moved = self.records.cancel(job_id)
-            if moved:
-                if record.state != JobState.QUEUED:  # a queued job wrote nothing yet
-                    self.storage.delete_job_files(job_id)
-                outcome = "canceled"
+                out.append(self._cancel_batch(ref))
+            elif parse_image_id(ref) is not None:
+                out.append(self._cancel_image(ref))
             else:
-                outcome = f"already {record.state}"
-            out.append((self.status(job_id), outcome))
+                out.append(self._cancel_video(ref))
         return out
 
-    def retry(self, refs: Iterable[str]) -> list[tuple[JobRecord, str]]:
-        """Run failed or canceled jobs (ids, or those of a named batch) again from their stored
-        input, with a new attempt number. Returns ``(record, outcome)``: ``retry N`` or
-        ``not retried: <why>``."""
-        out = []
-        for job_id in self._job_ids(refs):
-            record = self.status(job_id)
-            if not record.batch:
-                out.append((record, "not retried: it has no batch (submitted by an older segq)"))
-                continue
-            if record.state not in RETRYABLE_STATES:
-                out.append((record, f"not retried: it is {record.state}"))
-                continue
-            n = record.run + 1
-            payload = record.request()
-            payload = type(payload)(**{**payload.to_message(), "run": n})
-            name = SPLIT_VIDEO if record.is_video else SEGMENT_IMAGE
-            message = messages.build(self.celery, name, payload.to_message(), payload.task_id,
-                                     model_queue(record.model))
-            with self._redis():
-                done = self.records.reset_for_retry(job_id, n, entry(message))
-            if done <= 0:
-                out.append((record, f"not retried: it is {self.status(job_id).state}"))
-                continue
-            self.storage.delete_job_files(job_id)
-            with self._redis():
-                self.scheduler.dispatch(record.model)
-            out.append((self.status(job_id), f"retry {n}"))
+    def _cancel_batch(self, name: str) -> tuple[BatchRecord, str]:
+        self.batch(name)
+        with self._redis():
+            _dropped, ended = self.shards.cancel_batch(name)
+        videos = 0
+        with self._redis():
+            video_ids = [i for items in self.batches.items(name) for i in items if shard_of(i) is None]
+        for job_id in video_ids:
+            if self._cancel_video(job_id)[1] == "canceled":
+                videos += 1
+        batch = self.batch(name)
+        parts = [f"{ended} queued shard(s) ended"] + [f"{videos} video(s) canceled"] * bool(videos)
+        if batch.running:
+            parts.append(f"{batch.running} running image(s) stop within a second")
+        return batch, "canceled: " + ", ".join(parts)
+
+    def _cancel_video(self, job_id: str) -> tuple[JobRecord, str]:
+        record = self.status(job_id)
+        with self._redis():
+            moved = self.records.cancel(job_id)
+        if moved:
+            if record.state != JobState.QUEUED:  # a queued job wrote nothing yet
+                self.storage.delete_job_files(job_id)
+            outcome = "canceled"
+        else:
+            outcome = f"already {record.state}"
+        return self.status(job_id), outcome
+
+    def _cancel_image(self, job_id: str) -> tuple[JobRecord, str]:
+        batch, first, pos, state = self._image(job_id)
+        with self._redis():
+            code = self.shards.cancel_image(batch, state.deciding(first, pos), pos)
+        record = self.status(job_id)
+        outcome = {1: "canceled", 3: "already canceled",
+                   2: "canceling: its shard is running and skips it, unless the image is done first"}.get(
+            code, f"already {record.state}")
+        return record, outcome
+
+    def retry(self, refs: Iterable[str]) -> list[tuple[JobRecord | BatchRecord, str]]:
+        """Run failed or canceled work again: a batch's failed and canceled images (in new shards,
+        one per shard that had any) and videos, one ``(batch, outcome)``; an image or a video job
+        by id, ``(record, outcome)``: ``retry ...`` or ``not retried: <why>``."""
+        out: list = []
+        for ref in refs:
+            if kind_of_ref(ref) == "batch":
+                out.append(self._retry_batch(ref))
+            elif parse_image_id(ref) is not None:
+                batch, first, pos, _state = self._image(ref)
+                outcome = self._retry_shard(batch, first, {pos})
+                record = self.status(ref)
+                out.append((record, f"retry in shard {outcome}" if isinstance(outcome, int)
+                            else f"not retried: {outcome or 'it is ' + record.state}"))
+            else:
+                out.append(self._retry_video(ref))
         return out
+
+    def _retry_shard(self, batch: str, first: int, only: set[int] | None = None) -> int | str | None:
+        """A new shard running the failed and canceled images of first shard ``first`` (those at
+        ``only``, when given): its number; else why not (None: nothing failed or canceled)."""
+        with self._redis():
+            state = self.shards.state(batch, first)
+            if state is None:
+                return "its batch expired"
+            latest = self.shards.latest(batch, first, state)
+        again = [line for line in latest if line.state in RETRYABLE_STATES and (only is None or line.pos in only)]
+        if not again:
+            return None
+        if not state.ended or any(st is not None and not st.ended
+                                  for st in self.shards.states(batch, [k for k, _ in state.r])):
+            return "its shard, or a retry of it, is still running"
+        with self._redis():
+            new = self.shards.next_index(batch)
+        model = self.r.hget(keys.batch(batch), "model")
+        task = self.r.hget(keys.batch(batch), "task")
+        images = [ShardImage(line.job, line.pos, line.source, line.input) for line in again]
+        self.shards.write_spec(ShardSpec(batch, new, task, model, images, created_at=time.time(), of=first))
+        failed = sum(line.state == JobState.FAILED for line in again)
+        with self._redis():
+            if not self.shards.add_retry(batch, first, new, [i.pos for i in images], failed, len(again) - failed):
+                return "a retry of it was started meanwhile"
+            self.scheduler.dispatch(model)
+        for line in again:  # its outputs go: the retry writes them again
+            self.storage.delete_job_files(line.job)
+        return new
+
+    def _retry_batch(self, name: str) -> tuple[BatchRecord, str]:
+        batch = self.batch(name)
+        images = shards = videos = 0
+        with self._redis():
+            numbers = list(range(batch.shards))
+        for start in range(0, len(numbers), 1000):
+            page = numbers[start:start + 1000]
+            with self._redis():
+                states = self.shards.states(name, page)
+            for k, st in zip(page, states):
+                if st is None or st.of is not None:
+                    continue
+                chain = [st] + self.shards.states(name, [r for r, _ in st.r]) if st.r else [st]
+                if not any(c is not None and (c.f or c.c or not c.ended) for c in chain):
+                    continue  # nothing failed or canceled, and nothing to wait for
+                new = self._retry_shard(name, k)
+                if isinstance(new, int):
+                    shards += 1
+                    images += self.shards.state(name, new).n
+        with self._redis():
+            video_ids = [i for items in self.batches.items(name) for i in items if shard_of(i) is None]
+        for job_id in video_ids:
+            if self.status(job_id).state in RETRYABLE_STATES and self._retry_video(job_id)[1].startswith("retry"):
+                videos += 1
+        if not (images or videos):
+            return self.batch(name), "nothing to retry"
+        parts = [f"{images} image(s) in {shards} new shard(s)"] * bool(images) + [f"{videos} video(s)"] * bool(videos)
+        return self.batch(name), "retry: " + ", ".join(parts)
+
+    def _retry_video(self, job_id: str) -> tuple[JobRecord, str]:
+        record = self.status(job_id)
+        if not record.batch:
+            return record, "not retried: it has no batch (submitted by an older segq)"
+        if record.state not in RETRYABLE_STATES:
+            return record, f"not retried: it is {record.state}"
+        n = record.run + 1
+        payload = record.request()
+        payload = type(payload)(**{**payload.to_message(), "run": n})
+        message = messages.build(self.celery, SPLIT_VIDEO, payload.to_message(), payload.task_id,
+                                 model_queue(record.model))
+        with self._redis():
+            done = self.records.reset_for_retry(job_id, n, entry(message))
+        if done <= 0:
+            return record, f"not retried: it is {self.status(job_id).state}"
+        self.storage.delete_job_files(job_id)
+        with self._redis():
+            self.scheduler.dispatch(record.model)
+        return self.status(job_id), f"retry {n}"
 
     # -- wait ----------------------------------------------------------------------------
     def _poll(self, read, done, timeout: float | None, poll: float, on_progress, pending_of):
@@ -308,17 +493,27 @@ class Client:
 
     def wait(self, job_ids: Iterable[str], timeout: float | None = None, on_progress: ProgressFn | None = None,
              poll: float = defaults.POLL_SECONDS) -> list[JobRecord]:
-        """Block until every job is final. Raises WaitTimeout after ``timeout`` s."""
+        """Block until every job is final. Raises WaitTimeout after ``timeout`` s. An image is
+        followed through its shard's state (one read per shard a poll); its full record is read
+        from S3 once its shard ended."""
         ids = list(job_ids)
+        images = ImageWatch(self.shards)
         for job_id in ids:
-            self.status(job_id)  # JobNotFound early
+            if parse_image_id(job_id) is not None:
+                images.add(job_id, *self._image(job_id)[:3])
+            else:
+                self.status(job_id)  # JobNotFound early
 
         def read():
-            return [r for r in self.records.get_many(ids) if r is not None]
+            videos = [i for i in ids if not images.has(i)]
+            found = dict(zip(videos, self.records.get_many(videos)))
+            found.update(images.read())
+            return [found[i] for i in ids if found.get(i) is not None]
 
         return self._poll(read, lambda rs: len(rs) == len(ids) and all(r.final for r in rs), timeout, poll,
                           on_progress, lambda rs: ", ".join(r.id for r in rs if not r.final))
 
+    # -- get -----------------------------------------------------------------------------
     def wait_batch(self, names: Iterable[str], timeout: float | None = None,
                    on_progress: BatchProgressFn | None = None, poll: float = defaults.POLL_SECONDS
                    ) -> list[BatchRecord]:
@@ -355,7 +550,7 @@ class Client:
         root = Path(out_dir) / name
         key = layout.manifest_key(name)
         if batch.manifest_at is None:  # whoever finished the batch could not write it
-            manifest.write(self.batches, self.records, self.storage, name)
+            manifest.write(self.batches, self.records, self.shards, self.storage, name)
         self.storage.download(key, root / layout.MANIFEST)
         lock = threading.Lock()
         counts = {"done": 0, "known": 0, "skipped": 0}

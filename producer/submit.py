@@ -1,22 +1,35 @@
-"""Submitting a batch: inputs streamed in, uploaded in parallel, jobs created and queued in groups.
+"""Submitting a batch: inputs streamed in, uploaded in parallel, images added in shards.
 
 ``segq submit`` of a folder of 100,000 images must neither hold them all in memory, nor upload
-them one at a time, nor start over after a crash. So a submission:
+them one at a time, nor start over after a crash, nor cost Redis a record per image. So a
+submission:
 
-1. opens its batch (``segq.batches``): new, or the same name again (a resubmission);
-2. reads the inputs lazily (``producer.inputs.iter_inputs``), a window at a time, and asks the
-   batch which of them it already holds (by identity): those are skipped, and said so;
-3. uploads the local files of the rest with ``threads`` threads (one PUT each for files up to
-   8 MiB), at most a few windows ahead;
-4. creates the jobs, in input order, in groups of ``group``: their records, their place in the
-   batch and their first tasks' messages, each group in one Lua script (``submit.lua``), and
-   releases work to the workers after each group (``segq.scheduler``), so the fleet starts while
+1. opens its batch (``segq.batches``): new, or the same name again (a resubmission), and takes
+   its submission lock (one submission adds to a batch at a time); a resubmission reads the
+   identities of the images the batch holds from its shards' lists (``producer.identities``);
+2. reads the inputs lazily (``producer.inputs.iter_inputs``), a window at a time, and skips
+   those the batch already holds (by identity: images from that index, videos from the batch's
+   hash of video inputs), and says so;
+3. gives each new image its place: the next position of the shard being filled (its id follows:
+   ``segq.protocol.image_id``), and uploads the local files with ``threads`` threads (one PUT
+   each for files up to 8 MiB), at most a few windows ahead;
+4. adds each shard once its images are uploaded: its list to S3, then its state, counters and
+   release in one Lua call (``segq.shards``); videos are created as jobs, ``group`` per Lua call
+   (``submit.lua``); work is released to the workers as it is added, so the fleet starts while
    the submission goes on;
-5. seals the batch at the end: from then on it finishes when its last job ends.
+5. seals the batch at the end: from then on it finishes when its last image or video ends.
 
-A submission killed halfway leaves a batch that holds what was created; running the same
-command again submits only the rest. An upload of an input that turns out to be held already
-(the same file named twice) is deleted again.
+**Shard sizes.** A shard is a few seconds of work: ``SEGQ_SHARD_SECONDS`` (4) at the fleet's
+measured speed for the model (its images' mean seconds of work per image, from the stage
+histograms the workers keep), at most ``SEGQ_SHARD_MAX_IMAGES`` (256); before anything was
+measured, 40 images. A batch's turn on the fleet is one shard, so an image submitted behind a
+dataset waits for about one shard per worker slot, not for the dataset. A submission's first
+shards are smaller, 1, 2, 4, ... images doubling up to that size, so that a small batch still
+spreads over several workers and its first results come back at once; a shard that has waited
+``OPEN_SECONDS`` for more inputs (a slow listing) is added as it is.
+
+A submission killed halfway leaves a batch that holds what was added; running the same command
+again submits only the rest (a shard number taken and never added leaves a gap, nothing else).
 """
 
 from __future__ import annotations
@@ -24,29 +37,40 @@ from __future__ import annotations
 import collections
 import logging
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import redis
 
-from segq import layout, limits, messages
+from segq import keys, layout, limits, messages, metrics
 from segq.batches import BatchStore, NewJob, check_name, new_batch_name
 from segq.errors import InputError, SegqError, ServiceUnavailable
-from segq.jobs import JobRecord, new_job_id
-from segq.protocol import SEGMENT_IMAGE, SPLIT_VIDEO, ImageJob, VideoJob, model_queue
-from segq.scheduler import Scheduler, entry, slots
-from segq.states import JobKind, Priority
+from segq.jobs import STAGES, JobRecord
+from segq.protocol import (
+    MAX_SHARD_IMAGES, SEGMENT_SHARD, SPLIT_VIDEO, ShardJob, VideoJob, image_id, model_queue, new_job_id,
+)
+from segq.scheduler import Scheduler, entry
+from segq.shards import ShardImage, ShardSpec, ShardStore
+from segq.states import JobKind, JobState, Priority
 from segq.storage import S3Object
 
+from producer.identities import IdentityIndex, load as load_identities
 from producer.inputs import Input, Refused
 
 log = logging.getLogger(__name__)
 
-#: Upload threads, inputs looked up in the batch at once, jobs created per Lua call.
+#: Upload threads, inputs looked up in the batch at once, video jobs created per Lua call.
 THREADS = 8
 WINDOW = 256
 GROUP = 64
+#: Seconds of work per image assumed before the fleet has measured any (a shard: 40 images).
+DEFAULT_IMAGE_SECONDS = 0.1
+#: A shard that has waited this long for more inputs is added as it is.
+OPEN_SECONDS = 2.0
+#: Seconds between renewals of the submission's lock on its batch.
+RENEW_SECONDS = 10.0
 
 
 @dataclass
@@ -60,11 +84,40 @@ class SubmitReport:
     refused: list[Refused] = field(default_factory=list)
     seconds: float = 0.0
     finished: bool = False  # the batch was finished at the end (e.g. nothing new to do)
+    shards: int = 0  # shards added
 
     def to_dict(self) -> dict:
         return {"batch": self.batch, "created": self.created, "submitted": self.submitted, "skipped": self.skipped,
                 "refused": [{"input": r.display, "reason": r.reason} for r in self.refused],
-                "seconds": round(self.seconds, 3)}
+                "shards": self.shards, "seconds": round(self.seconds, 3)}
+
+
+def seconds_per_image(r: redis.Redis, model: str) -> float | None:
+    """The fleet's measured seconds of work per image of ``model``: the sum of the mean seconds of
+    each stage, from the workers' histograms (None before any were counted)."""
+    fields = [f"{metrics.STAGE}|{model}|{stage}|{part}" for stage in STAGES for part in ("sum", "count")]
+    values = r.hmget(keys.HISTOGRAMS, fields)
+    total = 0.0
+    for i in range(0, len(values), 2):
+        if values[i] and values[i + 1] and int(values[i + 1]) > 0:
+            total += float(values[i]) / int(values[i + 1])
+    return total or None
+
+
+def shard_size(per_image: float | None, seconds: float, most: int) -> int:
+    """Images per shard: ``seconds`` of work at ``per_image`` seconds each, from 1 to ``most``."""
+    return max(1, min(most, MAX_SHARD_IMAGES, round(seconds / (per_image or DEFAULT_IMAGE_SECONDS))))
+
+
+class Sizes:
+    """A submission's shard sizes: 1, 2, 4, ... doubling up to ``target``, then ``target``."""
+
+    def __init__(self, target: int):
+        self.target, self.size = target, 1
+
+    def next(self) -> int:
+        size, self.size = min(self.size, self.target), min(self.size * 2, self.target)
+        return size
 
 
 @dataclass
@@ -72,6 +125,17 @@ class _Item:
     input: Input
     job_id: str
     upload: Future | None = None
+    shard: "_Shard | None" = None
+
+
+@dataclass
+class _Shard:
+    index: int
+    size: int
+    opened: float = field(default_factory=time.monotonic)
+    items: list[_Item] = field(default_factory=list)  # assigned, in position order
+    ready: int = 0  # of them uploaded (settled in order)
+    closed: bool = False  # takes no more images
 
 
 class Submission:
@@ -87,52 +151,110 @@ class Submission:
         self.priority = Priority(priority).value
         self.video_options = video_options or {}
         self.threads, self.group, self.window = max(1, threads), max(1, group), max(1, window)
-        self.batches = BatchStore(client.records.r, self.settings.job_ttl_seconds)
-        self.scheduler = Scheduler(client.records.r)
+        r = client.records.r
+        self.batches = BatchStore(r, self.settings.job_ttl_seconds)
+        self.shards = ShardStore(r, client.storage, self.settings.job_ttl_seconds)
+        self.scheduler = Scheduler(r)
         self.queue = model_queue(model)
+        self.namespace = ""
+        self.token = ""  # of the batch's submission lock, while this submission holds it
 
-    # -- one job's record and message ------------------------------------------------------
-    def _new_job(self, item: Input, job_id: str) -> NewJob:
-        obj = item.s3 if item.s3 is not None else S3Object(self.settings.s3_bucket, layout.input_key(job_id, item.ext))
-        common = dict(job_id=job_id, task=self.task, model=self.model, input_bucket=obj.bucket, input_key=obj.key,
-                      batch=self.batch, priority=self.priority)
-        record = JobRecord(id=job_id, kind=item.kind, task=self.task, model=self.model, input=obj.uri,
-                           batch=self.batch, priority=self.priority, source=item.display, created_at=time.time())
-        if item.kind == JobKind.VIDEO:
-            payload = VideoJob(**common, **self.video_options)
-            record.chunk_frames, record.batch_size = payload.chunk_frames, payload.batch_size
-            record.annotate_fps = payload.annotate_fps
-            name = SPLIT_VIDEO
-        else:
-            payload, name = ImageJob(**common), SEGMENT_IMAGE
-        message = messages.build(self.client.celery, name, payload.to_message(), payload.task_id, self.queue)
+    # -- what goes to Redis and S3 ------------------------------------------------------------
+    def template(self) -> str:
+        """The batch's shard message, built ahead with the shard's number left out."""
+        payload = ShardJob(self.batch, messages.SLOT, self.task, self.model, self.priority)
+        return messages.template(self.client.celery, SEGMENT_SHARD, payload.to_message(),
+                                 f"shard:{self.batch}:{messages.SLOT}", self.queue)
+
+    def _object(self, item: Input, job_id: str) -> S3Object:
+        return item.s3 if item.s3 is not None else S3Object(self.settings.s3_bucket, layout.input_key(job_id, item.ext))
+
+    def _new_video(self, item: Input, job_id: str) -> NewJob:
+        obj = self._object(item, job_id)
+        payload = VideoJob(job_id=job_id, task=self.task, model=self.model, input_bucket=obj.bucket,
+                           input_key=obj.key, batch=self.batch, priority=self.priority, **self.video_options)
+        record = JobRecord(id=job_id, kind=JobKind.VIDEO.value, task=self.task, model=self.model, input=obj.uri,
+                           batch=self.batch, priority=self.priority, source=item.display, created_at=time.time(),
+                           chunk_frames=payload.chunk_frames, batch_size=payload.batch_size,
+                           annotate_fps=payload.annotate_fps)
+        message = messages.build(self.client.celery, SPLIT_VIDEO, payload.to_message(), payload.task_id, self.queue)
         return NewJob(job_id, item.identity, record.to_hash(), entry(message))
+
+    def _image_record(self, image: ShardImage, index: int, created: float) -> JobRecord:
+        return JobRecord(id=image.id, kind=JobKind.IMAGE.value, task=self.task, model=self.model, input=image.input,
+                         state=JobState.QUEUED.value, batch=self.batch, priority=self.priority, source=image.source,
+                         created_at=created, shard=index)
 
     def _upload(self, item: Input, job_id: str) -> None:
         self.client.storage.put_file(item.path, layout.input_key(job_id, item.ext))
+
+    def _identities(self, shards: int) -> IdentityIndex:
+        """The identities of the images the batch holds: every shard that joined it (a first
+        shard; a retry's images are its first shard's), from its list in S3."""
+        index = IdentityIndex()
+        joined = []
+        for start in range(0, shards, 1000):
+            numbers = list(range(start, min(shards, start + 1000)))
+            joined += [k for k, st in zip(numbers, self.shards.states(self.batch, numbers))
+                       if st is not None and st.of is None]
+
+        def read(k: int) -> list[tuple[str, int]]:
+            spec = self.shards.spec(self.batch, k)
+            return [(i.ident, k * MAX_SHARD_IMAGES + i.pos) for i in spec.images]
+
+        load_identities(index, joined, read)
+        return index
 
     # -- the whole submission ----------------------------------------------------------------
     def run(self, inputs: Iterable[Input], on_job: Callable[[JobRecord], None] | None = None,
             on_skip: Callable[[Input, str], None] | None = None,
             on_refused: Callable[[Refused], None] | None = None) -> SubmitReport:
         started = time.monotonic()
+        token = self.token = uuid.uuid4().hex
         try:
-            created, _ = self.batches.open(self.batch, self.task, self.model, self.priority)
+            opened = self.batches.open(self.batch, self.task, self.model, self.priority, self.template())
+            self.batches.lock(self.batch, token)
         except redis.RedisError as exc:
             raise self.client.redis_down(exc) from exc
-        report = SubmitReport(self.batch, created)
-        target = slots(self.client.records.r, self.model)
-        pending: collections.deque[_Item] = collections.deque()
-        group: list[tuple[_Item, NewJob]] = []
+        self.namespace = opened.namespace
+        report = SubmitReport(self.batch, opened.created)
+        try:
+            self._run(inputs, opened, report, on_job, on_skip, on_refused)
+            report.finished = self.batches.seal(self.batch)
+        except redis.RedisError as exc:
+            raise self._interrupted(report, self.client.redis_down(exc)) from exc
+        except SegqError as exc:
+            raise self._interrupted(report, exc) from exc
+        finally:
+            try:
+                self.batches.unlock(self.batch, token)
+            except redis.RedisError:
+                pass  # it runs out by itself
+        if report.finished:
+            self.client.batch_finished(self.batch)
+        self.scheduler.dispatch(self.model)
+        report.seconds = time.monotonic() - started
+        return report
 
-        def flush() -> None:
-            if not group:
+    def _run(self, inputs, opened, report: SubmitReport, on_job, on_skip, on_refused) -> None:
+        r = self.client.records.r
+        index = self._identities(opened.shards) if not opened.created and opened.shards else IdentityIndex()
+        sizes = Sizes(shard_size(seconds_per_image(r, self.model), self.settings.shard_seconds,
+                                 self.settings.shard_max_images))
+        pending: collections.deque[_Item] = collections.deque()
+        videos: list[tuple[_Item, NewJob]] = []
+        seen_videos: dict[str, str] = {}
+        current: list[_Shard | None] = [None]
+        renewed = [time.monotonic()]
+
+        def flush_videos() -> None:
+            if not videos:
                 return
-            skipped = self.batches.submit(self.batch, [job for _, job in group])
-            for position, (item, job) in enumerate(group):
-                if position in skipped:
+            skipped = self.batches.submit(self.batch, [job for _, job in videos])
+            for position, (item, job) in enumerate(videos):
+                if position in skipped:  # another submission's, after all
                     report.skipped += 1
-                    if item.input.path is not None:  # uploaded for nothing: the batch held it already
+                    if item.input.path is not None:
                         self._delete_upload(item)
                     if on_skip:
                         on_skip(item.input, skipped[position])
@@ -140,13 +262,27 @@ class Submission:
                 report.submitted += 1
                 if on_job:
                     on_job(JobRecord.from_hash(job.record))
-            group.clear()
-            self.scheduler.dispatch(self.model, target)
+            videos.clear()
+            self.scheduler.dispatch(self.model)
+
+        def add_shard(shard: _Shard) -> None:
+            now = time.time()
+            images = [ShardImage(i.job_id, pos, i.input.display, self._object(i.input, i.job_id).uri,
+                                 i.input.identity) for pos, i in enumerate(shard.items)]
+            self.shards.write_spec(ShardSpec(self.batch, shard.index, self.task, self.model, images, created_at=now))
+            self.shards.add(self.batch, shard.index, len(images))
+            report.shards += 1
+            report.submitted += len(images)
+            if on_job:
+                for image in images:
+                    on_job(self._image_record(image, shard.index, now))
+            self.scheduler.dispatch(self.model)
 
         def settle(keep: int | None) -> None:
-            """Create the jobs whose uploads are done, in input order, from the left; with ``keep``,
-            wait for uploads until at most ``keep`` items are outstanding (None: take only what
-            is ready)."""
+            """Take the items whose uploads are done, in input order, from the left; with ``keep``,
+            wait for uploads until at most ``keep`` items are outstanding (None: only what is
+            ready). An image counts towards its shard, added once closed and complete; a video
+            joins the next group of jobs."""
             while pending:
                 head = pending[0]
                 if not (head.upload is None or head.upload.done()) and (keep is None or len(pending) <= keep):
@@ -154,37 +290,73 @@ class Submission:
                 pending.popleft()
                 if head.upload is not None:
                     head.upload.result()  # an upload's error ends the submission here
-                group.append((head, self._new_job(head.input, head.job_id)))
-                if len(group) >= self.group:
-                    flush()
+                if head.shard is None:
+                    videos.append((head, self._new_video(head.input, head.job_id)))
+                    if len(videos) >= self.group:
+                        flush_videos()
+                    continue
+                head.shard.ready += 1
+                if head.shard.closed and head.shard.ready == len(head.shard.items):
+                    add_shard(head.shard)
 
-        try:
-            with ThreadPoolExecutor(self.threads, thread_name_prefix="segq-upload") as pool:
-                for window in _windows(inputs, self.window):
-                    window = self._admit(window, report, on_refused)
-                    holders = self.batches.holders(self.batch, [i.identity for i in window])
-                    for item, holder in zip(window, holders):
-                        if holder:
-                            report.skipped += 1
-                            if on_skip:
-                                on_skip(item, holder)
-                            continue
+        def close_current() -> None:
+            shard = current[0]
+            if shard is not None:
+                shard.closed = True
+                current[0] = None
+                if shard.ready == len(shard.items):
+                    add_shard(shard)
+
+        def place(item: Input) -> str:
+            """A new image's place: the next position of the shard being filled; its id."""
+            shard = current[0]
+            if shard is None:
+                shard = current[0] = _Shard(self.shards.next_index(self.batch), sizes.next())
+            job_id = image_id(self.namespace, shard.index, len(shard.items))
+            index.add(item.identity, shard.index * MAX_SHARD_IMAGES + len(shard.items))
+            return job_id
+
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="segq-upload") as pool:
+            for window in _windows(inputs, self.window):
+                if time.monotonic() - renewed[0] > RENEW_SECONDS:
+                    self.batches.renew_lock(self.batch, self.token)
+                    renewed[0] = time.monotonic()
+                window = self._admit(window, report, on_refused)
+                held_videos = self.batches.holders(self.batch, [i.identity for i in window
+                                                                if i.kind == JobKind.VIDEO])
+                held_videos = iter(held_videos)
+                for item in window:
+                    if item.kind == JobKind.VIDEO:
+                        holder = next(held_videos) or seen_videos.get(item.identity)
+                    else:
+                        found = index.get(item.identity)
+                        holder = None if found is None else image_id(
+                            self.namespace, found // MAX_SHARD_IMAGES, found % MAX_SHARD_IMAGES)
+                    if holder:
+                        report.skipped += 1
+                        if on_skip:
+                            on_skip(item, holder)
+                        continue
+                    if item.kind == JobKind.VIDEO:
                         job_id = new_job_id()
-                        upload = pool.submit(self._upload, item, job_id) if item.path is not None else None
-                        pending.append(_Item(item, job_id, upload))
-                        settle(keep=self.threads * 4)
-                settle(keep=0)
-                flush()
-            report.finished = self.batches.seal(self.batch)
-        except redis.RedisError as exc:
-            raise self._interrupted(report, self.client.redis_down(exc)) from exc
-        except SegqError as exc:
-            raise self._interrupted(report, exc) from exc
-        if report.finished:
-            self.client.batch_finished(self.batch)
-        self.scheduler.dispatch(self.model, target)
-        report.seconds = time.monotonic() - started
-        return report
+                        seen_videos[item.identity] = job_id
+                        shard = None
+                    else:
+                        job_id = place(item)
+                        shard = current[0]
+                    upload = pool.submit(self._upload, item, job_id) if item.path is not None else None
+                    queued = _Item(item, job_id, upload, shard)
+                    pending.append(queued)
+                    if shard is not None:
+                        shard.items.append(queued)
+                        if len(shard.items) >= shard.size:
+                            close_current()
+                    settle(keep=self.threads * 4)
+                if current[0] is not None and time.monotonic() - current[0].opened > OPEN_SECONDS:
+                    close_current()
+            close_current()
+            settle(keep=0)
+            flush_videos()
 
     def _admit(self, window: list[Input], report: SubmitReport, on_refused) -> list[Input]:
         """The inputs of a window that may be submitted; the others are refused with the reason."""
@@ -224,4 +396,3 @@ def _windows(items: Iterable[Input], size: int):
             window = []
     if window:
         yield window
-

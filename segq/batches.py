@@ -1,11 +1,13 @@
 """Batches: every ``segq submit`` is one, a handle on all its jobs.
 
 A batch (``segq:batch:<name>``) holds its task, model and priority, when it was created and when
-it finished, and one counter per job state plus the frames done and known, moved by the same Lua
-scripts that move its jobs (``segq.jobs``): ``segq status BATCH`` and ``segq wait BATCH`` read one
-hash, whatever the batch's size. Beside it: the list of its job ids (for the manifest, cancel and
-retry), the identities of its inputs (so that submitting the same inputs to the same batch again
-adds only the missing ones) and its pending messages (``segq.scheduler``).
+it finished, and one counter per job state (an image counts as one job) plus the frames done and
+known, moved by the same Lua scripts that move its shards and jobs (``segq.shards``,
+``segq.jobs``): ``segq status BATCH`` and ``segq wait BATCH`` read one hash, whatever the batch's
+size. Beside it: its items in submission order (video job ids and shard numbers: the manifest,
+cancel and retry), its shards' states, its video inputs' identities (its images' are in their
+shards' lists in S3; submitting the same inputs to the same batch again adds only the missing
+ones), its pending work (``segq.scheduler``) and its shards' message template.
 
 A batch is open while it is being submitted; sealed at the end of the submission, it is
 **finished** once no job of it is queued or running, and then its manifest is written
@@ -25,8 +27,8 @@ from typing import Iterator
 import redis
 
 from segq import keys
-from segq.errors import BatchNotFound, UsageError
-from segq.protocol import batch_name_problem
+from segq.errors import BatchNotFound, ServiceUnavailable, UsageError
+from segq.protocol import batch_name_problem, new_namespace
 from segq.scripts import Scripts
 from segq.states import COUNTED_STATES, JobState
 
@@ -68,6 +70,9 @@ class BatchRecord:
     canceled: int = 0
     frames_total: int = 0
     frames_done: int = 0
+    shards: int = 0  # shard numbers taken (segq.shards)
+    ns: str = ""  # the namespace of its images' ids (segq.protocol.image_id)
+    canceled_at: float | None = None  # when it was canceled (until a retry or a resubmission)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -115,7 +120,7 @@ class BatchRecord:
                 "priority": self.priority, "jobs": self.jobs, "counts": self.counts,
                 "frames_done": self.frames_done, "frames_total": self.frames_total,
                 "created_at": self.created_at, "finished_at": self.finished_at, "sealed": self.sealed,
-                "manifest_at": self.manifest_at}
+                "manifest_at": self.manifest_at, "shards": self.shards}
 
 
 @dataclass(frozen=True)
@@ -132,20 +137,59 @@ class NewJob:
         return {"id": self.id, "identity": self.identity, "record": self.record, "entry": self.entry}
 
 
+@dataclass(frozen=True)
+class Opened:
+    """What opening a batch found: whether it was created now, the jobs it holds, its images' id
+    namespace and its shard numbers taken so far."""
+
+    created: bool
+    jobs: int
+    namespace: str
+    shards: int
+
+
+#: Seconds a submission's lock on its batch lasts unless renewed (``BatchStore.lock``).
+LOCK_SECONDS = 30
+
+
 class BatchStore:
     def __init__(self, client: redis.Redis, ttl_seconds: int):
         self.r = client
         self.ttl = ttl_seconds
         self.scripts = Scripts(client)
 
-    def open(self, name: str, task: str, model: str, priority: str) -> tuple[bool, int]:
-        """Create batch ``name``, or reopen it for more jobs; ``(created, jobs it holds)``.
-        UsageError when it exists with another task, model or priority."""
-        try:
-            created, jobs = self.scripts.batch_open(args=[name, task, model, priority, time.time(), ""])
-        except redis.ResponseError as exc:
-            raise UsageError(str(exc)) from None
-        return bool(created), int(jobs)
+    def open(self, name: str, task: str, model: str, priority: str, template: str) -> Opened:
+        """Create batch ``name``, or reopen it for more jobs. ``template``: its shards' message
+        (``segq.messages.template``). UsageError when it exists with another task, model or
+        priority."""
+        for _ in range(16):  # a namespace drawn twice in a row is already unlikely
+            try:
+                out = self.scripts.batch_open(args=[name, task, model, priority, time.time(), new_namespace(),
+                                                    template])
+            except redis.ResponseError as exc:
+                raise UsageError(str(exc)) from None
+            if int(out[0]) != -1:
+                return Opened(bool(int(out[0])), int(out[1]), str(out[2]), int(out[3]))
+        raise ServiceUnavailable("could not draw a free image-id namespace for the batch")
+
+    def lock(self, name: str, token: str, wait: float = LOCK_SECONDS + 5, poll: float = 0.5) -> None:
+        """Take the batch's submission lock (one submission adds to a batch at a time, so that the
+        inputs it holds are known while it adds): waits up to ``wait`` seconds for another
+        submission's to be given back, or to run out (``LOCK_SECONDS`` after its holder stopped
+        renewing it); UsageError after that."""
+        deadline = time.monotonic() + wait
+        while not self.r.set(keys.batch_submitting(name), token, nx=True, ex=LOCK_SECONDS):
+            if time.monotonic() > deadline:
+                raise UsageError(f"batch {name} is being submitted to by another process; try again when it is done")
+            time.sleep(poll)
+
+    def renew_lock(self, name: str, token: str) -> None:
+        if self.r.get(keys.batch_submitting(name)) == token:
+            self.r.expire(keys.batch_submitting(name), LOCK_SECONDS)
+
+    def unlock(self, name: str, token: str) -> None:
+        if self.r.get(keys.batch_submitting(name)) == token:
+            self.r.delete(keys.batch_submitting(name))
 
     def submit(self, name: str, jobs: list[NewJob]) -> dict[int, str]:
         """Create ``jobs`` and queue their first tasks in one step; ``{position: holder job id}`` of
@@ -160,7 +204,7 @@ class BatchStore:
         return int(self.scripts.batch_seal(args=[name, time.time(), self.ttl])) == 1
 
     def holders(self, name: str, identities: list[str]) -> list[str | None]:
-        """The job holding each input identity in the batch (None: not in it)."""
+        """The video job holding each input identity in the batch (None: not in it)."""
         if not identities:
             return []
         return self.r.hmget(keys.batch_inputs(name), identities)
@@ -181,8 +225,9 @@ class BatchStore:
             pipe.hgetall(keys.batch(name))
         return [BatchRecord.from_hash({"name": n, **d}) for n, d in zip(names, pipe.execute()) if d]
 
-    def job_ids(self, name: str, page: int = 1000) -> Iterator[list[str]]:
-        """The batch's job ids in submission order, a page at a time."""
+    def items(self, name: str, page: int = 1000) -> Iterator[list[str]]:
+        """The batch's items in submission order, a page at a time: video job ids, and ``s<N>``
+        for its shard N (``shard_of``)."""
         start = 0
         while True:
             ids = self.r.lrange(keys.batch_jobs(name), start, start + page - 1)
@@ -191,9 +236,10 @@ class BatchStore:
             yield ids
             start += len(ids)
 
-    def drop_pending(self, name: str) -> int:
-        """Drop the batch's pending (unreleased) messages; how many."""
-        return int(self.scripts.cancel_batch(args=[name]))
-
     def manifest_written(self, name: str) -> None:
         self.r.hset(keys.batch(name), "manifest_at", time.time())
+
+
+def shard_of(item: str) -> int | None:
+    """The shard number of a batch item (``s<N>``), or None for a video job id."""
+    return int(item[1:]) if item.startswith("s") else None

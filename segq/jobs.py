@@ -15,7 +15,6 @@ from ``segq.layout``). A record expires ``SEGQ_JOB_TTL`` seconds after its job e
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable
@@ -26,7 +25,7 @@ from segq import keys, layout
 from segq import metrics as metrics_mod
 from segq.connections import redis_client
 from segq.errors import JobNotFound
-from segq.protocol import ImageJob, VideoJob
+from segq.protocol import VideoJob
 from segq.scripts import Scripts
 from segq.states import FINAL_STATES, JobKind, JobState, Priority
 
@@ -35,11 +34,6 @@ from segq.states import FINAL_STATES, JobKind, JobState, Priority
 #: the input, waiting for room in the worker's memory budget, decoding, preprocessing, waiting for
 #: the model stage, the forward pass, post-processing, rendering and encoding, uploading.
 STAGES = ("fetch", "memory", "decode", "preprocess", "wait", "forward", "postprocess", "render", "upload")
-
-
-def new_job_id() -> str:
-    """16 hex characters (64 random bits)."""
-    return secrets.token_hex(8)
 
 
 @dataclass
@@ -86,6 +80,7 @@ class JobRecord:
     requeues: int | None = None  # tasks of the job put back after their worker died or their message was lost
     note: str = ""  # the last thing that happened to the job besides its state (requeue, retry...)
     stages: dict = field(default_factory=dict)  # stage -> seconds (STAGES), stored as t_<stage> fields
+    shard: int | None = None  # an image: the shard that ran it (segq.shards; never stored here)
 
     _INTS = ("frames", "width", "height", "segments", "attempts", "frames_total", "frames_done",
              "chunks_total", "chunks_done", "chunk_frames", "batch_size", "assemblies", "retry", "requeues")
@@ -112,16 +107,13 @@ class JobRecord:
             return []
         return layout.job_outputs(self.id, self.kind, self.task, self.chunks_total or 0)
 
-    def request(self):
-        """The first task's payload of the job's current run (an ``ImageJob``, or a ``VideoJob``
-        for its split), rebuilt from the record's fields."""
+    def request(self) -> VideoJob:
+        """A video job's split payload for its current run, rebuilt from the record's fields."""
         bucket, _, key = self.input.removeprefix("s3://").partition("/")
-        common = dict(job_id=self.id, task=self.task, model=self.model, input_bucket=bucket, input_key=key,
-                      batch=self.batch, priority=self.priority, run=self.run)
-        if self.is_video:
-            return VideoJob(**common, chunk_frames=self.chunk_frames or VideoJob.chunk_frames,
-                            batch_size=self.batch_size or VideoJob.batch_size, annotate_fps=self.annotate_fps)
-        return ImageJob(**common)
+        return VideoJob(job_id=self.id, task=self.task, model=self.model, input_bucket=bucket, input_key=key,
+                        batch=self.batch, priority=self.priority, run=self.run,
+                        chunk_frames=self.chunk_frames or VideoJob.chunk_frames,
+                        batch_size=self.batch_size or VideoJob.batch_size, annotate_fps=self.annotate_fps)
 
     def to_hash(self) -> dict[str, str]:
         """The fields to store: empty ones are left out (a smaller hash)."""
@@ -131,6 +123,8 @@ class JobRecord:
             if f.name == "stages":
                 out.update(stage_fields(value))
                 continue
+            if f.name == "shard":
+                continue
             if value is None or value == "" or (f.name in self._BOOLS and not value):
                 continue
             out[f.name] = ("1" if value else "0") if f.name in self._BOOLS else str(value)
@@ -138,7 +132,7 @@ class JobRecord:
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> "JobRecord":
-        known = {f.name for f in fields(cls)} - {"stages"}
+        known = {f.name for f in fields(cls)} - {"stages", "shard"}
         kwargs: dict[str, Any] = {"stages": {}}
         for name, raw in data.items():
             if name.startswith("t_") and name[2:] in STAGES:
@@ -243,12 +237,15 @@ class JobStore:
         return {int(k): json.loads(v) for k, v in self.r.hgetall(keys.job_chunk_info(job_id)).items()}
 
     # -- the worker's moves ------------------------------------------------------------------
-    def start(self, job_id: str, worker: str, device: str) -> bool | None:
-        """Mark running. False: the job is already final (skip it). None: no such record."""
-        now = time.time()
-        created = self.r.hget(keys.job(job_id), "created_at")
-        wait = max(0.0, now - float(created)) if created else 0.0
-        result = self.scripts.job_start(keys=[keys.job(job_id)], args=[now, worker, device, round(wait, 6)])
+    def start(self, job_id: str, worker: str, device: str, pipe=None) -> bool | None:
+        """Mark running. False: the job is already final (skip it). None: no such record. With
+        ``pipe``, run in that pipeline (with what it already holds) and read its last reply."""
+        args = [time.time(), worker, device]
+        if pipe is not None:
+            self.scripts.job_start(keys=[keys.job(job_id)], args=args, client=pipe)
+            result = pipe.execute()[-1]
+        else:
+            result = self.scripts.job_start(keys=[keys.job(job_id)], args=args)
         return None if result == -1 else bool(result)
 
     def update(self, job_id: str, **values: Any) -> None:
@@ -267,12 +264,14 @@ class JobStore:
                                            args=[time.time(), frames, json.dumps(values), json.dumps(entries)]))
 
     def chunk_done(self, job_id: str, index: int, frames: int, inference_s: float, info: dict,
-                   assembly_entry: str) -> int:
-        """Record a finished chunk; the chunk that completes the set queues ``assembly_entry`` in
-        the same step. CHUNK_DUPLICATE, CHUNK_RECORDED or ASSEMBLY_QUEUED."""
+                   assembly_entry: str, tally: metrics_mod.Tally | None = None) -> int:
+        """Record a finished chunk, with its histogram observations (``tally``: counted once, when
+        the chunk is); the chunk that completes the set queues ``assembly_entry`` in the same step.
+        CHUNK_DUPLICATE, CHUNK_RECORDED or ASSEMBLY_QUEUED."""
         return int(self.scripts.chunk_done(
             keys=[keys.job(job_id), keys.job_chunks(job_id), keys.job_chunk_info(job_id)],
-            args=[index, frames, json.dumps(info), inference_s, self.ttl, time.time(), assembly_entry],
+            args=[index, frames, json.dumps(info), inference_s, self.ttl, time.time(), assembly_entry,
+                  tally.to_json() if tally else ""],
         ))
 
     def count_assembly(self, job_id: str) -> int:
@@ -287,10 +286,12 @@ class JobStore:
         pipe.execute()
 
     # -- final moves -------------------------------------------------------------------------
-    def _to_final(self, job_id: str, state: JobState, stats: tuple = (0, 0.0, None), **values: Any) -> Ended:
-        """``stats``: frames, inference seconds and FPS for the fleet's counters (done jobs)."""
+    def _to_final(self, job_id: str, state: JobState, stats: tuple = (0, 0.0, None), tally: str = "",
+                  **values: Any) -> Ended:
+        """``stats``: frames, inference seconds and FPS for the fleet's counters (done jobs);
+        ``tally``: histogram observations (``segq.metrics.Tally.to_json``) counted with the move."""
         frames, inference_s, fps = stats
-        args: list = [state.value, self.ttl, time.time(), int(frames or 0), float(inference_s or 0.0), fps or 0]
+        args: list = [state.value, self.ttl, time.time(), int(frames or 0), float(inference_s or 0.0), fps or 0, tally]
         for k, v in values.items():
             if v is not None:
                 args += [k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)]
@@ -303,20 +304,18 @@ class JobStore:
         return Ended(True, batch)
 
     def finish(self, job_id: str, frames: int = 0, inference_s: float = 0.0, fps: float | None = None,
-               stages: dict | None = None, **metrics: Any) -> Ended:
+               stages: dict | None = None, latency: tuple[tuple[str, str, str], float] | None = None,
+               **metrics: Any) -> Ended:
         """Mark done (unless already final, e.g. canceled meanwhile), with the seconds of each stage
-        (``STAGES``); counts the job's latency from its submission (``segq.metrics``)."""
+        (``STAGES``); ``latency``: the job's (model, kind, priority) labels and seconds from its
+        submission, counted in ``segq.metrics.LATENCY`` with the move."""
         finished = time.time()
-        ended = self._to_final(job_id, JobState.DONE, (frames, inference_s, fps), finished_at=finished,
-                               inference_s=inference_s, fps=fps, frames=frames or None, **stage_fields(stages),
-                               **metrics)
-        if ended.moved:
-            created, kind, model, priority = self.r.hmget(keys.job(job_id), "created_at", "kind", "model", "priority")
-            if created:
-                metrics_mod.observe(self.r, metrics_mod.LATENCY, (model or "unknown", kind or "unknown",
-                                                                  priority or Priority.NORMAL.value),
-                                    finished - float(created))
-        return ended
+        tally = metrics_mod.Tally()
+        if latency is not None:
+            tally.observe(metrics_mod.LATENCY, *latency)
+        return self._to_final(job_id, JobState.DONE, (frames, inference_s, fps), tally.to_json() if tally else "",
+                              finished_at=finished, inference_s=inference_s, fps=fps, frames=frames or None,
+                              **stage_fields(stages), **metrics)
 
     def fail(self, job_id: str, error: str) -> Ended:
         """Mark failed with ``error`` (unless already final)."""

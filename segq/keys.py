@@ -1,12 +1,15 @@
 """Every Redis key segq uses, in one place (the Lua scripts get theirs from here too,
 ``segq.scripts``).
 
-A job is one hash (``segq:job:<id>``); an index sorted by creation time lists jobs newest
-first. A batch (every submission is one) is a hash of counters (``segq:batch:<name>``) with the
-list of its job ids, its inputs' identities and its pending messages beside it. Each model has a
-ring of the batches with pending work per priority (``segq.scheduler``); released messages are
-in flight until their task ends. Each worker keeps a small hash of its own state and counters,
-indexed by heartbeat.
+A batch (every submission is one) is a hash of counters (``segq:batch:<name>``) with its
+items (video job ids and shard numbers, in submission order), the state of each of its shards,
+its video inputs' identities and its pending work beside it. A batch's images have no keys of
+their own: they run in shards, whose small states are fields of one hash per batch and whose
+results are in S3 (``segq.shards``). A video job is one hash (``segq:job:<id>``); an index sorted
+by creation time lists them newest first. Each model has a ring of the batches with pending work
+per priority (``segq.scheduler``) and a count of the task slots of the live workers serving it;
+released messages are in flight until their task ends. Each worker keeps a small hash of its own
+state and counters, indexed by heartbeat.
 """
 
 PREFIX = "segq"
@@ -62,13 +65,44 @@ def batch(name: str) -> str:
 
 
 def batch_jobs(name: str) -> str:
-    """List of a batch's job ids, in submission order (the manifest, batch cancel and retry)."""
+    """List of a batch's items in submission order: video job ids, and ``s<N>`` for shard N (the
+    manifest, batch cancel and retry)."""
     return f"{BATCH_PREFIX}{name}:jobs"
 
 
 def batch_inputs(name: str) -> str:
-    """Hash: input identity (source, size, mtime or ETag) -> the job that holds it (resubmission)."""
+    """Hash: a video input's identity (source, size, mtime or ETag) -> the job that holds it
+    (resubmission; images' identities are in their shards' lists in S3)."""
     return f"{BATCH_PREFIX}{name}:inputs"
+
+
+def batch_shards(name: str) -> str:
+    """Hash: shard number -> the shard's state, a small JSON object (``segq.shards.ShardState``)."""
+    return f"{BATCH_PREFIX}{name}:shards"
+
+
+def batch_message(name: str) -> str:
+    """String: the message of the batch's shards, built ahead with the shard number left to fill
+    in (``segq.messages.template``); the scheduler fills it in when it releases a shard."""
+    return f"{BATCH_PREFIX}{name}:msg"
+
+
+def batch_losses(name: str) -> str:
+    """Hash: shard task id -> how many times a worker died while running it (``segq.leases``)."""
+    return f"{BATCH_PREFIX}{name}:losses"
+
+
+def batch_submitting(name: str) -> str:
+    """The lock of the one submission adding to a batch now (``segq.batches.BatchStore.lock``)."""
+    return f"{BATCH_PREFIX}{name}:submitting"
+
+
+#: Prefix of the image-id namespaces: ``segq:ns:<7 hex digits>`` -> the batch (``segq.protocol``).
+NAMESPACE_PREFIX = f"{PREFIX}:ns:"
+
+
+def namespace(ns: str) -> str:
+    return f"{NAMESPACE_PREFIX}{ns}"
 
 
 def batch_pending(name: str) -> str:
@@ -86,6 +120,10 @@ def ring(model: str, priority: str) -> str:
 
 #: Hash ``model|priority`` -> messages pending (not released) for that model at that priority.
 PENDING_COUNTS = f"{PREFIX}:pending"
+
+#: Hash model -> task slots of the live workers that serve it (``SEGQ_WORKER_CONCURRENCY`` each):
+#: the scheduler's target, kept as counters by the registry's scripts (``segq.registry``).
+SLOTS = f"{PREFIX}:slots"
 
 #: Sorted set of the task ids released to a queue and not acknowledged yet, scored by release time.
 INFLIGHT = f"{PREFIX}:inflight"
@@ -106,9 +144,12 @@ def job(job_id: str) -> str:
     return f"{JOB_PREFIX}{job_id}"
 
 
+WORKER_PREFIX = f"{PREFIX}:worker:"
+
+
 def worker(hostname: str) -> str:
     """Hash of one worker's state: device, models loaded, load counts, jobs done."""
-    return f"{PREFIX}:worker:{hostname}"
+    return f"{WORKER_PREFIX}{hostname}"
 
 
 def job_chunks(job_id: str) -> str:
@@ -130,9 +171,12 @@ def job_losses(job_id: str) -> str:
 LEASES = f"{PREFIX}:leases"
 
 
+LEASE_PREFIX = f"{PREFIX}:lease:"
+
+
 def lease(tag: str) -> str:
     """Hash of one lease: task id, job id, task name, worker, received/started times."""
-    return f"{PREFIX}:lease:{tag}"
+    return f"{LEASE_PREFIX}{tag}"
 
 
 #: Lock taken by the one worker that runs the reaper at a time.

@@ -26,11 +26,21 @@ Batches::
 
     outputs/batches/<name>/manifest.jsonl  one line per job of the batch, written when it ends:
                                         source, job id, state, error, output keys
+    outputs/batches/<name>/shards/NNNNNN.json      the images of one shard: id, source, input,
+                                        identity (written by the producer before the shard is queued)
+    outputs/batches/<name>/shards/NNNNNN.aK.jsonl  what each image of the shard gave (state, error,
+                                        output keys, size, timings), one line each, written by
+                                        attempt K of the shard; the shard's state in Redis names
+                                        the attempt that counts
+    work/batches/<name>/NNNNNN.progress.jsonl      the images a running shard has finished so far
+                                        (a worker that takes the shard over skips them)
 """
 
 from __future__ import annotations
 
 import re
+
+from segq.protocol import shard_name
 
 INPUTS = "inputs"
 OUTPUTS = "outputs"
@@ -96,6 +106,18 @@ MANIFEST = "manifest.jsonl"
 
 def manifest_key(batch: str) -> str:
     return f"{BATCHES}/{batch}/{MANIFEST}"
+
+
+def shard_spec_key(batch: str, index: int) -> str:
+    return f"{BATCHES}/{batch}/shards/{shard_name(index)}.json"
+
+
+def shard_result_key(batch: str, index: int, attempt: int) -> str:
+    return f"{BATCHES}/{batch}/shards/{shard_name(index)}.a{attempt}.jsonl"
+
+
+def shard_progress_key(batch: str, index: int) -> str:
+    return f"{WORK}/batches/{batch}/{shard_name(index)}.progress.jsonl"
 
 
 def work_prefix(job_id: str) -> str:

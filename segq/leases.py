@@ -3,17 +3,23 @@
 Every message a worker takes (a task it runs, or one it holds reserved or scheduled for a retry)
 gets a lease in Redis: the message's delivery tag in ``segq:leases`` scored by an expiry, and a
 small hash (task id, job id, task name, worker, when it was received and started). The worker's
-heartbeat renews the expiry of all its leases. A worker that dies (SIGKILL, OOM, a lost node,
-spot preemption) stops renewing: its leases expire and its registry record disappears.
+heartbeat renews the expiry of all its leases (``segq/lua/beat.lua``); the task's start marks its
+lease started in the same round trip as the start's own script, and the task's end removes the
+lease with kombu's record of the message in the script that frees its slot
+(``segq/lua/task_ended.lua``). A worker that dies (SIGKILL, OOM, a lost node, spot preemption)
+stops renewing: its leases expire and its heartbeat stops.
 
 The reaper (run by live workers, one at a time under a Redis lock, on their heartbeat) takes each
-lease that expired *and* whose worker process is no longer live (no live record with its hostname
-and pid: a process restarted in place has a new pid), and puts the very same message back on
-its queue: it moves it out of kombu's ``unacked`` hash into the queue's consuming end, as kombu's
-own restore does, so the broker will not deliver it a second time later. A lease of a task that
+lease that expired *and* whose worker process is no longer live (its record's heartbeat is stale,
+or the record is gone or names another pid: a process restarted in place has a new pid), and puts
+the very same message back on its queue: it moves it out of kombu's ``unacked`` hash into the
+queue's consuming end, as kombu's own restore does, so the broker will not deliver it a second
+time later. It reads the expired leases and their workers' records only, never the whole fleet,
+and removes the records of dead workers (``segq.registry.remove_dead``). A lease of a task that
 had started counts as one loss of its worker for that task; a task that lost its worker
-``SEGQ_MAX_WORKER_LOSSES`` times fails its job with that reason instead of being put back (a task
-that kills its worker is not retried forever). The job record notes each requeue.
+``SEGQ_MAX_WORKER_LOSSES`` times fails its job (a shard: its unfinished images) with that reason
+instead of being put back (a task that kills its worker is not retried forever). The job record
+(a shard's state) notes each requeue.
 
 Compare dramatiq's Redis broker (worker heartbeats; a maintenance pass requeues the unacked
 messages of dead workers) and rq's started-job registry.
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 import redis
 
 from segq import keys, registry
+from segq.protocol import parse_task_id
 from segq.states import FINAL_STATES
 
 
@@ -62,39 +69,31 @@ class LeaseBook:
         now = time.time()
         record = {"task_id": task_id, "job_id": job_id, "task": task, "worker": self.worker, "pid": self.pid,
                   "received_at": now}
-        pipe = self.r.pipeline()
+        pipe = self.r.pipeline(transaction=False)
         pipe.hset(keys.lease(tag), mapping=record)
         pipe.zadd(keys.LEASES, {tag: now + self.ttl})
         pipe.execute()
         self.held[tag] = record
 
-    def started(self, tag: str) -> None:
-        """The task of ``tag`` started. The whole lease is written again, not only its start: a
-        lease lost since it was taken (a failover to a replica that had not received it) would
-        otherwise come back as a start time with no worker, which the reaper takes for a dead
-        worker's while the task runs here."""
+    def started(self, tag: str, pipe) -> None:
+        """The task of ``tag`` starts: its lease's commands, added to ``pipe`` (which also carries
+        the task's own start). The whole lease is written again, not only its start: a lease lost
+        since it was taken (a failover to a replica that had not received it) would otherwise come
+        back as a start time with no worker, which the reaper takes for a dead worker's while the
+        task runs here."""
         if tag not in self.held:
             return  # no longer this worker's lease (abandoned)
         now = time.time()
-        pipe = self.r.pipeline()
         pipe.hset(keys.lease(tag), mapping={**self.held[tag], "started_at": now})
         pipe.zadd(keys.LEASES, {tag: now + self.ttl})
-        pipe.execute()
 
-    def release(self, tag: str) -> None:
-        """The task of ``tag`` ended and its message is done with: the lease goes, and so does
-        kombu's record of the message as unacknowledged, in one step. Celery acknowledges it too,
-        right after; but a task that ran on across a broken broker connection (a failover) holds a
-        message of a channel that is closed by then, whose acknowledgement can no longer be sent,
-        and without this the message would sit unacknowledged until the orphan sweep put a finished
-        job's message back on its queue."""
+    def released(self, tag: str) -> None:
+        """The lease of ``tag`` went with its task's end (``task_ended.lua``, which also removes
+        kombu's record of the message as unacknowledged: a task that ran on across a broken broker
+        connection holds a message of a closed channel, whose acknowledgement can no longer be
+        sent, and without this the message would sit unacknowledged until the orphan sweep put a
+        finished job's message back on its queue)."""
         self.held.pop(tag, None)
-        pipe = self.r.pipeline()
-        pipe.zrem(keys.LEASES, tag)
-        pipe.delete(keys.lease(tag))
-        pipe.zrem(keys.KOMBU_UNACKED_INDEX, tag)
-        pipe.hdel(keys.KOMBU_UNACKED, tag)
-        pipe.execute()
 
     def abandon(self, tag: str) -> None:
         """Stop renewing a lease without releasing it: its message was neither finished nor put
@@ -102,12 +101,9 @@ class LeaseBook:
         once it has gone unrenewed for a whole extra lease time, even though this worker lives."""
         self.held.pop(tag, None)
 
-    def renew(self) -> None:
-        """Push every held lease's expiry forward (the heartbeat)."""
-        if not self.held:
-            return
-        expiry = time.time() + self.ttl
-        self.r.zadd(keys.LEASES, {tag: expiry for tag in list(self.held)}, xx=True)
+    def tags(self) -> list[str]:
+        """The tags of the leases held (the heartbeat renews them: ``segq/lua/beat.lua``)."""
+        return list(self.held)
 
 
 def get(r: redis.Redis, tag: str) -> Lease | None:
@@ -172,19 +168,48 @@ def restore(r: redis.Redis, tag: str) -> bool:
     return _restore(r, tag, job_failed=False)
 
 
-def reap(r: redis.Redis, max_losses: int, now: float | None = None, ttl: float | None = None) -> list[Reaped]:
+def _live(r: redis.Redis, worker: str, pid: int, now: float, seen: dict) -> bool:
+    """Whether worker process (``worker``, ``pid``) is live: its record names that pid and its
+    heartbeat is fresh (one read per worker, remembered for the pass in ``seen``)."""
+    if worker not in seen:
+        record = registry.get(r, worker) if worker else None
+        seen[worker] = (record.pid, record.heartbeat or 0.0, record.interval) if record else None
+    known = seen[worker]
+    return known is not None and known[0] == pid and now - known[1] < known[2] * registry.MISSED_BEATS
+
+
+def losses_key(ref) -> str:
+    """Where a task's worker losses are counted: its job's hash of them, or its batch's (a shard)."""
+    return keys.batch_losses(ref.batch) if ref.is_shard else keys.job_losses(ref.job_id)
+
+
+def settled(r: redis.Redis, task_id: str, gone: bool = True) -> bool:
+    """Whether the work of ``task_id`` is over: its job is final, or its shard ended; ``gone``:
+    what a job or shard that no longer exists counts as."""
+    ref = parse_task_id(task_id)
+    if ref is None:
+        return False
+    if ref.is_shard:
+        raw = r.hget(keys.batch_shards(ref.batch), ref.shard)
+        return gone if raw is None else json.loads(raw).get("s") == "e"
+    state = r.hget(keys.job(ref.job_id), "state")
+    return gone if state is None else state in FINAL_STATES
+
+
+def reap(r: redis.Redis, max_losses: int, now: float | None = None, ttl: float | None = None,
+         interval: float = registry.HEARTBEAT_SECONDS) -> list[Reaped]:
     """Put back the work of dead workers (module docstring), and the abandoned leases of live
-    ones (unrenewed for ``ttl`` past their expiry). Safe to run from several places: callers hold
-    ``REAPER_LOCK`` and every move is one Redis transaction."""
+    ones (unrenewed for ``ttl`` past their expiry); remove dead workers' records. Safe to run from
+    several places: callers hold ``REAPER_LOCK`` and every move is one Redis transaction."""
     now = now or time.time()
-    live = {(w.hostname, w.pid) for w in registry.workers(r)}
+    seen: dict = {}
     out = []
     for tag in r.zrangebyscore(keys.LEASES, "-inf", now):
         lease = get(r, tag)
         if lease is None:
             r.zrem(keys.LEASES, tag)
             continue
-        if (lease.worker, lease.pid) in live:
+        if _live(r, lease.worker, lease.pid, now, seen):
             if ttl is None or now - lease.expires < ttl:
                 continue  # a late heartbeat, not lost work
             restored = _restore(r, tag, job_failed=False)  # abandoned by a live worker
@@ -192,15 +217,17 @@ def reap(r: redis.Redis, max_losses: int, now: float | None = None, ttl: float |
             continue
         losses = 0
         failed = False
-        if lease.running and lease.job_id:
-            losses = int(r.hincrby(keys.job_losses(lease.job_id), lease.task_id, 1))
-            r.expire(keys.job_losses(lease.job_id), 7 * 24 * 3600)
+        ref = parse_task_id(lease.task_id)
+        if lease.running and ref is not None:
+            losses = int(r.hincrby(losses_key(ref), lease.task_id, 1))
+            r.expire(losses_key(ref), 7 * 24 * 3600)
             failed = losses >= max_losses
         restored = _restore(r, tag, job_failed=failed)
         outcome = "failed" if failed else ("requeued" if restored else "dropped")
         out.append(Reaped(lease, outcome, losses))
     if ttl is not None:
         out += _orphans(r, now, 2 * ttl)
+    registry.remove_dead(r, interval, now)
     return out
 
 
@@ -210,7 +237,7 @@ def _orphans(r: redis.Redis, now: float, age: float) -> list[Reaped]:
     A worker leases a message within milliseconds of receiving it, so such a message belongs to
     a worker that died between the broker's delivery and its lease (kombu writes the delivery
     first), or lost its lease in a failover: it goes back on its queue like any lost work, unless
-    its job has finished (then it is dropped)."""
+    its work is over (then it is dropped)."""
     out = []
     for tag, _delivered in r.zrangebyscore(keys.KOMBU_UNACKED_INDEX, "-inf", now - age, withscores=True):
         if r.exists(keys.lease(tag)):
@@ -222,12 +249,13 @@ def _orphans(r: redis.Redis, now: float, age: float) -> list[Reaped]:
                 task_id = json.loads(raw)[0].get("headers", {}).get("id", "")
             except (ValueError, IndexError, AttributeError):
                 pass
-        job_id = task_id.split("-")[0]
-        # a finished job's message is only dropped: its work is done (a task that ran across a
-        # broken broker connection whose acknowledgement was lost), nothing is to run again
-        final = bool(job_id) and r.hget(keys.job(job_id), "state") in FINAL_STATES
+        ref = parse_task_id(task_id)
+        # a finished job's (or ended shard's) message is only dropped: its work is done (a task
+        # that ran across a broken broker connection whose acknowledgement was lost)
+        final = ref is not None and settled(r, task_id, gone=False)
         if _restore(r, tag, job_failed=final):
-            out.append(Reaped(Lease(tag, task_id=task_id, job_id=job_id), "dropped" if final else "requeued", 0))
+            out.append(Reaped(Lease(tag, task_id=task_id, job_id=ref.job_id if ref else ""),
+                              "dropped" if final else "requeued", 0))
     return out
 
 
@@ -249,6 +277,12 @@ def try_reap(r: redis.Redis, max_losses: int, hold_seconds: float = 30.0, ttl: f
     """Run the reaper if no other worker is running it right now (None when it is)."""
     with maintenance(r, hold_seconds) as held:
         return reap(r, max_losses, ttl=ttl) if held else None
+
+
+def release_lock(r: redis.Redis, token: str) -> None:
+    """Give the maintenance lock back (taken by a heartbeat: ``segq/lua/beat.lua``), if still ours."""
+    if r.get(keys.REAPER_LOCK) == token:
+        r.delete(keys.REAPER_LOCK)
 
 
 def unacknowledged(r: redis.Redis) -> int:

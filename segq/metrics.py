@@ -1,15 +1,21 @@
 """Histograms for Prometheus, kept in Redis: job latency (submit to done) and seconds per stage.
 
 A histogram here is a few counters in one hash (``segq:hist``): per metric and label values, one
-counter per bucket (not cumulative), the sum and the count. Workers add to them as jobs and chunks
-end (``observe``); ``segq exporter`` reads them at each scrape and serves them in Prometheus's
-conventions (cumulative ``_bucket`` series with ``le``, ``_sum``, ``_count``: :func:`families`).
-Their size does not grow with the jobs: a counter per bucket and label set.
+counter per bucket (not cumulative), the sum and the count. A worker counts a shard's images, a
+chunk's stages or a video's latency in memory (:class:`Tally`) and adds them to Redis in the very
+Lua script that ends the shard, the chunk or the job (``hist_add`` in ``segq/lua/lib.lua``): one
+step, so each is counted once (a shard or chunk run twice is counted by the run that ends it
+first), and a worker killed before that step loses nothing that is counted, since its work runs
+again. ``segq exporter`` reads them at each scrape and serves them in Prometheus's conventions
+(cumulative ``_bucket`` series with ``le``, ``_sum``, ``_count``: :func:`families`). Their size does
+not grow with the jobs: a counter per bucket and label set.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
+from collections import Counter, defaultdict
 
 import redis
 
@@ -27,22 +33,40 @@ STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 HISTOGRAMS = {LATENCY: (LATENCY_LABELS, LATENCY_BUCKETS), STAGE: (STAGE_LABELS, STAGE_BUCKETS)}
 
 
-def observe(pipe, name: str, labels: tuple[str, ...], value: float) -> None:
-    """Count ``value`` in histogram ``name`` (on a Redis client or pipeline)."""
-    names, buckets = HISTOGRAMS[name]
-    if len(labels) != len(names) or any("|" in v for v in labels):
-        raise ValueError(f"bad labels {labels!r} for {name}")
-    base = "|".join((name, *labels))
-    pipe.hincrby(keys.HISTOGRAMS, f"{base}|{bisect.bisect_left(buckets, value)}", 1)
-    pipe.hincrbyfloat(keys.HISTOGRAMS, f"{base}|sum", float(value))
-    pipe.hincrby(keys.HISTOGRAMS, f"{base}|count", 1)
+class Tally:
+    """Observations of the histograms counted in memory, to be added to Redis in one step
+    (:meth:`to_json`)."""
 
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.sums: defaultdict[str, float] = defaultdict(float)
 
-def observe_stages(r: redis.Redis, model: str, stages: dict[str, float]) -> None:
-    pipe = r.pipeline(transaction=False)
-    for stage, seconds in stages.items():
-        observe(pipe, STAGE, (model, stage), seconds)
-    pipe.execute()
+    def observe(self, name: str, labels: tuple[str, ...], value: float) -> None:
+        names, buckets = HISTOGRAMS[name]
+        if len(labels) != len(names) or any("|" in v for v in labels):
+            raise ValueError(f"bad labels {labels!r} for {name}")
+        base = "|".join((name, *labels))
+        self.counts[f"{base}|{bisect.bisect_left(buckets, value)}"] += 1
+        self.counts[f"{base}|count"] += 1
+        self.sums[f"{base}|sum"] += float(value)
+
+    def stages(self, model: str, stages: dict[str, float]) -> None:
+        """The seconds of each stage of one image, or one chunk."""
+        for stage, seconds in stages.items():
+            self.observe(STAGE, (model, stage), seconds)
+
+    def merge(self, other: "Tally") -> None:
+        self.counts.update(other.counts)
+        for field, value in other.sums.items():
+            self.sums[field] += value
+
+    def to_json(self) -> str:
+        """``{field: increment}``: counters as whole numbers, sums (fields ending ``|sum``) as
+        floats; what ``hist_add`` of ``segq/lua/lib.lua`` adds to Redis."""
+        return json.dumps({**self.counts, **self.sums})
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
 
 
 def families(r: redis.Redis):

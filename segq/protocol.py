@@ -9,6 +9,7 @@ task, an over-size batch or chunk).
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any
 
@@ -21,11 +22,12 @@ TASKS = ("semantic", "instance", "panoptic")
 PAYLOAD_VERSION = 1
 
 #: Celery task names: the only tasks a segq worker runs (``segq.transport`` dead-letters others).
-SEGMENT_IMAGE = "segq.segment_image"
+#: A batch's images run in shards (``segq.shards``); a video is split into chunks.
+SEGMENT_SHARD = "segq.segment_shard"
 SPLIT_VIDEO = "segq.split_video"
 SEGMENT_CHUNK = "segq.segment_chunk"
 ASSEMBLE_VIDEO = "segq.assemble_video"
-TASK_NAMES = frozenset({SEGMENT_IMAGE, SPLIT_VIDEO, SEGMENT_CHUNK, ASSEMBLE_VIDEO})
+TASK_NAMES = frozenset({SEGMENT_SHARD, SPLIT_VIDEO, SEGMENT_CHUNK, ASSEMBLE_VIDEO})
 
 #: Video defaults: frames per chunk task, frames per forward pass.
 DEFAULT_CHUNK_FRAMES = 32
@@ -35,12 +37,19 @@ DEFAULT_BATCH_SIZE = 4
 MAX_CHUNK_FRAMES = 256
 MAX_BATCH_SIZE = 32
 
+#: Images in one shard at most: an image id holds its position in 3 hex digits (``image_id``).
+MAX_SHARD_IMAGES = 1024
+#: Shards in one batch at most: an image id holds its shard in 6 hex digits.
+MAX_SHARDS = 16 ** 6
+
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 _MODEL_NAME = re.compile(rf"^{_NAME}$")
 _BATCH_NAME = re.compile(rf"^{_NAME}$")
 _JOB_ID = re.compile(r"^[0-9a-f]{16}$")
 _TASK_ID = re.compile(r"^(?P<job>[0-9a-f]{16})(?:-r(?P<run>[1-9][0-9]{0,5}))?"
                       r"(?:-chunk(?P<chunk>[0-9]{5,6})|-(?P<assemble>assemble))?$")
+_SHARD_TASK_ID = re.compile(rf"^shard:(?P<batch>{_NAME}):(?P<shard>[0-9]{{6,8}})$")
+_SHARD = re.compile(r"^[0-9]{6,8}$")
 
 
 class PayloadError(ValueError):
@@ -78,6 +87,49 @@ def valid_batch_name(name: str) -> bool:
     return batch_name_problem(name) is None
 
 
+# -- ids: a video job's is random; an image's says where it is (its batch, shard and position) -----
+#
+# Both are 16 hex digits, so every command takes either. A video job's id starts with 0-7; an
+# image's with 8-f: the 7 digits of its batch's namespace (``segq:ns:<ns>`` names the batch),
+# then its shard (6 digits) and its position in that shard (3 digits). So an image needs no
+# record of its own in Redis to be found: its id leads to its shard, whose state is in Redis and
+# whose results are in S3 (``segq.shards``).
+
+def new_job_id() -> str:
+    """A video job's id: 16 hex digits, the first one 0-7 (64 random bits but one)."""
+    return f"{secrets.randbits(63):016x}"
+
+
+def new_namespace() -> str:
+    """A batch's image-id namespace: 7 hex digits, the first one 8-f."""
+    return f"{(1 << 27) | secrets.randbits(27):07x}"
+
+
+def image_id(namespace: str, shard: int, position: int) -> str:
+    if not (0 <= shard < MAX_SHARDS and 0 <= position < MAX_SHARD_IMAGES):
+        raise ValueError(f"no image id for shard {shard}, position {position}")
+    return f"{namespace}{shard:06x}{position:03x}"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where an image id points: its batch's namespace, its shard and its position there."""
+
+    namespace: str
+    shard: int
+    position: int
+
+
+def parse_image_id(job_id: str) -> ImageRef | None:
+    """The namespace, shard and position an image id names; None for a video job's id (or no id)."""
+    if not valid_job_id(job_id) or job_id[0] < "8":
+        return None
+    position = int(job_id[13:], 16)
+    if position >= MAX_SHARD_IMAGES:
+        return None
+    return ImageRef(job_id[:7], int(job_id[7:13], 16), position)
+
+
 # -- task ids: derived from the job, so Flower shows every task under its job -------------------
 
 def run_prefix(job_id: str, run: int = 0) -> str:
@@ -98,23 +150,44 @@ def assembly_task_id(job_id: str, run: int) -> str:
     return f"{run_prefix(job_id, run)}-assemble"
 
 
+def shard_name(index: int) -> str:
+    """A shard's number as task ids and S3 keys write it: 6 digits at least."""
+    return f"{index:06d}"
+
+
+def shard_task_id(batch: str, index: int) -> str:
+    """The task of a batch's shard: ``shard:<batch>:<NNNNNN>`` (Flower shows it under that id)."""
+    return f"shard:{batch}:{shard_name(index)}"
+
+
 @dataclass(frozen=True)
 class TaskRef:
-    """What a segq task id names: the job, the run, and which of its tasks."""
+    """What a segq task id names: a video job's task (the job, its run, which part), or a batch's
+    shard (``batch`` and ``shard``; ``job_id`` empty)."""
 
     job_id: str
-    run: int
+    run: int = 0
     chunk: int | None = None  # a chunk's index
     assembly: bool = False
+    batch: str = ""
+    shard: int | None = None
+
+    @property
+    def is_shard(self) -> bool:
+        return self.shard is not None
 
     @property
     def first(self) -> bool:
-        """The job's first task (an image job's task, or a video's split)."""
-        return self.chunk is None and not self.assembly
+        """A video job's first task (its split)."""
+        return not self.is_shard and self.chunk is None and not self.assembly
 
 
 def parse_task_id(task_id: str) -> TaskRef | None:
-    """The job, run and part a segq task id names, or None when it is not one of segq's."""
+    """The job, run and part, or the batch and shard, a segq task id names; None when it is not
+    one of segq's."""
+    m = _SHARD_TASK_ID.match(task_id or "")
+    if m:
+        return TaskRef("", batch=m["batch"], shard=int(m["shard"]))
     m = _TASK_ID.match(task_id or "")
     if not m:
         return None
@@ -154,7 +227,7 @@ def _check_fields(cls, data: Any, ints: tuple[str, ...] = (), bools: tuple[str, 
     version = data.get("version", PAYLOAD_VERSION)
     if version != PAYLOAD_VERSION:
         raise PayloadError(f"payload version {str(version)[:20]!r} is not supported (this worker speaks {PAYLOAD_VERSION})")
-    if not valid_job_id(data["job_id"]):
+    if "job_id" in declared and not valid_job_id(data["job_id"]):
         raise PayloadError("invalid job id (expected 16 hex digits)")
     if "task" in data and data["task"] not in TASKS:
         raise PayloadError(f"unknown task {data['task'][:40]!r}: choose one of {', '.join(TASKS)}")
@@ -186,29 +259,37 @@ def check_video_options(chunk_frames: int, batch_size: int) -> None:
 
 
 @dataclass(frozen=True)
-class ImageJob:
-    """Payload of ``segq.segment_image``: segment one image stored in S3."""
+class ShardJob:
+    """Payload of ``segq.segment_shard``: segment the images of shard ``shard`` of ``batch``
+    (their list is in S3: ``segq.layout.shard_spec_key``). ``shard`` is the shard's number as
+    ``shard_name`` writes it (a string, so that the scheduler fills it into a message built
+    ahead: ``segq.messages.template``)."""
 
-    job_id: str
+    batch: str
+    shard: str
     task: str
     model: str
-    input_bucket: str
-    input_key: str
-    batch: str = ""
     priority: str = Priority.NORMAL.value
-    run: int = 0  # the job's `segq retry` number
     version: int = PAYLOAD_VERSION
 
     def to_message(self) -> dict[str, Any]:
         return _fields_of(self)
 
     @property
+    def index(self) -> int:
+        return int(self.shard)
+
+    @property
     def task_id(self) -> str:
-        return first_task_id(self.job_id, self.run)
+        return shard_task_id(self.batch, self.index)
 
     @classmethod
-    def from_message(cls, data: Any) -> "ImageJob":
-        _check_fields(cls, data, ints=("run",))
+    def from_message(cls, data: Any) -> "ShardJob":
+        _check_fields(cls, data)
+        if not valid_batch_name(data["batch"]):
+            raise PayloadError("invalid batch name")
+        if not _SHARD.match(data["shard"]) or int(data["shard"]) >= MAX_SHARDS:
+            raise PayloadError(f"shard must be 6 to 8 digits below {MAX_SHARDS}")
         return cls(**data)
 
 

@@ -2,13 +2,16 @@
 
 Each worker process publishes a hash ``segq:worker:<hostname>`` (device, models, load counts,
 task slots, counters, current tasks, how busy its model stage is) and refreshes it from a
-heartbeat thread, also while long tasks run. The hash expires after ``STALE_SECONDS`` without a
-beat, so a worker that died without a word disappears by itself, like arq's health-check key;
-an index sorted by heartbeat (``segq:workers``) lists the records, so reading the fleet never
-scans the keyspace (whose size grows with the jobs kept). Workers write through
-:class:`WorkerRegistration`; everything that reads worker records (``segq workers``, ``segq
-health``, the scheduler's targets, the exporter, the local stack, tests, benchmarks) goes
-through :func:`workers` / :func:`wait_ready`.
+heartbeat thread, also while long tasks run; an index sorted by heartbeat (``segq:workers``)
+lists the records, so reading the fleet never scans the keyspace (whose size grows with the jobs
+kept). A worker is live while its last heartbeat is younger than ``MISSED_BEATS`` of its
+intervals; the record of one that died without a word is removed by the reaper
+(:func:`remove_dead`, which reads the index's stale end only), taking its task slots back from
+the models' slot counts (``segq:slots``): the scheduler's targets are those counts, read in one
+step, not a sum over the fleet's records. Workers write through :class:`WorkerRegistration`;
+everything that reads worker records (``segq workers``, ``segq health``, the exporter, the local
+stack, tests, benchmarks) goes through :func:`workers` / :func:`wait_ready`, which read every
+record: for people and probes, never on a path that runs per task or per heartbeat.
 
 Compare rq's ``worker_registration.py``: one owner for the records, one liveness rule.
 """
@@ -30,9 +33,8 @@ from segq import defaults, keys
 #: each record carries its own interval).
 HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
 #: The one liveness rule: a worker is live while its last heartbeat is younger than
-#: ``MISSED_BEATS`` of its intervals. The record expires at the same age.
+#: ``MISSED_BEATS`` of its intervals; the reaper removes its record after that.
 MISSED_BEATS = 3
-STALE_SECONDS = HEARTBEAT_SECONDS * MISSED_BEATS
 
 #: Counter fields of a record (``WorkerRegistration.count``).
 JOBS_DONE = "jobs_done"
@@ -129,7 +131,17 @@ def _json(raw: str | None, default):
 
 
 class WorkerRegistration:
-    """A worker process's own record: publish, heartbeat, counters, current task, removal."""
+    """A worker process's own record: registration, heartbeat, counters, current tasks, removal.
+
+    Only the heartbeat writes to Redis, in one script (``segq/lua/beat.lua``) whose cost does not
+    grow with the fleet: the record's heartbeat and the fields that changed since the last beat
+    (counters, the tasks running, the model stage's figures), the index, the worker's leases, the
+    maintenance lock and the release of pending work. Counting a job or noting a task's start
+    costs no Redis command: ``segq workers`` sees them at the next beat. The record counts the
+    worker's task slots for each model it serves in the models' slot counts (the scheduler's
+    targets), which registration and removal keep exact (``worker_register.lua``,
+    ``worker_remove.lua``); a dead worker's record is removed, and its slots taken back, by the
+    reaper (``segq.leases``)."""
 
     def __init__(self, r: redis.Redis, hostname: str, device: str, interval: float = HEARTBEAT_SECONDS,
                  compile: str = "off", concurrency: int = 1):
@@ -143,62 +155,108 @@ class WorkerRegistration:
         self.models: dict[str, float] = {}  # name -> load seconds
         self.loads: dict[str, int] = {}
         self.started_at = time.time()
-        #: The model stage's figures (``model_*`` fields), written with every publish and set_active.
+        self.counters = {c: 0 for c in COUNTERS}
+        self.active = ""
+        self.active_since = self.started_at
+        #: The model stage's figures (``model_*`` fields), written with the beats that follow a change.
         self.stage_stats: Callable[[], dict] | None = None
+        self._sent: dict[str, str] = {}  # the changing fields as the record holds them
+        from segq.scripts import Scripts
+
+        self.scripts = Scripts(r)
 
     def loaded(self, name: str, seconds: float) -> None:
         self.models[name] = round(seconds, 3)
         self.loads[name] = self.loads.get(name, 0) + 1
         self.publish()
 
+    def _changing(self) -> dict[str, str]:
+        fields = {**{c: str(v) for c, v in self.counters.items()}, "active": self.active,
+                  "active_since": str(round(self.active_since, 3))}
+        if self.stage_stats:
+            stats = {k: str(v) for k, v in self.stage_stats().items()}
+            wall = stats.pop("model_wall_s", None)
+            if any(self._sent.get(k) != v for k, v in stats.items()) and wall is not None:
+                stats["model_wall_s"] = wall  # sent with the other figures, not on every idle beat
+            fields.update(stats)
+        return fields
+
     def publish(self) -> None:
-        """Write the record and refresh its expiry: the heartbeat."""
-        mapping = {
-            "hostname": self.hostname,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "device": self.device,
-            "models": json.dumps(sorted(self.models)),
-            "model_loads": json.dumps(self.loads),
-            "load_seconds": json.dumps(self.models),
-            "compile": self.compile,
-            "concurrency": self.concurrency,
-            "started_at": self.started_at,
-            "heartbeat": time.time(),
-            "interval": self.interval,
-            **(self.stage_stats() if self.stage_stats else {}),
+        """Register: write the whole record, and count its slots for the models it serves."""
+        changing = self._changing()
+        fields = {
+            "hostname": self.hostname, "pid": os.getpid(), "host": socket.gethostname(), "device": self.device,
+            "model_loads": json.dumps(self.loads), "load_seconds": json.dumps(self.models),
+            "compile": self.compile, "started_at": self.started_at, "interval": self.interval, **changing,
         }
-        pipe = self.r.pipeline()
-        pipe.hset(self.key, mapping=mapping)
-        pipe.expire(self.key, max(1, int(self.interval * MISSED_BEATS)))
-        pipe.zadd(keys.WORKERS_INDEX, {self.hostname: mapping["heartbeat"]})
-        pipe.execute()
+        self.scripts.worker_register(args=[self.hostname, time.time(), json.dumps(fields),
+                                           json.dumps(sorted(self.models)), self.concurrency])
+        self._sent = changing
+
+    def beat(self, lease_tags: list[str], lease_expiry: float, lock_token: str = "",
+             lock_ms: int = 0) -> tuple[bool, int]:
+        """The heartbeat (class docstring): ``(maintenance lock held, messages released)``. A
+        record removed meanwhile (a worker cut off for longer than its leases, judged dead) is
+        written again whole."""
+        changing = self._changing()
+        changed = {k: v for k, v in changing.items() if self._sent.get(k) != v}
+        out = self.scripts.beat(args=[self.hostname, time.time(), json.dumps(changed), lease_expiry, lock_token,
+                                      lock_ms if lock_token else "", *lease_tags])
+        if int(out[0]) == -1:
+            self.publish()
+            return False, 0
+        self._sent.update(changed)
+        return bool(int(out[1])), int(out[2])
 
     def count(self, counter: str) -> None:
         if counter not in COUNTERS:
             raise ValueError(f"unknown counter {counter!r}")
-        self.r.hincrby(self.key, counter, 1)
+        self.counters[counter] += 1
 
     def set_active(self, description: str) -> None:
-        """What the worker does now; "" when idle."""
-        self.r.hset(self.key, mapping={"active": description, "active_since": time.time(),
-                                       **(self.stage_stats() if self.stage_stats else {})})
+        """What the worker does now; "" when idle (written with the next beat)."""
+        if description != self.active:
+            self.active, self.active_since = description, time.time()
 
     def remove(self) -> None:
-        pipe = self.r.pipeline()
-        pipe.delete(self.key)
-        pipe.zrem(keys.WORKERS_INDEX, self.hostname)
-        pipe.execute()
+        self.scripts.worker_remove(args=[self.hostname, ""])
 
 
-#: Index entries older than this are dropped by readers (their records expired long ago).
-INDEX_KEEP_SECONDS = 24 * 3600
+def remove_dead(r: redis.Redis, interval: float = HEARTBEAT_SECONDS, now: float | None = None) -> list[str]:
+    """The reaper's part of the registry: remove the records of the workers whose last heartbeat
+    is older than their liveness allows (``MISSED_BEATS`` of their own intervals), taking their
+    slots back from the models' counts; their names. Reads the index's stale end only (older than
+    ``MISSED_BEATS`` of the caller's ``interval``), never the whole fleet."""
+    from segq.scripts import Scripts
+
+    now = now or time.time()
+    scripts = Scripts(r)
+    out = []
+    for name, beat in r.zrangebyscore(keys.WORKERS_INDEX, "-inf", now - interval * MISSED_BEATS, withscores=True):
+        interval = _num(r.hget(keys.worker(name), "interval")) or HEARTBEAT_SECONDS
+        older_than = now - interval * MISSED_BEATS
+        if beat < older_than and int(scripts.worker_remove(args=[name, older_than])):
+            out.append(name)
+    return out
+
+
+def _num(raw) -> float | None:
+    try:
+        return float(raw) if raw not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def serving(r: redis.Redis, model: str) -> bool:
+    """Whether a live worker serves ``model`` (its slot count, one read)."""
+    return int(r.hget(keys.SLOTS, model) or 0) > 0
 
 
 def workers(r: redis.Redis, *, live_only: bool = True) -> list[WorkerRecord]:
     """The registered workers, sorted by hostname (live ones only, unless asked): the index's
-    entries whose records still exist. Costs one read per worker of the index, never a scan."""
-    r.zremrangebyscore(keys.WORKERS_INDEX, "-inf", time.time() - INDEX_KEEP_SECONDS)
+    entries whose records still exist. Costs one read per worker of the index, never a scan: for
+    those who look at the fleet (``segq workers``, the exporter, health checks), never on a path
+    that runs per task or per heartbeat."""
     names = sorted(r.zrange(keys.WORKERS_INDEX, 0, -1))
     pipe = r.pipeline(transaction=False)
     for name in names:
@@ -215,11 +273,6 @@ def workers(r: redis.Redis, *, live_only: bool = True) -> list[WorkerRecord]:
 def get(r: redis.Redis, hostname: str) -> WorkerRecord | None:
     d = r.hgetall(keys.worker(hostname))
     return WorkerRecord.from_hash(keys.worker(hostname), d) if d else None
-
-
-def serving(r: redis.Redis, model: str) -> bool:
-    """Whether a ready worker serves ``model``."""
-    return any(w.ready and model in w.models for w in workers(r))
 
 
 def wait_ready(r: redis.Redis, *, hostnames: list[str] | None = None, count: int | None = None,

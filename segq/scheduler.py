@@ -7,10 +7,14 @@ segq does not put work into a model's queue when it is submitted. Every submissi
 ``segq.messages``), and the batches with pending work of a model stand in one **ring** per
 priority. Work is **released** into the model's queue (``dispatch``, one Lua script) only while
 the queue holds fewer than ``target`` messages, where ``target`` is the number of slots of the
-live workers serving the model (each runs ``SEGQ_WORKER_CONCURRENCY`` tasks): high before normal
-before low, and within a priority one task per batch in turn. A release happens when work is
-submitted, when a task ends (its slot frees: ``ended``, the same script), and on every worker's
-heartbeat (a worker that joins, or a release that was missed).
+live workers serving the model (each runs ``SEGQ_WORKER_CONCURRENCY`` tasks; ``segq:slots`` counts
+them, kept exact by the registry's scripts, so a release reads one number, whatever the fleet's
+size): high before normal before low, and within a priority one task per batch in turn. A
+release happens when work is submitted, when a task ends (its slot frees: ``ended``, the same
+script), and on a worker's heartbeat while its models have pending work (a worker that joins, or
+a release that was missed). A batch's shards wait as ranges of shard numbers, one entry for any
+number of them, and each one's message is made from the batch's template as it is released
+(``segq.shards``).
 
 What that guarantees: a job submitted now waits for at most the tasks already in its model's
 queue (about one per slot) and those running (one per slot), plus one turn of each other batch
@@ -36,7 +40,7 @@ from dataclasses import dataclass
 
 import redis
 
-from segq import keys, registry
+from segq import keys
 from segq.messages import Outgoing
 from segq.scripts import Scripts
 from segq.states import PRIORITIES
@@ -48,8 +52,8 @@ def entry(message: Outgoing) -> str:
 
 
 def slots(r: redis.Redis, model: str) -> int:
-    """The queue target of ``model``: the task slots of the live workers that serve it."""
-    return sum(w.concurrency for w in registry.workers(r) if w.ready and model in w.models)
+    """The queue target of ``model``: the task slots of the live workers that serve it (one read)."""
+    return int(r.hget(keys.SLOTS, model) or 0)
 
 
 @dataclass
@@ -63,16 +67,15 @@ class Scheduler:
 
     def dispatch(self, model: str, target: int | None = None) -> int:
         """Release ``model``'s pending work until its queue holds ``target`` messages (default:
-        ``slots``); how many were released."""
-        target = slots(self.r, model) if target is None else target
-        if target <= 0:
-            return 0
-        return int(self.scripts.dispatch(args=[model, target, time.time()]))
+        the model's slots); how many were released."""
+        return int(self.scripts.dispatch(args=[model, "" if target is None else target, time.time()]))
 
-    def ended(self, task_id: str, model: str, target: int) -> int:
-        """The message of ``task_id`` was acknowledged: it is no longer in flight, and its slot
-        releases the next pending work of ``model`` (how many messages were released)."""
-        return int(self.scripts.task_ended(args=[task_id, model, max(0, target), time.time()]))
+    def ended(self, task_id: str, model: str | None, tag: str = "", target: int | None = None) -> int:
+        """The task ``task_id`` ended and its message (delivery ``tag``) is done with: out of
+        flight, its lease and unacknowledged record gone, and its slot releases the next pending
+        work of ``model`` (how many messages were released)."""
+        return int(self.scripts.task_ended(args=[task_id, model or "", "" if target is None else target,
+                                                  time.time(), tag]))
 
     def pending(self) -> dict[tuple[str, str], int]:
         """Messages waiting to be released, by (model, priority)."""

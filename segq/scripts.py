@@ -21,7 +21,8 @@ from segq.protocol import QUEUE_PREFIX
 from segq.states import FINAL_STATES, RETRYABLE_STATES, PRIORITIES
 
 NAMES = ("job_start", "job_end", "job_retry", "batch_open", "batch_seal", "submit", "split_done", "chunk_done",
-         "dispatch", "task_ended", "cancel_batch")
+         "dispatch", "task_ended", "cancel_batch", "shard_add", "shard_start", "shard_end", "shard_cancel",
+         "shard_retry", "worker_register", "worker_remove", "beat")
 
 
 def _lua_set(values) -> str:
@@ -44,6 +45,16 @@ def _substitutions() -> dict[str, str]:
         "pending_counts": keys.PENDING_COUNTS,
         "inflight": keys.INFLIGHT,
         "stats": keys.STATS,
+        "histograms": keys.HISTOGRAMS,
+        "slots": keys.SLOTS,
+        "namespace_prefix": keys.NAMESPACE_PREFIX,
+        "worker_prefix": keys.WORKER_PREFIX,
+        "workers_index": keys.WORKERS_INDEX,
+        "leases": keys.LEASES,
+        "lease_prefix": keys.LEASE_PREFIX,
+        "reaper_lock": keys.REAPER_LOCK,
+        "kombu_unacked": keys.KOMBU_UNACKED,
+        "kombu_unacked_index": keys.KOMBU_UNACKED_INDEX,
         "jobs_index": keys.JOBS_INDEX,
         "batches_index": keys.BATCHES_INDEX,
         "active_batches": keys.ACTIVE_BATCHES,

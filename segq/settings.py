@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from segq import defaults, input_policy
 from segq.errors import ConfigError, UnknownModel, UnknownTask
-from segq.protocol import TASKS
+from segq.protocol import MAX_SHARD_IMAGES, TASKS
 
 #: The variable that names the ``.env`` file; read before every other setting.
 ENV_FILE_VARIABLE = "SEGQ_ENV_FILE"
@@ -111,6 +111,32 @@ def _parse_url(var: str, raw: str) -> str:
 
 def _parse_count(var: str, raw: str) -> int:
     return _parse_int(var, raw, minimum=0)
+
+
+def _parse_bool(var: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{var}: expected 1 or 0, got {raw!r}")
+
+
+def _parse_seconds(var: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{var}: expected a number of seconds, got {raw!r}") from None
+    if not 0 < value <= 3600:
+        raise ConfigError(f"{var}: must be more than 0 and at most 3600, got {raw!r}")
+    return value
+
+
+def _parse_shard_images(var: str, raw: str) -> int:
+    value = _parse_int(var, raw)
+    if value > MAX_SHARD_IMAGES:
+        raise ConfigError(f"{var}: at most {MAX_SHARD_IMAGES} (an image id holds its position in 3 hex digits)")
+    return value
 
 
 def _from(f, environ: Mapping[str, str]) -> Any:
@@ -207,6 +233,14 @@ class Settings:
         "SEGQ_RETENTION_DAYS", 0,
         "days uploaded inputs (`inputs/`) and outputs (`outputs/`) are kept, as S3 lifecycle rules on the "
         "bucket (`segq up` and Compose's `s3-init` set them); 0: kept forever", parse=_parse_count)
+    shard_seconds: float = setting(
+        "SEGQ_SHARD_SECONDS", 4.0,
+        "seconds of work a shard of a batch's images holds, at the fleet's measured speed for the model "
+        "(a batch's turn on the fleet is one shard; a submission's first shards are smaller)",
+        parse=lambda v, r: _parse_seconds(v, r), side="producer")
+    shard_max_images: int = setting(
+        "SEGQ_SHARD_MAX_IMAGES", 256, "images in one shard at most (up to 1024)",
+        parse=lambda v, r: _parse_shard_images(v, r), side="producer")
     flower_url: str | None = setting(
         "SEGQ_FLOWER_URL", None, "Flower's address, for links from `segq status`", parse=_parse_url,
         shown_default="none", side="producer")
@@ -256,6 +290,12 @@ class Settings:
         "`max-autotune` (autotuned kernels and CUDA graphs: the longest compile); static shapes: each new "
         "batch size or image size compiles once, at most 16 per worker process, later ones run uncompiled",
         parse=_choice(COMPILE_MODES), side="worker")
+
+    allow_standin: bool = setting(
+        "SEGQ_ALLOW_STANDIN", False,
+        "`1`: a worker may load the stand-in model (`standin:wait_ms=N` in `SEGQ_MODELS`: a fixed prediction after "
+        "a wait, for benchmarks of everything but the model; never for production)", parse=lambda v, r: _parse_bool(v, r),
+        shown_default="0", side="worker")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from queue import Empty
 
 import redis
@@ -103,6 +104,18 @@ def problem(raw: str) -> tuple[dict | None, str | None]:
     return envelope, None
 
 
+_settled: set[str] = set()
+_settled_lock = threading.Lock()
+
+
+def settled(tag: str) -> None:
+    """The message of ``tag`` is acknowledged in Redis already (its task's end removed its
+    unacknowledged record: ``segq/lua/task_ended.lua``); kombu's acknowledgement, which follows,
+    only does this process's bookkeeping."""
+    with _settled_lock:
+        _settled.add(tag)
+
+
 class QoS(kombu_redis.QoS):
     """What a segq channel does with the messages it delivered when it closes (a broken broker
     connection, a shutdown), by each message's lease (``segq.leases``):
@@ -116,7 +129,8 @@ class QoS(kombu_redis.QoS):
       once nobody has leased it for two lease times.
 
     An acknowledgement that arrives after the channel closed is not sent (there is nothing to
-    send it through; the lease's release did it)."""
+    send it through; the lease's release did it), nor is one whose message's unacknowledged record
+    the worker already removed with its task's end (:func:`settled`: one Redis step fewer a task)."""
 
     def restore_unacked(self, client=None):
         with self.channel.conn_or_acquire(client) as client:
@@ -126,7 +140,10 @@ class QoS(kombu_redis.QoS):
         self._delivered.clear()
 
     def ack(self, delivery_tag):
-        if self.channel.connection is None:
+        with _settled_lock:
+            done = delivery_tag in _settled
+            _settled.discard(delivery_tag)
+        if done or self.channel.connection is None:
             virtual.QoS.ack(self, delivery_tag)  # this process's bookkeeping only
             return
         super().ack(delivery_tag)

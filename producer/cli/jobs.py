@@ -254,12 +254,23 @@ def get(ref, out_dir, threads, as_json):
 
 
 def _outcomes(results, as_json: bool, ok: str) -> None:
+    """One line (or JSON object) per job or batch and what was done to it; exit 1 when any was
+    not done (a batch with nothing to retry included)."""
+    from segq.batches import BatchRecord
+
+    def name(r) -> str:
+        return r.name if isinstance(r, BatchRecord) else r.id
+
+    def state(r) -> str:
+        return display.batch_state(r) if isinstance(r, BatchRecord) else display.state(r)
+
     if as_json:
-        display.print_json(out, [display.record_dict(r) | {"outcome": o} for r, o in results])
+        display.print_json(out, [(r.to_dict() if isinstance(r, BatchRecord) else display.record_dict(r))
+                                 | {"outcome": o} for r, o in results])
     else:
         for r, o in results:
-            out.print(f"{r.id}  {display.state(r)}  {o}", highlight=False)
-    refused = [r.id for r, o in results if not o.startswith(ok)]
+            out.print(f"{name(r)}  {state(r)}  {display.safe(o)}", highlight=False)
+    refused = [name(r) for r, o in results if not o.startswith(ok)]
     if refused:
         shown = ", ".join(refused[:20]) + (f" and {len(refused) - 20} more" if len(refused) > 20 else "")
         raise JobFailed(f"{len(refused)} of {len(results)} jobs were not {ok.split()[0]}: {shown}")
@@ -269,9 +280,12 @@ def _outcomes(results, as_json: bool, ok: str) -> None:
 @click.argument("refs", nargs=-1, required=True, metavar="JOB_OR_BATCH...")
 @click.option("--json", "as_json", is_flag=True, help="Print the records and outcomes as JSON.")
 def cancel(refs, as_json):
-    """Cancel jobs, or every job of a batch: queued work is skipped (a batch's unreleased work
-    dropped at once), a running video stops after its current batch of frames, no assembly runs,
-    and partial outputs are removed. The state becomes `canceled`.
+    """Cancel jobs, or every job of a batch. A batch: its queued images are canceled at once, its
+    running shards stop within a second (what they finished stays done), its videos are
+    canceled; one line says what it did. A video: queued work is skipped, a running video stops
+    after its current batch of frames, no assembly runs, partial outputs are removed. An image:
+    canceled if its shard has not begun it (a running shard skips it unless it is done first).
+    The state becomes `canceled`.
 
     Idempotent: canceling a canceled job is fine (exit 0). A job that already ended (done or
     failed) is left as it is, and the command exits 1.
@@ -290,27 +304,30 @@ def cancel(refs, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the records and outcomes as JSON.")
 def retry(refs, wait_, as_json):
     """Run failed or canceled jobs again (by id, or every failed or canceled job of a batch),
-    from their stored input, with a new attempt number.
+    from their stored input: a batch's images in new shards (only those that failed or were
+    canceled), a video with a new attempt number.
 
     Their old outputs are removed first. A job that is queued, running or done is not retried
-    (exit 1, unless a batch was named: its other jobs are simply left as they are).
+    (exit 1); a batch with nothing failed or canceled says so (exit 1).
 
     \b
     Examples:
       segq retry 3f2a9c0d1e4b5a68 --wait
       segq retry photos-v1
     """
+    from segq.batches import BatchRecord
+
     client = _client()
-    jobs, names = _split(refs)
     results = client.retry(list(refs))
-    if names:  # a batch's done jobs are not "refused": only its failed and canceled ones are asked
-        results = [(r, o) for r, o in results if o.startswith("retry") or r.id in jobs]
     if wait_:
-        retried = [r.id for r, o in results if o.startswith("retry")]
-        finish(wait_with_progress(client, retried, None, quiet=as_json), as_json)
-        return
-    if not results and not as_json:
-        err.print("nothing to retry")
+        batches = [r.name for r, o in results if isinstance(r, BatchRecord) and o.startswith("retry")]
+        retried = [r.id for r, o in results if not isinstance(r, BatchRecord) and o.startswith("retry")]
+        if batches:
+            finish_batches(client, wait_batches_with_progress(client, batches, None, quiet=as_json), as_json)
+        if retried:
+            finish(wait_with_progress(client, retried, None, quiet=as_json), as_json)
+        if batches or retried:
+            return
     _outcomes(results, as_json, ok="retry")
 
 

@@ -10,23 +10,56 @@ local function batch_key(name) return '$batch_prefix' .. name end
 local function batch_jobs_key(name) return '$batch_prefix' .. name .. ':jobs' end
 local function batch_inputs_key(name) return '$batch_prefix' .. name .. ':inputs' end
 local function pending_key(name) return '$batch_prefix' .. name .. ':pending' end
+local function shards_key(name) return '$batch_prefix' .. name .. ':shards' end
+local function message_key(name) return '$batch_prefix' .. name .. ':msg' end
+local function losses_key(name) return '$batch_prefix' .. name .. ':losses' end
+local function namespace_key(ns) return '$namespace_prefix' .. ns end
 local function ring_key(model, priority) return '$ring_prefix' .. model .. ':' .. priority end
 local function queue_key(model) return '$queue_prefix' .. model end
 local PENDING_COUNTS = '$pending_counts'
 local INFLIGHT = '$inflight'
 local STATS = '$stats'
+local HIST = '$histograms'
+local SLOTS = '$slots'
 
 local function num(v) return tonumber(v) or 0 end
+
+-- HINCRBY by N, skipped when N is 0 (Redis refuses Lua's '-0' as no integer).
+local function incr(key, field, n)
+  if n ~= 0 then redis.call('HINCRBY', key, field, n) end
+end
+
+-- Add a worker's histogram observations (segq.metrics.Tally.to_json: field -> increment; sums,
+-- the fields ending in '|sum', are floats).
+local function hist_add(raw)
+  if not raw or raw == '' then return end
+  for field, n in pairs(cjson.decode(raw)) do
+    if string.sub(field, -4) == '|sum' then
+      redis.call('HINCRBYFLOAT', HIST, field, n)
+    else
+      redis.call('HINCRBY', HIST, field, n)
+    end
+  end
+end
+
+-- Join BATCH to the ring of its model and priority, at the back of the line, unless it stands
+-- in it; N more messages of it are pending.
+local function pending_more(batch, model, priority, n)
+  redis.call('PERSIST', pending_key(batch))
+  redis.call('HINCRBY', PENDING_COUNTS, model .. '|' .. priority, n)
+  if redis.call('HSETNX', batch_key(batch), 'inring', '1') == 1 then
+    -- the ring's consuming end is the right one (RPOP): a batch joins at the left, the back
+    redis.call('LPUSH', ring_key(model, priority), batch)
+  end
+end
 
 -- Queue ENTRIES ("<task id> <message>") of BATCH behind its other pending work, or in front of
 -- it (FRONT: a video's chunks and its assembly go first, so a started video finishes before the
 -- batch's next job begins); the batch joins its model's ring of its priority if it is not in it.
 local function enqueue(batch, entries, front)
   if #entries == 0 then return 0 end
-  local bkey = batch_key(batch)
-  local meta = redis.call('HMGET', bkey, 'model', 'priority')
-  local model, priority = meta[1], meta[2]
-  if not model then return redis.error_reply('no batch ' .. batch) end
+  local meta = redis.call('HMGET', batch_key(batch), 'model', 'priority')
+  if not meta[1] then return redis.error_reply('no batch ' .. batch) end
   local pkey = pending_key(batch)
   -- the consuming end is the right one (RPOP): FIFO is LPUSH; the front is RPUSH, in reverse
   if front then
@@ -34,19 +67,58 @@ local function enqueue(batch, entries, front)
   else
     for i = 1, #entries do redis.call('LPUSH', pkey, entries[i]) end
   end
-  redis.call('PERSIST', pkey)
-  redis.call('HINCRBY', PENDING_COUNTS, model .. '|' .. priority, #entries)
-  if redis.call('HSETNX', bkey, 'inring', '1') == 1 then
-    -- the ring's consuming end is the right one too: a batch joins at the back of the line
-    redis.call('LPUSH', ring_key(model, priority), batch)
-  end
+  pending_more(batch, meta[1], meta[2], #entries)
   return #entries
 end
 
--- Release work of MODEL into its queue until the queue holds TARGET messages: high before
--- normal before low; within a priority, one task per batch in turn (round robin). Each released
--- task is recorded in flight (INFLIGHT, scored by NOW) for the watchdog. Returns how many moved.
+-- Queue shard K of BATCH behind its other pending work. Consecutive shards share one entry,
+-- '@<first> <last>' (the batch's message template makes each one's message when it is
+-- released), so pending work costs Redis the same for ten shards or a hundred thousand.
+local function enqueue_shard(batch, k)
+  local meta = redis.call('HMGET', batch_key(batch), 'model', 'priority')
+  if not meta[1] then return redis.error_reply('no batch ' .. batch) end
+  local pkey = pending_key(batch)
+  local back = redis.call('LINDEX', pkey, 0)
+  local first, last
+  if back then first, last = string.match(back, '^@(%d+) (%d+)$$') end
+  if last and tonumber(last) == k - 1 then
+    redis.call('LSET', pkey, 0, '@' .. first .. ' ' .. k)
+  else
+    redis.call('LPUSH', pkey, '@' .. k .. ' ' .. k)
+  end
+  pending_more(batch, meta[1], meta[2], 1)
+  return 1
+end
+
+-- The next message of BATCH's pending ENTRY: its task id and body. A shard range releases its
+-- first shard and puts the rest back in front (where it was).
+local function next_message(batch, pkey, entry)
+  if string.sub(entry, 1, 1) ~= '@' then
+    local sep = string.find(entry, ' ', 1, true)
+    return string.sub(entry, 1, sep - 1), string.sub(entry, sep + 1)
+  end
+  local first, last = string.match(entry, '^@(%d+) (%d+)$$')
+  first, last = tonumber(first), tonumber(last)
+  if first < last then redis.call('RPUSH', pkey, '@' .. (first + 1) .. ' ' .. last) end
+  local template = redis.call('GET', message_key(batch))
+  if not template then return nil, nil end  -- the batch expired under it: nothing to send
+  local name = string.format('%06d', first)
+  local body = string.gsub(template, '@@N@@', name)
+  return 'shard:' .. batch .. ':' .. name, body
+end
+
+-- The queue target of MODEL: the task slots of the live workers that serve it (segq.registry
+-- keeps the counts).
+local function slots(model)
+  return num(redis.call('HGET', SLOTS, model))
+end
+
+-- Release work of MODEL into its queue until the queue holds TARGET messages (nil: its slots):
+-- high before normal before low; within a priority, one task per batch in turn (round robin).
+-- Each released task is recorded in flight (INFLIGHT, scored by NOW) for the watchdog. Returns
+-- how many moved.
 local function dispatch(model, target, now)
+  target = target or slots(model)
   local queue = queue_key(model)
   local length = redis.call('LLEN', queue)
   local moved = 0
@@ -59,22 +131,25 @@ local function dispatch(model, target, now)
         local pkey = pending_key(batch)
         local entry = redis.call('RPOP', pkey)
         if entry then
-          local sep = string.find(entry, ' ', 1, true)
-          redis.call('LPUSH', queue, string.sub(entry, sep + 1))
-          redis.call('ZADD', INFLIGHT, now, string.sub(entry, 1, sep - 1))
+          local task_id, body = next_message(batch, pkey, entry)
           redis.call('HINCRBY', PENDING_COUNTS, model .. '|' .. priority, -1)
+          if task_id then
+            redis.call('LPUSH', queue, body)
+            redis.call('ZADD', INFLIGHT, now, task_id)
+          end
           if redis.call('LLEN', pkey) == 0 then
             redis.call('RPOP', ring)
             redis.call('HDEL', batch_key(batch), 'inring')
           else
             redis.call('RPOPLPUSH', ring, ring)  -- its turn is over: to the back of the line
           end
-          released = true
-          break
+          released = task_id ~= nil
+          if released then break end
+        else
+          -- a batch with nothing pending (canceled, expired): out of the ring
+          redis.call('RPOP', ring)
+          redis.call('HDEL', batch_key(batch), 'inring')
         end
-        -- a batch with nothing pending (canceled, expired): out of the ring
-        redis.call('RPOP', ring)
-        redis.call('HDEL', batch_key(batch), 'inring')
         batch = redis.call('LINDEX', ring, -1)
       end
       if released then break end
@@ -86,18 +161,25 @@ local function dispatch(model, target, now)
   return moved
 end
 
+-- Every key of BATCH but its hash, which expire and persist with it.
+local function batch_keys(batch, ns)
+  local out = {batch_jobs_key(batch), batch_inputs_key(batch), pending_key(batch), shards_key(batch),
+               message_key(batch), losses_key(batch)}
+  if ns and ns ~= '' then table.insert(out, namespace_key(ns)) end
+  return out
+end
+
 -- A batch with no queued or running job left, once its submission is sealed, is finished: it
 -- gets its end time and its keys expire TTL seconds later (as its jobs' records do). Returns 1
 -- when it finished now.
 local function maybe_finish_batch(batch, now, ttl)
   local bkey = batch_key(batch)
-  local b = redis.call('HMGET', bkey, 'queued', 'running', 'sealed', 'finished_at')
+  local b = redis.call('HMGET', bkey, 'queued', 'running', 'sealed', 'finished_at', 'ns')
   if b[3] ~= '1' or num(b[1]) > 0 or num(b[2]) > 0 or b[4] then return 0 end
   redis.call('HSET', bkey, 'finished_at', now)
   redis.call('SREM', '$active_batches', batch)
-  for _, key in ipairs({bkey, batch_jobs_key(batch), batch_inputs_key(batch), pending_key(batch)}) do
-    redis.call('EXPIRE', key, ttl)
-  end
+  redis.call('EXPIRE', bkey, ttl)
+  for _, key in ipairs(batch_keys(batch, b[5])) do redis.call('EXPIRE', key, ttl) end
   return 1
 end
 
@@ -115,12 +197,35 @@ local function count_move(jkey, from, to, now, ttl)
 end
 
 -- A finished batch that gets work again (a retry, a resubmission) is open again: no end time,
--- no expiry.
+-- no expiry, not canceled.
 local function reopen_batch(batch)
   local bkey = batch_key(batch)
-  redis.call('HDEL', bkey, 'finished_at', 'manifest_at')
+  redis.call('HDEL', bkey, 'finished_at', 'manifest_at', 'canceled_at')
   redis.call('SADD', '$active_batches', batch)
-  for _, key in ipairs({bkey, batch_jobs_key(batch), batch_inputs_key(batch), pending_key(batch)}) do
-    redis.call('PERSIST', key)
-  end
+  redis.call('PERSIST', bkey)
+  for _, key in ipairs(batch_keys(batch, redis.call('HGET', bkey, 'ns'))) do redis.call('PERSIST', key) end
+end
+
+-- The state of shard K of BATCH (segq.shards.ShardState), or nil.
+local function shard_get(batch, k)
+  local raw = redis.call('HGET', shards_key(batch), k)
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
+local function shard_put(batch, k, st)
+  redis.call('HSET', shards_key(batch), k, cjson.encode(st))
+end
+
+-- Images of a batch that ended in a shard: the batch's counters and the fleet's job counters.
+local function count_images(batch, model, done, failed, canceled)
+  local bkey = batch_key(batch)
+  incr(bkey, 'done', done)
+  incr(bkey, 'failed', failed)
+  incr(bkey, 'canceled', canceled)
+  incr(bkey, 'frames_done', done)
+  incr(STATS, 'jobs|done|image|' .. model, done)
+  incr(STATS, 'jobs|failed|image|' .. model, failed)
+  incr(STATS, 'jobs|canceled|image|' .. model, canceled)
+  incr(STATS, 'frames|' .. model, done)
 end

@@ -10,7 +10,10 @@ from segq import defaults, keys, layout
 from segq.broker import celery_config
 from segq.errors import ConfigError, UnknownModel, UnknownTask
 from segq.jobs import JobRecord
-from segq.protocol import ImageJob, PayloadError, model_queue
+from segq.protocol import (
+    PayloadError, ShardJob, VideoJob, image_id, model_queue, new_job_id, new_namespace, parse_image_id, parse_task_id,
+    shard_task_id,
+)
 from segq.settings import Settings
 
 
@@ -69,18 +72,42 @@ def test_celery_config_is_json_only_and_safe_for_long_gpu_tasks():
 
 
 def test_payload_round_trip_and_validation():
-    job = ImageJob(job_id="0123456789abcdef", task="instance", model="coco-instance", input_bucket="b", input_key="k")
-    assert ImageJob.from_message(job.to_message()) == job
+    job = VideoJob(job_id="0123456789abcdef", task="instance", model="coco-instance", input_bucket="b", input_key="k")
+    assert VideoJob.from_message(job.to_message()) == job
     with pytest.raises(PayloadError, match="unknown task"):
-        ImageJob.from_message({**job.to_message(), "task": "depth"})
+        VideoJob.from_message({**job.to_message(), "task": "depth"})
     with pytest.raises(PayloadError, match="missing input_key"):
-        ImageJob.from_message({k: v for k, v in job.to_message().items() if k != "input_key"})
+        VideoJob.from_message({k: v for k, v in job.to_message().items() if k != "input_key"})
     with pytest.raises(PayloadError, match="unknown fields pixels"):
-        ImageJob.from_message({**job.to_message(), "pixels": "..."})
+        VideoJob.from_message({**job.to_message(), "pixels": "..."})
     with pytest.raises(PayloadError, match="version '2' is not supported"):
-        ImageJob.from_message({**job.to_message(), "version": 2})
+        VideoJob.from_message({**job.to_message(), "version": 2})
     with pytest.raises(PayloadError, match="invalid model name"):
         model_queue("../etc")
+    shard = ShardJob(batch="photos-v1", shard="000012", task="semantic", model="ade-semantic")
+    assert ShardJob.from_message(shard.to_message()) == shard and shard.index == 12
+    assert shard.task_id == "shard:photos-v1:000012" == shard_task_id("photos-v1", 12)
+    with pytest.raises(PayloadError, match="shard must be 6 to 8 digits"):
+        ShardJob.from_message({**shard.to_message(), "shard": "12"})
+    with pytest.raises(PayloadError, match="invalid batch name"):
+        ShardJob.from_message({**shard.to_message(), "batch": "../x"})
+    with pytest.raises(PayloadError, match="missing batch"):
+        ShardJob.from_message({k: v for k, v in shard.to_message().items() if k != "batch"})
+
+
+def test_an_image_id_says_where_the_image_is_and_never_reads_as_a_video_job_id():
+    ns = new_namespace()
+    assert len(ns) == 7 and ns[0] in "89abcdef"
+    job_id = image_id(ns, 300, 17)
+    ref = parse_image_id(job_id)
+    assert len(job_id) == 16 and (ref.namespace, ref.shard, ref.position) == (ns, 300, 17)
+    assert all(new_job_id()[0] in "01234567" and parse_image_id(new_job_id()) is None for _ in range(200))
+    assert parse_image_id("not an id") is None and parse_image_id(ns + "000001fff") is None  # position > 1023
+    with pytest.raises(ValueError):
+        image_id(ns, 0, 1024)
+    ref = parse_task_id("shard:a-1-00002:000345")
+    assert (ref.is_shard, ref.batch, ref.shard, ref.job_id) == (True, "a-1-00002", 345, "")
+    assert parse_task_id("0123456789abcdef-r2-chunk00003").chunk == 3
 
 
 def test_keys_and_layout():
@@ -91,9 +118,12 @@ def test_keys_and_layout():
 
 
 def test_job_record_round_trips_through_a_redis_hash():
-    rec = JobRecord(id="0123456789abcdef", kind="image", task="semantic", model="m", input="s3://b/k",
-                    created_at=1.5, fps=3.25, frames=1, batch="b-1", annotate_fps=True, state="done")
+    rec = JobRecord(id="0123456789abcdef", kind="video", task="semantic", model="m", input="s3://b/k",
+                    created_at=1.5, fps=3.25, frames=30, batch="b-1", annotate_fps=True, state="done", chunks_total=2)
     back = JobRecord.from_hash(rec.to_hash())
     assert back == rec
-    assert back.outputs == [f"outputs/0123456789abcdef/{n}" for n in layout.output_names("semantic")]
+    assert back.outputs == [f"outputs/0123456789abcdef/{n}" for n in (layout.OVERLAY_VIDEO, layout.VIDEO_JSON)] + [
+        f"outputs/0123456789abcdef/labels/chunk-0000{i}.npz" for i in range(2)]
     assert rec.request().to_message()["batch"] == "b-1"
+    image = JobRecord(id="8123456789abcdef", kind="image", task="semantic", model="m", input="s3://b/k", state="done")
+    assert image.outputs == [f"outputs/8123456789abcdef/{n}" for n in layout.output_names("semantic")]

@@ -13,6 +13,7 @@ from producer.stack import RedisServer
 from segq import keys, leases
 from segq.jobs import redis_client
 from segq.registry import WorkerRegistration
+from segq.scheduler import Scheduler
 
 
 @pytest.fixture()
@@ -20,6 +21,13 @@ def r(tmp_path):
     server = RedisServer("redis", tmp_path / "redis.log", data_dir=tmp_path).start()
     yield redis_client(server.url)
     server.stop()
+
+
+def start(r, book: leases.LeaseBook, tag: str) -> None:
+    """A task's start marks its lease started (in the pipeline of the task's own start)."""
+    pipe = r.pipeline(transaction=False)
+    book.started(tag, pipe)
+    pipe.execute()
 
 
 def held_by_kombu(r, tag: str, task_id: str, queue: str = "segq.model.m") -> None:
@@ -31,15 +39,15 @@ def held_by_kombu(r, tag: str, task_id: str, queue: str = "segq.model.m") -> Non
 
 def test_a_dead_workers_message_goes_back_to_the_front_of_its_queue(r):
     book = leases.LeaseBook(r, "w1@h", ttl=0.0)  # expired as soon as taken
-    book.take("tag-1", "job1-chunk00000", "job1", "segq.segment_chunk")
-    book.started("tag-1")
-    held_by_kombu(r, "tag-1", "job1-chunk00000")
+    book.take("tag-1", "0000000000000001-chunk00000", "0000000000000001", "segq.segment_chunk")
+    start(r, book, "tag-1")
+    held_by_kombu(r, "tag-1", "0000000000000001-chunk00000")
     r.lpush("segq.model.m", json.dumps({"headers": {"id": "later"}}))
 
     [reaped] = leases.reap(r, max_losses=3)
-    assert (reaped.outcome, reaped.losses, reaped.lease.task_id) == ("requeued", 1, "job1-chunk00000")
+    assert (reaped.outcome, reaped.losses, reaped.lease.task_id) == ("requeued", 1, "0000000000000001-chunk00000")
     nxt = json.loads(r.rpop("segq.model.m"))  # BRPOP consumes from the right: it is next
-    assert nxt["headers"] == {"id": "job1-chunk00000", "redelivered": True}
+    assert nxt["headers"] == {"id": "0000000000000001-chunk00000", "redelivered": True}
     assert not r.hexists(keys.KOMBU_UNACKED, "tag-1") and not r.zscore(keys.KOMBU_UNACKED_INDEX, "tag-1")
     assert leases.leases(r) == [] and leases.reap(r, max_losses=3) == []
 
@@ -47,7 +55,7 @@ def test_a_dead_workers_message_goes_back_to_the_front_of_its_queue(r):
 def test_a_live_workers_leases_are_left_alone_even_when_late(r):
     WorkerRegistration(r, "w2@h", "cpu").publish()  # live, this very process
     book = leases.LeaseBook(r, "w2@h", ttl=0.0)
-    book.take("tag-2", "job2", "job2", "segq.segment_image")
+    book.take("tag-2", "job2", "job2", "segq.split_video")
     held_by_kombu(r, "tag-2", "job2")
     assert leases.reap(r, max_losses=3) == []
     assert r.hexists(keys.KOMBU_UNACKED, "tag-2")
@@ -56,34 +64,54 @@ def test_a_live_workers_leases_are_left_alone_even_when_late(r):
 def test_a_restarted_process_with_the_same_hostname_does_not_protect_the_old_ones_leases(r):
     book = leases.LeaseBook(r, "w3@h", ttl=0.0)
     book.pid = os.getpid() + 100000  # the process that died
-    book.take("tag-3", "job3", "job3", "segq.segment_image")
+    book.take("tag-3", "job3", "job3", "segq.split_video")
     held_by_kombu(r, "tag-3", "job3")
     WorkerRegistration(r, "w3@h", "cpu").publish()  # its successor, same name, new pid
     assert [x.outcome for x in leases.reap(r, max_losses=3)] == ["requeued"]
 
 
+def test_the_reaper_removes_the_records_of_dead_workers_and_their_slots(r):
+    import time
+
+    from segq import registry
+
+    dead = WorkerRegistration(r, "gone@h", "cpu", interval=1, concurrency=3)
+    dead.loaded("m", 1.0)
+    live = WorkerRegistration(r, "here@h", "cpu", interval=1, concurrency=2)
+    live.loaded("m", 1.0)
+    assert r.hget(keys.SLOTS, "m") == "5"
+    r.zadd(keys.WORKERS_INDEX, {"gone@h": time.time() - 10})  # its last beat, long ago
+    r.hset(keys.worker("gone@h"), "heartbeat", time.time() - 10)
+    leases.reap(r, max_losses=3, interval=1)
+    assert r.hget(keys.SLOTS, "m") == "2" and registry.get(r, "gone@h") is None
+    assert [w.hostname for w in registry.workers(r)] == ["here@h"]
+
+
 def test_reserved_work_is_requeued_without_counting_and_started_work_is_given_up_after_max(r):
     book = leases.LeaseBook(r, "w4@h", ttl=0.0)
-    book.take("tag-r", "job4-chunk00001", "job4", "segq.segment_chunk")  # reserved, never started
-    held_by_kombu(r, "tag-r", "job4-chunk00001")
+    book.take("tag-r", "0000000000000004-chunk00001", "0000000000000004", "segq.segment_chunk")  # reserved, never started
+    held_by_kombu(r, "tag-r", "0000000000000004-chunk00001")
     assert [(x.outcome, x.losses) for x in leases.reap(r, max_losses=2)] == [("requeued", 0)]
     outcomes = []
     for n in range(2):
         tag = f"tag-s{n}"
-        book.take(tag, "job4-chunk00000", "job4", "segq.segment_chunk")
-        book.started(tag)
-        held_by_kombu(r, tag, "job4-chunk00000")
+        book.take(tag, "0000000000000004-chunk00000", "0000000000000004", "segq.segment_chunk")
+        start(r, book, tag)
+        held_by_kombu(r, tag, "0000000000000004-chunk00000")
         outcomes += [(x.outcome, x.losses) for x in leases.reap(r, max_losses=2)]
     assert outcomes == [("requeued", 1), ("failed", 2)]
     assert r.llen("segq.model.m") == 2  # the reserved one and the first loss; the second was dropped
 
 
 def test_a_message_no_longer_unacknowledged_is_dropped_and_renewal_keeps_leases(r):
+    registration = WorkerRegistration(r, "w5@h", "cpu")
+    registration.publish()
     book = leases.LeaseBook(r, "w5@h", ttl=60.0)
-    book.take("tag-5", "job5", "job5", "segq.segment_image")
+    book.take("tag-5", "job5", "job5", "segq.split_video")
     before = r.zscore(keys.LEASES, "tag-5")
-    book.renew()
-    assert r.zscore(keys.LEASES, "tag-5") >= before
+    registration.beat(book.tags(), before + 30)  # the heartbeat renews the worker's leases
+    assert r.zscore(keys.LEASES, "tag-5") == before + 30
+    r.delete(keys.worker("w5@h"))
     assert leases.reap(r, max_losses=3) == []  # not expired
     r.zadd(keys.LEASES, {"tag-5": 0})
     assert [x.outcome for x in leases.reap(r, max_losses=3)] == ["dropped"]
@@ -93,7 +121,7 @@ def test_a_message_no_longer_unacknowledged_is_dropped_and_renewal_keeps_leases(
 def test_a_lease_a_live_worker_abandoned_is_restored_after_a_grace_period(r):
     WorkerRegistration(r, "w6@h", "cpu").publish()  # live, this very process
     book = leases.LeaseBook(r, "w6@h", ttl=5.0)
-    book.take("tag-6", "job6", "job6", "segq.segment_image")
+    book.take("tag-6", "job6", "job6", "segq.split_video")
     held_by_kombu(r, "tag-6", "job6")
     book.abandon("tag-6")  # its task broke outside the skeleton while Redis was away
     expiry = r.zscore(keys.LEASES, "tag-6")
@@ -118,16 +146,18 @@ def test_a_lease_lost_before_its_task_started_is_written_whole_at_the_start(r):
     reaper does not take a running task for a dead worker's (worker '' pid 0)."""
     WorkerRegistration(r, "w9@h", "cpu").publish()
     book = leases.LeaseBook(r, "w9@h", ttl=0.0)
-    book.take("tag-9", "job9", "job9", "segq.segment_image")
+    book.take("tag-9", "job9", "job9", "segq.split_video")
     held_by_kombu(r, "tag-9", "job9")
     r.delete(keys.lease("tag-9"))
     r.zrem(keys.LEASES, "tag-9")
-    book.started("tag-9")
+    start(r, book, "tag-9")
     lease = leases.get(r, "tag-9")
     assert (lease.worker, lease.pid, lease.job_id, lease.running) == ("w9@h", os.getpid(), "job9", True)
     assert leases.reap(r, max_losses=3) == []  # a live worker's
-    book.release("tag-9")  # the task ended: lease and kombu's unacknowledged record go together
+    Scheduler(r).ended("job9", None, "tag-9")  # the task ended: lease and kombu's unacknowledged record go together
+    book.released("tag-9")
     assert leases.get(r, "tag-9") is None and not r.hexists(keys.KOMBU_UNACKED, "tag-9")
+    assert book.tags() == []
 
 
 def test_an_orphan_of_a_finished_job_is_dropped_not_requeued(r):

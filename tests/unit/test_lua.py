@@ -1,7 +1,9 @@
-"""The Lua scripts against a real redis-server: jobs move once and their batches count them in the
-same step; a chunk counts once and the last one queues assembly once; the scheduler releases work
-up to its target, high before normal before low, one task per batch in turn, and records what it
-released as in flight."""
+"""The Lua scripts against a real redis-server: video jobs and shards move once and their batches
+count them in the same step; a chunk counts once and the last one queues assembly once; the
+scheduler releases work up to its target, high before normal before low, one task per batch in
+turn, a range of shards as one entry with each shard's message made from the batch's template,
+and records what it released as in flight; a batch is canceled a page at a time; a shard's
+failed images run again as a retry shard; the registry keeps the models' slot counts exact."""
 
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ from segq import keys
 from segq.batches import BatchStore, NewJob, identity
 from segq.connections import redis_client
 from segq.jobs import ASSEMBLY_QUEUED, CHUNK_DUPLICATE, CHUNK_RECORDED, JobRecord, JobStore
+from segq.messages import SLOT
+from segq.metrics import STAGE, Tally
 from segq.scheduler import Scheduler
+from segq.shards import ShardStore
 from segq.states import JobKind, JobState
 
 TTL = 600
@@ -48,9 +53,14 @@ def entry(task_id: str) -> str:
     return f"{task_id} {json.dumps({'headers': {'id': task_id}})}"
 
 
-def jobs(r, batch: str, ids: list[str], kind=JobKind.IMAGE, model="m", priority="normal", seal=True) -> BatchStore:
+def template(batch: str) -> str:
+    """A stand-in shard message that names its task (``segq.messages.template`` fills real ones)."""
+    return json.dumps({"headers": {"id": f"shard:{batch}:{SLOT}"}, "properties": {"delivery_tag": f"t.{SLOT}"}})
+
+
+def jobs(r, batch: str, ids: list[str], kind=JobKind.VIDEO, model="m", priority="normal", seal=True) -> BatchStore:
     batches = BatchStore(r, TTL)
-    batches.open(batch, "semantic", model, priority)
+    batches.open(batch, "semantic", model, priority, template(batch))
     new = [NewJob(i, identity(batch, i), JobRecord(id=i, kind=kind, task="semantic", model=model, input="s3://b/k",
                                                    batch=batch, priority=priority).to_hash(), entry(i))
            for i in ids]
@@ -90,7 +100,7 @@ def test_a_batch_counts_its_jobs_in_the_moves_and_finishes_with_its_last_job(sto
     assert ended.moved and ended.batch_finished == "b2" and store.finished == ["b2"]
     b = batches.get("b2")
     assert (b.state, b.jobs, b.done, b.failed, b.canceled, b.queued, b.running) == ("finished", 3, 1, 1, 1, 0, 0)
-    assert (b.frames_total, b.frames_done) == (3, 1)
+    assert (b.frames_total, b.frames_done) == (0, 0)  # videos count frames from their split
     assert 0 < r.ttl(keys.batch("b2")) <= TTL and 0 < r.ttl(keys.batch_jobs("b2")) <= TTL
     # a retry opens the batch again and queues the job's new first task in the same step
     assert store.reset_for_retry("00000000000000b2", 1, entry("00000000000000b2-r1")) == 1
@@ -106,7 +116,7 @@ def test_a_batch_holds_each_input_once(r):
     batches = jobs(r, "b3", ["00000000000000c1"], seal=False)
     again = [NewJob("00000000000000c2", identity("b3", "00000000000000c1"), {"id": "00000000000000c2"}, entry("c2")),
              NewJob("00000000000000c3", identity("b3", "new"), JobRecord(
-                 id="00000000000000c3", kind="image", task="semantic", model="m", input="s3://b/k",
+                 id="00000000000000c3", kind="video", task="semantic", model="m", input="s3://b/k",
                  batch="b3").to_hash(), entry("00000000000000c3"))]
     assert batches.submit("b3", again) == {0: "00000000000000c1"}  # held already, by its first job
     assert not r.exists(keys.job("00000000000000c2"))
@@ -119,12 +129,14 @@ def test_a_batch_refuses_another_task_model_or_priority(r):
     from segq.errors import UsageError
 
     batches = BatchStore(r, TTL)
-    batches.open("b4", "semantic", "m", "normal")
+    first = batches.open("b4", "semantic", "m", "normal", template("b4"))
     with pytest.raises(UsageError, match="semantic batch on model m"):
-        batches.open("b4", "panoptic", "m", "normal")
+        batches.open("b4", "panoptic", "m", "normal", template("b4"))
     with pytest.raises(UsageError, match="priority normal"):
-        batches.open("b4", "semantic", "m", "low")
-    assert batches.open("b4", "semantic", "m", "normal") == (False, 0)
+        batches.open("b4", "semantic", "m", "low", template("b4"))
+    again = batches.open("b4", "semantic", "m", "normal", template("b4"))
+    assert (again.created, again.jobs, again.namespace, again.shards) == (False, 0, first.namespace, 0)
+    assert first.created and r.get(keys.namespace(first.namespace)) == "b4" and first.namespace[0] in "89abcdef"
 
 
 def test_each_chunk_counts_once_and_the_last_queues_assembly_once(store, r):
@@ -151,15 +163,20 @@ def test_each_chunk_counts_once_and_the_last_queues_assembly_once(store, r):
     assert released(r)[-1] == f"{job}-assemble"
 
 
-def test_finishing_counts_fleet_stats_with_the_codec(store, r):
+def test_finishing_counts_fleet_stats_with_the_codec_and_the_latency_in_the_same_step(store, r):
     jobs(r, "b6", ["00000000000000e1"], model="m2")
-    store.finish("00000000000000e1", frames=1, inference_s=0.25, fps=4.0)
+    store.finish("00000000000000e1", frames=30, inference_s=0.25, fps=120.0, latency=(("m2", "video", "normal"), 3.0))
     stats = r.hgetall(keys.STATS)
-    assert stats[keys.stat_field(keys.STAT_JOBS, "done", "image", "m2")] == "1"
-    assert stats[keys.stat_field(keys.STAT_FRAMES, "m2")] == "1"
-    assert stats[keys.stat_field(keys.STAT_LAST_FPS, "image", "m2")] == "4.0"
+    assert stats[keys.stat_field(keys.STAT_JOBS, "done", "video", "m2")] == "1"
+    assert stats[keys.stat_field(keys.STAT_FRAMES, "m2")] == "30"
+    assert stats[keys.stat_field(keys.STAT_LAST_FPS, "video", "m2")] == "120.0"
     assert keys.parse_stat_field("last_fps|image|m2") == ("last_fps", ("image", "m2"))
     assert keys.parse_stat_field("nonsense|x") is None
+    hist = r.hgetall(keys.HISTOGRAMS)
+    assert hist["segq_job_latency_seconds|m2|video|normal|count"] == "1"
+    assert float(hist["segq_job_latency_seconds|m2|video|normal|sum"]) == 3.0
+    assert store.finish("00000000000000e1", frames=30, latency=(("m2", "video", "normal"), 3.0)).moved is False
+    assert r.hget(keys.HISTOGRAMS, "segq_job_latency_seconds|m2|video|normal|count") == "1"  # counted once
 
 
 def test_a_record_expires_counting_from_the_end_and_a_final_state_is_never_overwritten(store, r):
@@ -182,7 +199,7 @@ def test_the_scheduler_releases_up_to_its_target_and_each_end_releases_the_next(
     assert released(r) == [f"{i:016x}" for i in range(3)]
     assert sorted(r.zrange(keys.INFLIGHT, 0, -1)) == [f"{i:016x}" for i in range(3)]
     r.rpop("segq.model.m")  # a worker takes one
-    assert scheduler.ended(f"{0:016x}", "m", 3) == 1
+    assert scheduler.ended(f"{0:016x}", "m", target=3) == 1
     assert f"{0:016x}" not in r.zrange(keys.INFLIGHT, 0, -1)
     assert scheduler.pending() == {("m", "normal"): 6}
     assert scheduler.dispatch("m", 0) == 0  # no live slot: nothing released
@@ -203,9 +220,10 @@ def test_batches_take_turns_and_priorities_are_strict(r):
 
 
 def test_canceling_a_batch_drops_its_pending_work(r):
-    batches = jobs(r, "e-cancel", [f"e{i:015x}" for i in range(5)])
-    assert batches.drop_pending("e-cancel") == 5
-    assert batches.drop_pending("e-cancel") == 0  # again: nothing left, and no error
+    jobs(r, "e-cancel", [f"e{i:015x}" for i in range(5)])
+    shards = ShardStore(r, None, TTL)
+    assert shards.cancel_batch("e-cancel") == (5, 0)
+    assert shards.cancel_batch("e-cancel") == (0, 0)  # again: nothing left, and no error
     assert Scheduler(r).dispatch("m", 10) == 0
     assert Scheduler(r).pending() == {}
 
@@ -219,3 +237,183 @@ def test_a_canceled_video_with_no_frame_done_is_retried(store, r):
     assert store.reset_for_retry(job, 1, entry(f"{job}-r1")) == 1
     b = BatchStore(r, TTL).get("b9")
     assert (b.queued, b.canceled, b.frames_total, b.frames_done) == (1, 0, 0, 0)
+
+
+# -- shards ------------------------------------------------------------------------------------
+
+def shard_batch(r, batch: str, sizes: list[int], priority="normal", seal=True) -> tuple[BatchStore, ShardStore]:
+    """A batch of shards of ``sizes`` images (their lists are not needed by the scripts)."""
+    batches = BatchStore(r, TTL)
+    batches.open(batch, "semantic", "m", priority, template(batch))
+    shards = ShardStore(r, None, TTL)
+    for n in sizes:
+        assert shards.add(batch, shards.next_index(batch), n) is True
+    if seal:
+        batches.seal(batch)
+    return batches, shards
+
+
+def counts(batches: BatchStore, batch: str) -> tuple:
+    b = batches.get(batch)
+    return b.jobs, b.queued, b.running, b.done, b.failed, b.canceled
+
+
+def test_consecutive_shards_wait_as_one_entry_and_each_is_released_with_its_own_message(r):
+    batches, shards = shard_batch(r, "s1", [3, 4, 5, 6])
+    assert r.lrange(keys.batch_pending("s1"), 0, -1) == ["@0 3"]  # four shards, one entry
+    assert shards.add("s1", 2, 5) is False  # added once
+    assert counts(batches, "s1") == (18, 18, 0, 0, 0, 0) and batches.get("s1").frames_total == 18
+    assert Scheduler(r).pending() == {("m", "normal"): 4}
+    assert Scheduler(r).dispatch("m", 2) == 2
+    assert released(r) == ["shard:s1:000000", "shard:s1:000001"]
+    bodies = [json.loads(m) for m in reversed(r.lrange("segq.model.m", 0, -1))]
+    assert [b["properties"]["delivery_tag"] for b in bodies] == ["t.000000", "t.000001"]
+    assert r.lrange(keys.batch_pending("s1"), 0, -1) == ["@2 3"]
+    assert sorted(r.zrange(keys.INFLIGHT, 0, -1)) == ["shard:s1:000000", "shard:s1:000001"]
+    assert r.lrange(keys.batch_jobs("s1"), 0, -1) == ["s0", "s1", "s2", "s3"]
+
+
+def test_a_shard_starts_once_ends_once_and_its_batch_counts_its_images(r):
+    batches, shards = shard_batch(r, "s2", [3, 2])
+    start = shards.start("s2", 0, "w1", "cpu")
+    assert (start.run, start.attempt, start.canceled) == (True, 1, frozenset())
+    assert counts(batches, "s2") == (5, 2, 3, 0, 0, 0)
+    again = shards.start("s2", 0, "w2", "cpu")  # its worker died: another takes it over
+    assert (again.run, again.attempt) == (True, 2) and counts(batches, "s2")[2] == 3
+    tally = Tally()
+    tally.stages("m", {"fetch": 0.01, "forward": 0.2})
+    assert shards.end("s2", 0, 2, 2, 1, 0, inference_s=0.5, fps=4.0, tally=tally) == 1
+    assert shards.end("s2", 0, 1, 3, 0, 0, tally=tally) == 0  # the other attempt: counted once
+    assert counts(batches, "s2") == (5, 2, 0, 2, 1, 0) and batches.get("s2").frames_done == 2
+    state = shards.state("s2", 0)
+    assert (state.s, state.e, state.d, state.f, state.a, state.w) == ("e", 2, 2, 1, 2, "w2")
+    assert r.hget(keys.HISTOGRAMS, f"{STAGE}|m|forward|count") == "1"
+    assert r.hget(keys.STATS, "jobs|done|image|m") == "2" and r.hget(keys.STATS, "jobs|failed|image|m") == "1"
+    assert shards.start("s2", 0, "w3", "cpu").run is False  # ended: nothing to do
+    shards.start("s2", 1, "w1", "cpu")
+    assert shards.end("s2", 1, 1, 2, 0, 0) == 2  # the batch's last images: it finished
+    b = batches.get("s2")
+    assert b.state == "finished" and 0 < r.ttl(keys.batch_shards("s2")) <= TTL
+    assert 0 < r.ttl(keys.namespace(b.ns)) <= TTL and 0 < r.ttl(keys.batch_message("s2")) <= TTL
+    assert shards.start("s2", 7, "w1", "cpu").missing
+
+
+def test_canceling_a_batch_ends_its_queued_shards_a_page_at_a_time_and_stops_the_rest(r, monkeypatch):
+    from segq import shards as shards_mod
+
+    monkeypatch.setattr(shards_mod, "CANCEL_PAGE", 3)
+    batches, shards = shard_batch(r, "s3", [2] * 7)
+    Scheduler(r).dispatch("m", 2)  # shards 0 and 1 released
+    shards.start("s3", 0, "w", "cpu")
+    assert shards.cancel_batch("s3") == (0, 5)  # shards 2..6, in pages of 3
+    assert counts(batches, "s3") == (14, 2, 2, 0, 0, 10)
+    assert shards.check("s3", 0) == (True, frozenset())  # the running one learns it
+    late = shards.start("s3", 1, "w", "cpu")  # released before the cancel: ends as it starts
+    assert not late.run and counts(batches, "s3") == (14, 0, 2, 0, 0, 12)
+    assert shards.end("s3", 0, 1, 1, 0, 1) == 2  # one image done before it stopped: the batch finished
+    assert counts(batches, "s3") == (14, 0, 0, 1, 0, 13)
+    assert Scheduler(r).pending() == {} and r.llen(keys.ring("m", "normal")) == 0
+
+
+def test_an_image_is_canceled_in_its_queued_shard_at_once_and_asked_of_a_running_one(r):
+    batches, shards = shard_batch(r, "s4", [3, 2])
+    assert shards.cancel_image("s4", 0, 1) == 1
+    assert shards.cancel_image("s4", 0, 1) == 3  # again: already
+    assert counts(batches, "s4") == (5, 4, 0, 0, 0, 1)
+    start = shards.start("s4", 0, "w", "cpu")
+    assert start.canceled == frozenset({1}) and counts(batches, "s4") == (5, 2, 2, 0, 0, 1)
+    assert shards.cancel_image("s4", 0, 2) == 2  # running: the shard skips it unless done first
+    assert shards.check("s4", 0) == (False, frozenset({1, 2}))
+    shards.end("s4", 0, 1, 1, 0, 2)  # the worker reports every image: 1 done, 2 canceled
+    assert counts(batches, "s4") == (5, 2, 0, 1, 0, 2)
+    assert shards.cancel_image("s4", 0, 0) == 0  # ended: too late
+    assert shards.cancel_image("s4", 1, 0) == 1 and shards.cancel_image("s4", 1, 1) == 1
+    assert shards.state("s4", 1).s == "e"  # every image canceled: it ended
+    assert batches.get("s4").state == "finished"
+
+
+def test_a_retry_shard_runs_the_failed_and_canceled_images_once(r):
+    batches, shards = shard_batch(r, "s5", [4])
+    shards.start("s5", 0, "w", "cpu")
+    shards.end("s5", 0, 1, 2, 1, 1)
+    assert batches.get("s5").state == "finished"
+    new = shards.next_index("s5")
+    assert shards.add_retry("s5", 0, new, [1, 3], 1, 1) is True
+    assert counts(batches, "s5") == (4, 2, 0, 2, 0, 0) and batches.get("s5").state == "running"
+    assert shards.add_retry("s5", 0, new + 1, [1], 1, 0) is False  # its retry has not ended
+    state = shards.state("s5", 0)
+    assert state.r == [(new, [1, 3])] and state.deciding(0, 3) == new and state.deciding(0, 0) == 0
+    assert shards.state("s5", new).of == 0
+    Scheduler(r).dispatch("m", 5)
+    assert released(r)[-1] == f"shard:s5:{new:06d}"
+    shards.start("s5", new, "w", "cpu")
+    shards.end("s5", new, 1, 2, 0, 0)
+    assert counts(batches, "s5") == (4, 0, 0, 4, 0, 0) and batches.get("s5").state == "finished"
+
+
+def test_the_registry_keeps_the_models_slot_counts_exact(r):
+    from segq import registry
+    from segq.scheduler import slots
+
+    w1 = registry.WorkerRegistration(r, "w1", "cpu", interval=1, concurrency=3)
+    w1.loaded("a", 1.0)
+    w1.loaded("b", 1.0)
+    w2 = registry.WorkerRegistration(r, "w2", "cpu", interval=1, concurrency=2)
+    w2.loaded("a", 1.0)
+    assert (slots(r, "a"), slots(r, "b")) == (5, 3)
+    again = registry.WorkerRegistration(r, "w1", "cpu", interval=1, concurrency=4)  # restarted in place
+    again.loaded("a", 1.0)
+    assert (slots(r, "a"), slots(r, "b")) == (6, 0)
+    held, _ = w2.beat([], 0.0)
+    assert held is False and registry.get(r, "w2").live
+    assert registry.remove_dead(r, interval=1, now=__import__("time").time() + 10) == ["w1", "w2"]
+    assert (slots(r, "a"), r.zcard(keys.WORKERS_INDEX)) == (0, 0)
+    w2.count(registry.JOBS_DONE)
+    w2.set_active("task x")
+    w2.beat([], 0.0, "token", 1000)  # a record reaped while cut off is written again, whole
+    rec = registry.get(r, "w2")
+    assert (rec.jobs_done, rec.active, slots(r, "a")) == (1, "task x", 2)
+    held, _ = w2.beat([], 0.0, "token", 1000)
+    assert held is True and r.get(keys.REAPER_LOCK) == "token"
+
+
+def test_a_task_end_releases_its_lease_and_unacknowledged_record_and_the_next_work(r):
+    from segq.leases import LeaseBook
+
+    jobs(r, "t1", ["00000000000000a7", "00000000000000a8"])
+    r.hset(keys.SLOTS, "m", 1)
+    assert Scheduler(r).dispatch("m") == 1  # the target is the model's slots
+    book = LeaseBook(r, "w", 30)
+    book.take("tag1", "00000000000000a7", "00000000000000a7", "segq.split_video")
+    r.hset(keys.KOMBU_UNACKED, "tag1", "[]")
+    r.zadd(keys.KOMBU_UNACKED_INDEX, {"tag1": 1})
+    r.rpop("segq.model.m")
+    assert Scheduler(r).ended("00000000000000a7", "m", "tag1") == 1
+    assert not r.exists(keys.lease("tag1")) and not r.hexists(keys.KOMBU_UNACKED, "tag1")
+    assert r.zcard(keys.LEASES) == 0 and r.zcard(keys.KOMBU_UNACKED_INDEX) == 0
+    assert released(r) == ["00000000000000a8"]
+
+
+def test_the_registry_record_carries_the_stage_figures_and_every_running_task_from_the_next_beat(r):
+    from segq.registry import WorkerRecord, WorkerRegistration
+    from workers.model.stage import ModelStage
+
+    class Recorder:
+        def forward(self, inputs):
+            __import__("time").sleep(0.01)
+            return inputs
+
+    reg = WorkerRegistration(r, "w1-gpu0@host", "cuda:0")
+    stage = ModelStage(maxsize=2)
+    reg.stage_stats = stage.fields
+    reg.publish()
+    stage.run(Recorder(), "x", items=4)
+    reg.set_active("segq.segment_chunk[j-chunk00001] job j; segq.segment_shard[shard:b:000001] shard 1 of batch b")
+    assert WorkerRecord.from_hash("k", r.hgetall(keys.worker("w1-gpu0@host"))).active == ""  # not written yet
+    reg.beat([], 0.0)
+    stage.close()
+    rec = WorkerRecord.from_hash(keys.worker("w1-gpu0@host"), r.hgetall(keys.worker("w1-gpu0@host")))
+    assert rec.model_items == 4 and 0 < rec.model_busy_s <= rec.model_wall_s and 0 <= rec.model_busy <= 1
+    assert rec.active_tasks == ["segq.segment_chunk[j-chunk00001] job j",
+                                "segq.segment_shard[shard:b:000001] shard 1 of batch b"]
+    assert WorkerRecord.from_hash("segq:worker:x", {}).active_tasks == []

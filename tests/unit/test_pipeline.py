@@ -271,43 +271,6 @@ def test_the_pipeline_imports_no_torch():
                           check=True).stdout.strip() == "False"
 
 
-def test_the_registry_record_carries_the_stage_figures_and_every_running_task():
-    from segq import keys
-    from segq.registry import WorkerRecord, WorkerRegistration
-
-    class FakeRedis:
-        def __init__(self):
-            self.h: dict[str, str] = {}
-
-        def hset(self, key, mapping):
-            self.h.update({k: str(v) for k, v in mapping.items()})
-
-        def pipeline(self):
-            return self
-
-        def expire(self, *_):
-            pass
-
-        def zadd(self, *_):
-            pass
-
-        def execute(self):
-            pass
-
-    r = FakeRedis()
-    reg = WorkerRegistration(r, "w1-gpu0@host", "cuda:0")
-    stage = ModelStage(Recorder(delay=0.01), maxsize=2)
-    reg.stage_stats = stage.fields
-    stage.run("m", "x", items=4)
-    reg.publish()
-    reg.set_active("segq.segment_chunk[j-chunk00001] job j; segq.segment_image[k] job k")
-    stage.close()
-    rec = WorkerRecord.from_hash(keys.worker("w1-gpu0@host"), r.h)
-    assert rec.model_items == 4 and 0 < rec.model_busy_s <= rec.model_wall_s and 0 <= rec.model_busy <= 1
-    assert rec.active_tasks == ["segq.segment_chunk[j-chunk00001] job j", "segq.segment_image[k] job k"]
-    assert WorkerRecord.from_hash("segq:worker:x", {}).active_tasks == []
-
-
 class BatchingRunner:
     """A stand-in for a Segmenter on the stage: inputs are (key, values); outputs the values
     doubled; it records the batches it ran."""

@@ -15,10 +15,11 @@ from kombu import Connection, Consumer, Queue
 
 from producer.stack import RedisServer
 from segq import deadletters, keys, leases, messages
+from segq.scheduler import Scheduler
 from segq.transport import Transport, problem
 
 
-def good(task: str = "segq.segment_image", kwargs: dict | None = None) -> str:
+def good(task: str = "segq.split_video", kwargs: dict | None = None) -> str:
     return messages.build(Celery("t"), task, kwargs or {"job_id": "0123456789abcdef"}, "0123456789abcdef",
                           "segq.model.m").body
 
@@ -63,7 +64,11 @@ def first_delivered(url: str, queue: str) -> list:
 
 def test_a_segq_message_passes():
     envelope_, why = problem(good())
-    assert why is None and envelope_["headers"]["task"] == "segq.segment_image"
+    assert why is None and envelope_["headers"]["task"] == "segq.split_video"
+    shard = messages.render(messages.template(Celery("t"), "segq.segment_shard", {"batch": "b", "shard": messages.SLOT},
+                                              f"shard:b:{messages.SLOT}", "segq.model.m"), "000003")
+    envelope_, why = problem(shard)  # a shard's message, from its batch's template: its body is plain JSON
+    assert why is None and envelope_["headers"]["id"] == "shard:b:000003"
 
 
 def test_a_consumer_dead_letters_poison_and_takes_the_rest(tmp_path):
@@ -134,9 +139,11 @@ def test_a_closing_channel_puts_back_only_what_has_not_started(tmp_path):
         running, reserved, unleased = [m.delivery_tag for m in held]
         assert r.hlen(keys.KOMBU_UNACKED) == 3
         book = leases.LeaseBook(r, "w@h", ttl=60.0)
-        book.take(running, "a" * 16, "a" * 16, "segq.segment_image")
-        book.started(running)
-        book.take(reserved, "b" * 16, "b" * 16, "segq.segment_image")
+        book.take(running, "a" * 16, "a" * 16, "segq.split_video")
+        pipe = r.pipeline(transaction=False)
+        book.started(running, pipe)
+        pipe.execute()
+        book.take(reserved, "b" * 16, "b" * 16, "segq.split_video")
 
         conn.release()  # closes the channel, as Celery does when the broker connection breaks
 
@@ -147,7 +154,7 @@ def test_a_closing_channel_puts_back_only_what_has_not_started(tmp_path):
         assert not r.hexists(keys.KOMBU_UNACKED, reserved) and leases.started(r, reserved) is None
         assert r.hexists(keys.KOMBU_UNACKED, unleased)  # the orphan sweep's (segq.leases)
         held[0].ack()  # the task that ran on: its late acknowledgement has no channel left; no error
-        book.release(running)  # what acknowledges it (the task's end, workers.host.upkeep)
+        Scheduler(r).ended("a" * 16, None, running)  # what acknowledges it (the task's end, workers.host.upkeep)
         assert not r.hexists(keys.KOMBU_UNACKED, running) and not r.zscore(keys.KOMBU_UNACKED_INDEX, running)
         assert sorted(r.hkeys(keys.KOMBU_UNACKED)) == [unleased]
     finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,15 +20,17 @@ import redis
 
 from segq import defaults
 from segq import leases as leases_mod
-from segq import manifest, metrics, registry
+from segq import manifest, registry
 from segq.batches import BatchStore
 from segq.connections import redis_client
-from segq.errors import ServiceUnavailable, UnknownModel
+from segq.errors import ConfigError, ServiceUnavailable, UnknownModel
 from segq.jobs import JobStore
 from segq.registry import WorkerRegistration
-from segq.scheduler import Scheduler, slots
+from segq.scheduler import Scheduler
 from segq.settings import Settings
+from segq.shards import ShardStore
 from segq.storage import Storage
+from workers.model import standin
 from workers.model import device as device_mod
 from workers.host.budget import PixelBudget
 from workers.model import models as models_mod
@@ -60,7 +61,10 @@ class Runtime:
     # its threads start with the first job
     writers: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         max_workers=defaults.OUTPUT_THREADS, thread_name_prefix="segq-output"))
-    _targets: dict[str, tuple[float, int]] = field(default_factory=dict)  # model -> (when, slots)
+    shards: ShardStore | None = None  # a batch's shards: states in Redis, lists and results in S3
+    # writes a finished batch's manifest, off the task's thread (``batch_finished``)
+    background: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="segq-manifest"))
     _active: dict[int, str] = field(default_factory=dict)  # pool thread -> its task
     _active_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -83,6 +87,14 @@ class Runtime:
             checkpoint = self.settings.models.get(name)
             if checkpoint is None:
                 raise UnknownModel(f"unknown model {name!r}: configured models are {', '.join(self.settings.models)}")
+            if standin.is_standin(checkpoint):
+                if not self.settings.allow_standin:
+                    raise ConfigError(f"model {name!r} is the stand-in model ({checkpoint!r}), which returns a fixed "
+                                      f"prediction for benchmarks; set SEGQ_ALLOW_STANDIN=1 to run it")
+                self.models[name] = standin.StandIn(name, checkpoint, self.stage)
+                log.warning("model %s is the STAND-IN (%s): fixed predictions, for benchmarks only", name, checkpoint)
+                self.registration.loaded(name, 0.0)
+                continue
             loaded = models_mod.load(name, checkpoint, self.spec, self.settings.image_processor,
                                      compile=self.settings.compile)
             loaded.postprocess = self.settings.postprocess
@@ -111,53 +123,54 @@ class Runtime:
     def count(self, counter: str) -> None:
         self.registration.count(counter)
 
-    def observe(self, model: str, stages: dict[str, float]) -> None:
-        """The seconds of each stage of a finished job or chunk, into the fleet's histograms
-        (``segq.metrics``); a metric that cannot be written never fails the work."""
-        try:
-            metrics.observe_stages(self.redis, model, stages)
-        except redis.RedisError as exc:
-            log.warning("stage timings not recorded: %s", exc)
-
     # -- the scheduler: releasing work as slots free up ------------------------------------
-    def target(self, model: str) -> int:
-        """The queue target of ``model`` (``segq.scheduler.slots``), read at most once a heartbeat."""
-        now = time.monotonic()
-        cached = self._targets.get(model)
-        if cached is None or now - cached[0] > self.settings.heartbeat_seconds:
-            cached = (now, slots(self.redis, model))
-            self._targets[model] = cached
-        return cached[1]
-
     def release(self) -> None:
-        """Release pending work of every model this worker serves (its heartbeat and its start)."""
+        """Release pending work of every model this worker serves (its start; afterwards the
+        heartbeat does, ``segq/lua/beat.lua``)."""
         for model in self.models:
-            self.scheduler.dispatch(model, self.target(model))
+            self.scheduler.dispatch(model)
 
-    def task_ended(self, task_id: str, model: str | None) -> None:
-        """A task's message is being acknowledged: out of flight, and its slot releases the next
-        pending work of its model."""
-        if model in self.models:
-            self.scheduler.ended(task_id, model, self.target(model))
+    def task_ended(self, task_id: str, model: str | None, tag: str | None) -> None:
+        """A task ended and its message (delivery ``tag``) is done with: out of flight, its lease
+        and unacknowledged record gone, and its slot releases the next pending work of its model
+        (one script: ``segq/lua/task_ended.lua``)."""
+        self.scheduler.ended(task_id, model if model in self.models else None, tag or "")
 
     def batch_finished(self, name: str) -> None:
-        """A move of this worker's finished batch ``name``: write its manifest (``segq get`` writes
-        it later if this fails)."""
-        try:
-            manifest.write(self.batches, self.records, self.storage, name)
-        except (ServiceUnavailable, redis.RedisError) as exc:
-            log.warning("batch %s finished; its manifest could not be written now: %s", name, exc)
+        """A move of this worker's finished batch ``name``: write its manifest, on a thread of its
+        own (a million images' manifest takes a while; ``segq get`` writes it later if this
+        fails or the worker dies)."""
+        def write() -> None:
+            try:
+                manifest.write(self.batches, self.records, self.shards, self.storage, name)
+            except (ServiceUnavailable, redis.RedisError) as exc:
+                log.warning("batch %s finished; its manifest could not be written now: %s", name, exc)
+
+        self.background.submit(write)
+
+    def fail_shard(self, batch: str, index: int, reason: str) -> bool:
+        """Fail a shard's unfinished images and end it (``segq.shards.ShardStore.fail``); True when
+        that ended it."""
+        outcome, failed = self.shards.fail(batch, index, reason)
+        if outcome == 2:
+            self.batch_finished(batch)
+        for _ in range(failed if outcome else 0):
+            self.count(registry.JOBS_FAILED)
+        if outcome:
+            log.warning("shard %s of batch %s failed: %s", index, batch, reason)
+        return outcome > 0
 
     def set_active(self, description: str) -> None:
         """What the calling task thread is doing now (``segq workers``); "" when it is done. The
         record holds the tasks of every thread, in the order they started, joined by "; " ("" when
-        idle). Kept in Redis, where the heartbeat keeps it fresh."""
+        idle), written with the next heartbeat."""
         with self._active_lock:
             if description:
                 self._active[threading.get_ident()] = description
             else:
                 self._active.pop(threading.get_ident(), None)
             self.registration.set_active("; ".join(self._active.values()))
+
 
 _runtime: Runtime | None = None
 
@@ -201,15 +214,17 @@ def boot(hostname: str, settings: Settings | None = None, app=None) -> Runtime:
     spec = device_mod.select(settings.precision, settings.worker_threads or None)
     r = redis_client(settings.redis_url)
     store = JobStore(r, settings.job_ttl_seconds)
+    storage = Storage(settings)
     rt = Runtime(
         settings=settings,
         hostname=hostname,
-        storage=Storage(settings),
+        storage=storage,
         records=store,
         spec=spec,
         registration=WorkerRegistration(r, hostname, spec.label, interval=settings.heartbeat_seconds,
                                         compile=settings.compile, concurrency=settings.task_slots),
         batches=BatchStore(r, settings.job_ttl_seconds),
+        shards=ShardStore(r, storage, settings.job_ttl_seconds),
         scheduler=Scheduler(r),
         app=app,
         budget=PixelBudget(settings.worker_pixel_budget or settings.max_image_pixels),
@@ -242,6 +257,7 @@ def shutdown() -> None:
     """The worker stops: remove its record (its expiry would, a little later)."""
     if _runtime is not None:
         _runtime.writers.shutdown(wait=False)
+        _runtime.background.shutdown(wait=True)  # a manifest being written is finished
         try:
             _runtime.registration.remove()
         except redis.RedisError:

@@ -1,11 +1,12 @@
 """A worker process's upkeep: its heartbeat, the fleet's reaper and watchdog, and the leases of
 the messages it holds.
 
-Every ``SEGQ_HEARTBEAT_SECONDS`` the heartbeat refreshes the worker's registry record
-(``segq.registry``), renews its leases (``segq.leases``), runs the reaper and the watchdog when no
-other worker runs them now (``segq.watchdog``), and releases pending work of its models
-(``segq.scheduler``). The Celery signals of ``workers.tasks.app`` report each message received,
-started and finished, which takes, marks and releases its lease.
+Every ``SEGQ_HEARTBEAT_SECONDS`` the heartbeat, one Redis script (``segq/lua/beat.lua``), refreshes
+the worker's registry record (``segq.registry``), renews its leases (``segq.leases``), tries for
+the fleet's maintenance lock and releases pending work of its models (``segq.scheduler``); the
+worker that holds the lock then runs the reaper and the watchdog (``segq.watchdog``). The Celery
+signals of ``workers.tasks.app`` report each message received and finished, which takes and
+releases its lease; the task skeleton marks it started with the task's own start.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ import time
 import redis
 
 from segq import leases as leases_mod
-from segq import registry, watchdog
+from segq import registry, transport, watchdog
+from segq.protocol import parse_task_id
 
 log = logging.getLogger(__name__)
+
+#: Seconds the maintenance lock is held at most, should its holder die in a pass.
+MAINTENANCE_SECONDS = 30.0
 
 
 class AfterOutage:
@@ -61,32 +66,54 @@ class Upkeep:
         def beat() -> None:
             while True:
                 time.sleep(interval)
-                began = time.monotonic()
                 try:
-                    self.rt.registration.publish()
-                    self.rt.leases.renew()
-                    if guard.beat(time.monotonic() - began):
-                        self.maintain()
-                    self.rt.release()
+                    self.beat(guard)
                 except Exception as exc:  # Redis blip: the next beat retries
                     guard.beat(None)
                     log.warning("heartbeat failed: %s", exc)
 
         threading.Thread(target=beat, name="segq-heartbeat", daemon=True).start()
 
+    def beat(self, guard: AfterOutage) -> None:
+        """One heartbeat: the record, the leases, a try for the maintenance lock, releases (one
+        script); then, holding the lock and not just after an outage, the fleet's upkeep."""
+        began = time.monotonic()
+        token = f"{self.rt.hostname}-{time.time()}"
+        held, _released = self.rt.registration.beat(self.rt.leases.tags(), time.time() + self.rt.leases.ttl,
+                                                     token, int(MAINTENANCE_SECONDS * 1000))
+        judge = guard.beat(time.monotonic() - began)
+        if held:
+            try:
+                if judge:
+                    self.maintain()
+            finally:
+                leases_mod.release_lock(self.rt.redis, token)
+
     def maintain(self) -> None:
-        """The fleet's upkeep, by one worker at a time: the reaper (the work of dead workers back on
-        its queues) and the watchdog (lost messages sent again, ``segq.watchdog``)."""
-        with leases_mod.maintenance(self.rt.redis) as held:
-            if not held:
-                return
-            self._reaped(leases_mod.reap(self.rt.redis, self.rt.settings.max_worker_losses, ttl=self.rt.leases.ttl))
-            if self.rt.app is not None:
-                beat = self.rt.settings.heartbeat_seconds
-                for lost in watchdog.sweep(self.rt.redis, self.rt.records, self.rt.app, min_age=beat, grace=beat,
-                                           max_lost=self.rt.settings.max_worker_losses):
-                    if lost.outcome == "failed":
-                        self.rt.count(registry.JOBS_FAILED)
+        """The fleet's upkeep, by the one worker holding the lock: the reaper (the work of dead
+        workers back on its queues, their records removed) and the watchdog (lost messages sent
+        again, ``segq.watchdog``)."""
+        beat = self.rt.settings.heartbeat_seconds
+        self._reaped(leases_mod.reap(self.rt.redis, self.rt.settings.max_worker_losses, ttl=self.rt.leases.ttl,
+                                     interval=beat))
+        if self.rt.app is not None:
+            for lost in watchdog.sweep(self.rt.redis, self.rt.records, self.rt.app, min_age=beat, grace=beat,
+                                       max_lost=self.rt.settings.max_worker_losses, fail=self.fail_task):
+                if lost.outcome == "failed" and not lost.job_id:
+                    self.rt.count(registry.JOBS_FAILED)
+
+    def fail_task(self, task_id: str, reason: str) -> bool:
+        """Fail the work of a task given up on (it lost its worker or its message too often): its
+        video job, or its shard's unfinished images. True when that moved it."""
+        ref = parse_task_id(task_id)
+        if ref is None:
+            return False
+        if ref.is_shard:
+            return self.rt.fail_shard(ref.batch, ref.shard, reason)
+        moved = bool(self.rt.records.fail(ref.job_id, reason))
+        if moved:
+            self.rt.count(registry.JOBS_FAILED)
+        return moved
 
     def _reaped(self, reaped: list) -> None:
         """Note what the reaper did on the jobs."""
@@ -94,15 +121,17 @@ class Upkeep:
             lease = r.lease
             log.info("reaper: lease %s of task %s (worker %s pid %s, %s): %s", lease.tag, lease.task_id,
                      lease.worker, lease.pid, "running" if lease.running else "held", r.outcome)
-            if not lease.job_id:
-                continue
             if r.outcome == "failed":
                 message = (f"{lease.task} lost its worker {r.losses} times (last: {lease.worker}); "
                            f"not retried again (SEGQ_MAX_WORKER_LOSSES)")
-                if self.rt.records.fail(lease.job_id, message):
-                    self.rt.count(registry.JOBS_FAILED)
-                log.warning("job %s failed: %s", lease.job_id, message)
-            elif r.outcome == "requeued":
+                self.fail_task(lease.task_id, message)
+                log.warning("task %s failed: %s", lease.task_id, message)
+                continue
+            if not lease.job_id:
+                if r.outcome == "requeued":
+                    log.warning("task %s requeued: worker %s lost", lease.task_id, lease.worker or "unknown")
+                continue
+            if r.outcome == "requeued":
                 if lease.worker:
                     note = f"requeued: worker {lease.worker} lost" + (f" during {lease.task}" if lease.running else "")
                 else:  # the orphan sweep's: nobody leased it
@@ -116,29 +145,31 @@ class Upkeep:
         with self._lock:
             self._tags.setdefault(task_id, []).append(tag)
 
-    def lease_started(self, task_id: str) -> None:
+    def tag_of(self, task_id: str) -> str | None:
+        """The delivery tag of the message of ``task_id`` this worker holds (its lease)."""
         with self._lock:
-            tags = list(self._tags.get(task_id, ()))
-        if tags:
-            self.rt.leases.started(tags[0])
+            tags = self._tags.get(task_id)
+            return tags[0] if tags else None
 
     def lease_done(self, task_id: str, broke: bool = False, retried: bool = False, model: str | None = None) -> None:
         """The task ended. ``broke``: it failed outside the skeleton (its job was not told, and
         Celery would drop the message): put the message back instead of releasing it.
-        ``retried``: it sent itself again with a countdown (still in flight). Otherwise its
-        message is acknowledged: it leaves flight and frees its slot (``task_ended``)."""
+        ``retried``: it sent itself again with a countdown (still in flight: the new message is
+        the task's now; its slot releases the next work). Otherwise its message is done with: it
+        leaves flight, its lease and unacknowledged record go, and its slot releases the next
+        pending work, in one script (``task_ended``)."""
         with self._lock:
             tags = self._tags.get(task_id, [])
             tag = tags.pop(0) if tags else None
             if not tags:
                 self._tags.pop(task_id, None)
         if not broke:
+            if tag:  # not renewed from now on, whatever happens next (the reaper restores a lease left)
+                self.rt.leases.released(tag)
+            # a retry's message is in flight under the same task id: it stays in flight
+            self.rt.task_ended("" if retried else task_id, model, tag)
             if tag:
-                self.rt.leases.release(tag)
-            if retried:
-                self.rt.release()
-            else:
-                self.rt.task_ended(task_id, model)
+                transport.settled(tag)  # kombu's acknowledgement has nothing left to do in Redis
             return
         if not tag:
             return

@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun, task_received, task_rejected, task_revoked, worker_init, worker_shutdown
+from celery.signals import task_postrun, task_received, task_rejected, task_revoked, worker_init, worker_shutdown
 
 from segq.broker import make_celery
 from segq.settings import Settings
 
 #: The modules whose tasks a worker runs.
-TASK_MODULES = ("workers.tasks.image", "workers.tasks.video")
+TASK_MODULES = ("workers.tasks.shard", "workers.tasks.video")
 
 
 def _boot(sender=None, **_):
@@ -69,12 +69,6 @@ def _received(sender=None, request=None, **_):
         runtime.get().upkeep.lease_received(str(tag), request.id, str(kwargs.get("job_id", "")), request.name)
 
 
-def _started(task_id=None, **_):
-    from workers.host import runtime
-
-    runtime.get().upkeep.lease_started(task_id)
-
-
 def _connection_errors() -> tuple[type, ...]:
     import redis
     from kombu.exceptions import OperationalError
@@ -106,7 +100,6 @@ def create_app(settings: Settings | None = None) -> Celery:
     worker_init.connect(_boot, weak=False, dispatch_uid="segq-boot")
     worker_shutdown.connect(_forget, weak=False, dispatch_uid="segq-forget")
     task_received.connect(_received, weak=False, dispatch_uid="segq-lease")
-    task_prerun.connect(_started, weak=False, dispatch_uid="segq-lease-start")
     task_postrun.connect(_finished, weak=False, dispatch_uid="segq-lease-end")
     task_revoked.connect(_finished, weak=False, dispatch_uid="segq-lease-revoked")
     task_rejected.connect(_finished, weak=False, dispatch_uid="segq-lease-rejected")

@@ -1,13 +1,14 @@
-"""The image task: fetch, decode, segment, render, upload, finish. Idempotent: a redelivered
-message for a finished job does nothing, and a re-run writes the same outputs to the same keys.
-The skeleton (parsing, skipping, errors to job states) is ``workers.tasks.skeleton``.
+"""One image of a shard: fetch, decode, segment, render, upload. A plain function of the worker's
+runtime (no broker), which the shard task (``workers.tasks.shard``) runs for each of its images,
+several at once, and tests and benchmarks call directly.
 
-Several image tasks run at once in a worker's pool threads; the forward pass runs on the
-process's model stage through the model's ``Segmenter`` (``workers.model.segmenter``: preprocessing and
-post-processing in this thread, and on CUDA the overlay's blend beside the label map), everything
-else in the task's own thread, so one job's fetch, decode, post-processing, rendering and uploads
-overlap another's forward pass. The seconds of every stage go into the job record
-(``segq.jobs.STAGES``)."""
+The forward pass runs on the process's model stage through the model's ``Segmenter``
+(``workers.model.segmenter``: preprocessing and post-processing in the calling thread, and on
+CUDA the overlay's blend beside the label map), everything else in the calling thread, so one
+image's fetch, decode, post-processing, rendering and uploads overlap another's forward pass. The
+outputs go to the image's own keys (``outputs/<image id>/``: ``segq.layout``), so running it
+again writes the same files. The seconds of every stage are in the result (``segq.jobs.STAGES``).
+"""
 
 from __future__ import annotations
 
@@ -15,50 +16,42 @@ import time
 
 import numpy as np
 
-from segq import registry
-from segq.protocol import SEGMENT_IMAGE, ImageJob
+from segq.input_policy import require_input
+from segq.shards import ImageResult, ShardImage
+from segq.states import JobState
 from workers.media import render
 from workers.media.decode import load, open_image
 from workers.tasks.outputs import write_outputs
-from workers.tasks.skeleton import Context, job_task
 
 
-@job_task(SEGMENT_IMAGE, ImageJob.from_message, starts_job=True)
-def segment_image(ctx: Context) -> dict:
-    rt, job = ctx.rt, ctx.job
+def segment_image(rt, task: str, segmenter, image: ShardImage, shard: int = 0, attempt: int = 0) -> ImageResult:
+    """Segment one image for ``task`` and write its outputs; its result (done). Raises what goes
+    wrong: ``InputError`` for a bad input (the caller fails the image), ``ServiceUnavailable``
+    for storage, anything else for a bug."""
     t0 = time.perf_counter()
-    segmenter = rt.model(job.model)
-    data = rt.storage.get_bytes(ctx.input, max_bytes=rt.settings.max_input_bytes)
+    started_at = time.time()
+    obj = image.object
+    require_input(rt.settings, obj.bucket, obj.key)  # SEGQ_INPUT_PREFIXES, before anything is read
+    data = rt.storage.get_bytes(obj, max_bytes=rt.settings.max_input_bytes)
     fetched = time.perf_counter()
     header = open_image(data, rt.settings.max_image_pixels)
     # The worker's memory budget: a large image waits for room instead of running beside others.
     with rt.budget.hold(header.width * header.height):
         t1 = time.perf_counter()
-        image = load(header, rt.settings.max_image_pixels)
+        decoded = load(header, rt.settings.max_image_pixels)
         stages = {"fetch": fetched - t0, "memory": t1 - fetched, "decode": time.perf_counter() - t1}
-        return _segment(ctx, segmenter, image, t0, stages)
-
-
-def _segment(ctx: Context, segmenter, image, t0: float, stages: dict) -> dict:
-    rt, job = ctx.rt, ctx.job
-    result = segmenter.predict([image], job.task)
-    pred = result.predictions[0]
-    model = segmenter.model
-    parts = render.output_parts(np.asarray(image), pred, model.labels, job_id=job.job_id, model=model.name,
-                                checkpoint=model.checkpoint, max_value=model.max_label_value,
-                                processor=model.processor_name, postprocess=model.postprocess)
-    keys, render_s, upload_s = write_outputs(rt.storage, rt.writers, job.job_id, parts)
+        result = segmenter.predict([decoded], task)
+        pred = result.predictions[0]
+        model = segmenter.model
+        parts = render.output_parts(np.asarray(decoded), pred, model.labels, job_id=image.id, model=model.name,
+                                    checkpoint=model.checkpoint, max_value=model.max_label_value,
+                                    processor=model.processor_name, postprocess=model.postprocess)
+        keys, render_s, upload_s = write_outputs(rt.storage, rt.writers, image.id, parts)
     times = result.times
     stages.update(preprocess=times.preprocess_s, wait=times.wait_s, forward=times.forward_s,
-                  postprocess=times.postprocess_s, render=times.blend_s + render_s,
-                  upload=upload_s)
-    seconds = result.seconds
-    rt.records.finish(
-        job.job_id, checkpoint=model.checkpoint, inference_s=round(seconds, 6),
-        fps=round(1.0 / seconds, 3) if seconds > 0 else None,
-        total_s=round(time.perf_counter() - t0, 6), frames=1, width=image.width, height=image.height,
-        segments=len(pred.segments), stages=stages,
-    )
-    rt.count(registry.JOBS_DONE)
-    rt.observe(job.model, stages)
-    return {"job_id": job.job_id, "state": "done", "outputs": keys, "inference_s": round(seconds, 4)}
+                  postprocess=times.postprocess_s, render=times.blend_s + render_s, upload=upload_s)
+    return ImageResult.of(
+        image, JobState.DONE.value, outputs=keys, width=decoded.width, height=decoded.height,
+        segments=len(pred.segments), inference_s=round(result.seconds, 6), total_s=round(time.perf_counter() - t0, 6),
+        started_at=started_at, finished_at=time.time(), stages={k: round(v, 6) for k, v in stages.items()},
+        checkpoint=model.checkpoint, worker=rt.hostname, device=rt.spec.label, shard=shard, attempt=attempt)

@@ -1,25 +1,28 @@
-"""The one task skeleton: every segq task is parse -> skip when final -> guarded work -> follow-up.
+"""The one task skeleton: every segq task is parse -> start (or skip) -> guarded work -> follow-up.
 
-A task body is a plain function of a :class:`Context`; :func:`job_task` wraps it into a Celery
+A task body is a plain function of a :class:`Context`; :func:`unit_task` wraps it into a Celery
 task that
 
 1. parses the JSON payload with the contract's parser (a malformed payload fails its job, if it
    names one, and never reaches the body);
-2. skips the work when there is nothing to do: the first task of a job moves it to ``running``
-   atomically unless it is already final (a redelivery); a follow-up task (chunk, assembly) skips
-   when its job has ended or expired;
-3. runs the body under the failure policy below, which maps every error to the job's state;
+2. starts its **unit** of work, or skips it when there is nothing to do, in one round trip with
+   the start of its lease (``segq.leases``): a batch's shard (``segq.shards``: queued -> running,
+   unless it ended), a video job's split (queued -> running unless final), or a video's follow-up
+   task (chunk, assembly: skipped when its job has ended or expired);
+3. runs the body under the failure policy below, which maps every error to the unit's state;
 4. lets the body build its follow-up tasks' messages with ``ctx.entry`` (same queue,
    deterministic task ids, so Flower shows them under the job id), which the job record's own
    scripts queue in the same step as the move that calls for them (``segq.scheduler``).
 
-Failure policy:
+Failure policy (a shard's body itself fails an image that is bad and goes on with the others):
 
 - bad input (``InputError``, ``UsageError``: empty, corrupt, wrong type, too large, missing,
-  unknown task or model): the job is marked ``failed`` with the reason at once, never retried;
+  unknown task or model): the job (a shard: its images not finished) is marked ``failed`` with
+  the reason at once, never retried;
 - transient (S3 unreachable, timeouts, 5xx, throttling): the task is sent again with a countdown
-  (exponential backoff with jitter) while the job is inside ``SEGQ_RETRY_BUDGET`` (from its first
-  transient failure) and ``SEGQ_TASK_RETRIES``; then ``failed``. Nothing sleeps in the worker;
+  (exponential backoff with jitter) while the unit is inside ``SEGQ_RETRY_BUDGET`` (from its first
+  transient failure) and ``SEGQ_TASK_RETRIES``; then ``failed``. Nothing sleeps in the worker (a
+  shard takes up where it stopped: ``segq.shards``);
 - deterministic storage answers (no such bucket, access denied, invalid request): ``failed`` at
   once;
 - Redis away: the Redis client rides out short outages; a longer one is waited out here (Redis
@@ -44,11 +47,11 @@ from celery.exceptions import Retry
 
 from segq import deadletters, keys, messages, registry
 from segq.backoff import compute_backoff
-from segq.input_policy import require_input
 from segq.errors import InputError, ObjectNotFound, ServiceUnavailable, UsageError
-from segq.protocol import ImageJob, PayloadError, VideoJob, model_queue, valid_job_id
+from segq.input_policy import require_input
+from segq.protocol import PayloadError, ShardJob, VideoJob, model_queue, valid_job_id
 from segq.scheduler import entry
-from segq.states import JobState
+from segq.states import FINAL_STATES, JobState
 from segq.storage import S3Object
 from workers.host import runtime
 from workers.host.runtime import Runtime
@@ -57,7 +60,7 @@ log = logging.getLogger(__name__)
 
 
 class JobFailure(Exception):
-    """Raised after the job record was marked failed."""
+    """Raised after the job record (a shard's images) was marked failed."""
 
 
 @dataclass
@@ -66,21 +69,108 @@ class Context:
 
     task: Task
     rt: Runtime
-    job: Any  # ImageJob | VideoJob
-    input: S3Object
+    job: Any  # VideoJob | ShardJob
+    input: S3Object | None = None  # a video job's input
+    attempt: int = 0  # a shard: this attempt's number
+    canceled: frozenset = frozenset()  # a shard: positions canceled when it started
+    transient_since: float | None = None  # a shard: its first transient failure
 
-    def entry(self, name: str, payload: ImageJob | VideoJob, task_id: str) -> str:
+    def entry(self, name: str, payload: VideoJob, task_id: str) -> str:
         """A follow-up task of this job, as its batch's pending entry (``segq.scheduler.entry``):
         the message Celery would send to the model's queue."""
         message = messages.build(self.task.app, name, payload.to_message(), task_id, model_queue(payload.model))
         return entry(message)
 
 
-def fail(rt: Runtime, job_id: str, message: str) -> NoReturn:
-    """Mark the job failed with ``message`` and end the task with :class:`JobFailure`."""
-    rt.records.fail(job_id, message)
-    rt.count(registry.JOBS_FAILED)
-    log.warning("job %s failed: %s", job_id, message)
+class Canceled(Exception):
+    """The job was canceled while this task ran: stop, and leave nothing behind."""
+
+
+# -- units: what a task starts, fails, retries --------------------------------------------------
+
+class JobUnit:
+    """A video job's task: its job record is the state."""
+
+    def __init__(self, rt: Runtime, job: VideoJob, starts_job: bool):
+        self.rt, self.job, self.starts_job = rt, job, starts_job
+        self.name = f"job {job.job_id}"
+
+    def start(self, ctx: Context, pipe) -> str | None:
+        """Why the task has nothing to do, or None when it must run."""
+        rt, job_id = self.rt, self.job.job_id
+        if self.starts_job:
+            started = rt.records.start(job_id, rt.hostname, rt.spec.label, pipe=pipe)
+            if started is None:
+                log.warning("job %s has no record (expired or never created); skipping", job_id)
+                return "no job record"
+            if not started:
+                log.info("job %s is already finished; redelivery ignored", job_id)
+                return "already finished"
+            return None
+        pipe.hget(keys.job(job_id), "state")
+        state = pipe.execute()[-1]
+        return "job finished or gone" if state is None or state in FINAL_STATES else None
+
+    def fail(self, message: str) -> None:
+        if self.rt.records.fail(self.job.job_id, message):
+            self.rt.count(registry.JOBS_FAILED)
+
+    def transient_since(self, ctx: Context) -> float | None:
+        since = self.rt.records.r.hget(keys.job(self.job.job_id), "transient_since")
+        return float(since) if since else None
+
+    def note_transient(self, since: float, note: str) -> None:
+        self.rt.records.update(self.job.job_id, transient_since=since, note=note)
+
+    def canceled(self) -> bool:
+        return self.rt.records.state(self.job.job_id) == JobState.CANCELED
+
+    def clean_up_canceled(self) -> None:
+        try:
+            self.rt.storage.delete_job_files(self.job.job_id)
+        except ServiceUnavailable as exc:
+            log.warning("job %s canceled: could not remove its files: %s", self.job.job_id, exc)
+
+
+class ShardUnit:
+    """A batch's shard: its state in Redis, its results in S3 (``segq.shards``)."""
+
+    def __init__(self, rt: Runtime, job: ShardJob):
+        self.rt, self.job = rt, job
+        self.name = f"shard {job.index} of batch {job.batch}"
+
+    def start(self, ctx: Context, pipe) -> str | None:
+        started = self.rt.shards.start(self.job.batch, self.job.index, self.rt.hostname, self.rt.spec.label, pipe=pipe)
+        if started.finished:
+            self.rt.batch_finished(self.job.batch)
+        if not started.run:
+            log.info("%s: nothing to do (%s)", self.name, "no such shard" if started.missing else "ended")
+            return "no such shard" if started.missing else "ended"
+        ctx.attempt, ctx.canceled, ctx.transient_since = started.attempt, started.canceled, started.transient_since
+        return None
+
+    def fail(self, message: str) -> None:
+        self.rt.fail_shard(self.job.batch, self.job.index, message)
+
+    def transient_since(self, ctx: Context) -> float | None:
+        return ctx.transient_since
+
+    def note_transient(self, since: float, note: str) -> None:
+        self.rt.shards.note_transient(self.job.batch, self.job.index, since)
+
+    def canceled(self) -> bool:
+        return False  # the shard's body ends it as canceled itself
+
+    def clean_up_canceled(self) -> None:
+        pass
+
+
+# -- the policy ---------------------------------------------------------------------------------
+
+def fail(unit, message: str) -> NoReturn:
+    """Mark the unit failed with ``message`` and end the task with :class:`JobFailure`."""
+    unit.fail(message)
+    log.warning("%s failed: %s", unit.name, message)
     raise JobFailure(message) from None
 
 
@@ -98,26 +188,10 @@ def parse(task: Task, rt: Runtime, payload: dict, parser: Callable[[dict], Any])
         deadletters.add(rt.redis, queue, raw, f"payload does not parse: {exc}", task_id=task.request.id or "")
         job_id = payload.get("job_id") if isinstance(payload.get("job_id"), str) else ""
         if job_id and valid_job_id(job_id) and rt.records.exists(job_id):
-            fail(rt, job_id, f"invalid request: {exc}")
-        raise JobFailure(f"invalid message (no job to update): {exc}") from None
-
-
-def skip_reason(rt: Runtime, job_id: str, starts_job: bool) -> str | None:
-    """Why a task has nothing to do, or None when it must run."""
-    if starts_job:
-        started = rt.records.start(job_id, rt.hostname, rt.spec.label)
-        if started is None:
-            log.warning("job %s has no record (expired or never created); skipping", job_id)
-            return "no job record"
-        if not started:
-            log.info("job %s is already finished; redelivery ignored", job_id)
-            return "already finished"
-        return None
-    return "job finished or gone" if rt.records.final_or_gone(job_id) else None
-
-
-class Canceled(Exception):
-    """The job was canceled while this task ran: stop, and leave nothing behind."""
+            rt.records.fail(job_id, f"invalid request: {exc}")
+            rt.count(registry.JOBS_FAILED)
+            log.warning("job %s failed: invalid request: %s", job_id, exc)
+        raise JobFailure(f"invalid message: {exc}") from None
 
 
 def check_canceled(rt: Runtime, job_id: str) -> None:
@@ -147,35 +221,28 @@ def _wait_for_redis(rt: Runtime, budget: float) -> bool:
     return False
 
 
-def _retry_later(task: Task, rt: Runtime, job_id: str, exc: Exception):
+def _retry_later(task: Task, ctx: Context, unit, exc: Exception):
     """A transient failure: send the task again with a countdown (exponential, with jitter), as
-    long as the job is inside its retry budget; else fail the job."""
+    long as the unit is inside its retry budget; else fail it."""
+    rt = ctx.rt
     now = time.time()
-    since = rt.records.r.hget(keys.job(job_id), "transient_since")
-    first = float(since) if since else now
+    first = unit.transient_since(ctx) or now
     elapsed = now - first
     retries = task.request.retries
     budget = rt.settings.retry_budget_seconds
     if elapsed >= budget or retries >= rt.settings.task_retries:
         why = f"{elapsed:.0f}s of transient failures" if elapsed >= budget else f"{retries} retries"
-        fail(rt, job_id, f"gave up after {why}: {exc}")
+        fail(unit, f"gave up after {why}: {exc}")
     countdown = min(compute_backoff(retries + 1, cap=60.0), max(1.0, budget - elapsed))
-    rt.records.update(job_id, transient_since=first,
-                    note=f"retry {retries + 1} in {countdown:.0f}s: {exc}")
-    log.warning("job %s: transient failure, retry in %.0fs: %s", job_id, countdown, exc)
+    unit.note_transient(first, f"retry {retries + 1} in {countdown:.0f}s: {exc}")
+    log.warning("%s: transient failure, retry in %.0fs: %s", unit.name, countdown, exc)
     raise task.retry(exc=exc, countdown=countdown, max_retries=rt.settings.task_retries) from None
 
 
-def _clean_up_canceled(rt: Runtime, job_id: str) -> None:
-    try:
-        rt.storage.delete_job_files(job_id)
-    except ServiceUnavailable as exc:
-        log.warning("job %s canceled: could not remove its files: %s", job_id, exc)
-
-
-def guarded(task: Task, rt: Runtime, job_id: str, input_uri: str, work: Callable[[], Any]) -> Any:
-    """Run ``work``; map its errors to the job's state as the module docstring says."""
-    rt.set_active(f"{task.name}[{task.request.id}] job {job_id}")
+def guarded(task: Task, ctx: Context, unit, work: Callable[[], Any]) -> Any:
+    """Run ``work``; map its errors to the unit's state as the module docstring says."""
+    rt = ctx.rt
+    rt.set_active(f"{task.name}[{task.request.id}] {unit.name}")
     try:
         for attempt in range(2):
             try:
@@ -184,54 +251,75 @@ def guarded(task: Task, rt: Runtime, job_id: str, input_uri: str, work: Callable
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # Redis was away longer than the client rides out: nothing can be sent or recorded
                 # until it is back, so wait for it here and run the (idempotent) work once more.
-                log.warning("job %s: Redis unreachable (%s); waiting for it", job_id, exc)
+                log.warning("%s: Redis unreachable (%s); waiting for it", unit.name, exc)
                 if attempt or not _wait_for_redis(rt, rt.settings.retry_budget_seconds):
                     raise
-        if rt.records.state(job_id) == JobState.CANCELED:
-            raise Canceled(job_id)
+        if unit.canceled():
+            raise Canceled(unit.name)
         rt.count(registry.TASKS_DONE)
         return result
     except Canceled:
-        _clean_up_canceled(rt, job_id)
-        log.info("job %s was canceled; %s stopped", job_id, task.name)
-        return {"job_id": job_id, "skipped": "canceled"}
-    except ObjectNotFound:
-        fail(rt, job_id, f"input not found: {input_uri}")
+        unit.clean_up_canceled()
+        log.info("%s was canceled; %s stopped", unit.name, task.name)
+        return {"unit": unit.name, "skipped": "canceled"}
+    except ObjectNotFound as exc:
+        fail(unit, f"input not found: {ctx.input.uri}" if ctx.input is not None else str(exc))
     except (InputError, UsageError) as exc:
-        fail(rt, job_id, str(exc))
+        fail(unit, str(exc))
     except (ServiceUnavailable, redis.ConnectionError, redis.TimeoutError) as exc:
         if not _transient(exc):
-            fail(rt, job_id, str(exc))
-        _retry_later(task, rt, job_id, exc)
+            fail(unit, str(exc))
+        _retry_later(task, ctx, unit, exc)
     except (Retry, JobFailure):
         raise
     except Exception as exc:  # never let one job take the worker down
-        log.exception("job %s: unexpected error", job_id)
-        fail(rt, job_id, f"internal error: {type(exc).__name__}: {exc}")
+        log.exception("%s: unexpected error", unit.name)
+        fail(unit, f"internal error: {type(exc).__name__}: {exc}")
     finally:
-        try:
-            rt.set_active("")
-        except redis.RedisError:
-            pass
+        rt.set_active("")
 
 
-def job_task(name: str, parser: Callable[[dict], Any], *, starts_job: bool):
+def _start(rt: Runtime, task: Task, ctx: Context, unit) -> str | None:
+    """Start the unit and its lease in one round trip (module docstring)."""
+    pipe = rt.redis.pipeline(transaction=False)
+    tag = rt.upkeep.tag_of(task.request.id) if rt.upkeep is not None else None
+    if tag:
+        rt.leases.started(tag, pipe)
+    return unit.start(ctx, pipe)
+
+
+def unit_task(name: str, parser: Callable[[dict], Any], make_unit: Callable[[Runtime, Any], Any]):
     """Turn ``body(ctx) -> dict`` into the Celery task ``name`` (module docstring)."""
 
     def decorate(body: Callable[[Context], dict]):
         def run(self: Task, **payload) -> dict:
             rt = runtime.get()
             job = parse(self, rt, payload, parser)
-            reason = skip_reason(rt, job.job_id, starts_job)
+            unit = make_unit(rt, job)
+            ctx = Context(self, rt, job)
+            if isinstance(job, VideoJob):
+                ctx.input = S3Object(job.input_bucket, job.input_key)
+            reason = _start(rt, self, ctx, unit)
             if reason:
-                return {"job_id": job.job_id, "skipped": reason}
-            ctx = Context(self, rt, job, S3Object(job.input_bucket, job.input_key))
-            # SEGQ_INPUT_PREFIXES, before anything is read: a forbidden key fails the job (InputError).
-            return guarded(self, rt, job.job_id, ctx.input.uri,
-                           lambda: require_input(rt.settings, job.input_bucket, job.input_key) or body(ctx))
+                return {"unit": unit.name, "skipped": reason}
+            if ctx.input is not None:
+                # SEGQ_INPUT_PREFIXES, before anything is read: a forbidden key fails the job.
+                return guarded(self, ctx, unit, lambda: require_input(rt.settings, ctx.input.bucket, ctx.input.key)
+                               or body(ctx))
+            return guarded(self, ctx, unit, lambda: body(ctx))
 
         run.__name__, run.__qualname__, run.__doc__ = body.__name__, body.__qualname__, body.__doc__
         run.__module__ = body.__module__
         return shared_task(name=name, bind=True)(run)
 
     return decorate
+
+
+def job_task(name: str, parser: Callable[[dict], Any], *, starts_job: bool):
+    """A video job's task (``unit_task`` over :class:`JobUnit`)."""
+    return unit_task(name, parser, lambda rt, job: JobUnit(rt, job, starts_job))
+
+
+def shard_task(name: str):
+    """A batch's shard's task (``unit_task`` over :class:`ShardUnit`)."""
+    return unit_task(name, ShardJob.from_message, ShardUnit)

@@ -23,11 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from segq import layout, limits, registry
+from segq import layout, limits, metrics, registry
 from segq.jobs import STAGES
 from segq.protocol import (
     ASSEMBLE_VIDEO, SEGMENT_CHUNK, SPLIT_VIDEO, VideoJob, assembly_task_id, chunk_ranges, chunk_task_id,
 )
+from segq.shards import CHECK_SECONDS
 from segq.storage import S3Object, S3Reader
 from workers.host import runtime
 from workers.media import video
@@ -36,6 +37,20 @@ from workers.tasks.chunk import ChunkPipeline
 from workers.tasks.skeleton import Context, check_canceled, job_task
 
 log = logging.getLogger(__name__)
+
+
+def every(seconds: float, check):
+    """``check`` run at most once every ``seconds`` (a chunk looks whether its job was canceled
+    between its batches of frames: once a second is soon enough, and costs Redis less)."""
+    last = [float("-inf")]
+
+    def maybe() -> None:
+        now = time.monotonic()
+        if now - last[0] >= seconds:
+            last[0] = now
+            check()
+
+    return maybe
 
 
 def _info(rt: runtime.Runtime, job_id: str) -> video.VideoInfo:
@@ -78,7 +93,7 @@ def segment_chunk(ctx: Context) -> dict:
         # Frames decoded ahead, the model on the worker's model stage, overlays rendered and
         # encoded behind, each in a thread of its own (workers.tasks.chunk); errors surface here.
         with ChunkPipeline(segmenter, job.task, job.batch_size, encoder.write, annotate_fps=job.annotate_fps,
-                           check=lambda: check_canceled(rt, job.job_id)) as renderer:
+                           check=every(CHECK_SECONDS, lambda: check_canceled(rt, job.job_id))) as renderer:
             renderer.add_all(video.decode_range(reader, info, job.start, job.end))
             renderer.archive(job.start, job.end, target=labels)
         frames = encoder.close()
@@ -100,8 +115,9 @@ def segment_chunk(ctx: Context) -> dict:
         "stages": {k: round(v, 6) for k, v in stages.items()}, "items_per_pass": times.items_per_pass,
     }
     assembly = ctx.entry(ASSEMBLE_VIDEO, job.for_chunk(-1, 0, 0), assembly_task_id(job.job_id, job.run))
-    outcome = rt.records.chunk_done(job.job_id, job.chunk, frames, inference_s, chunk_info, assembly)
-    rt.observe(job.model, stages)
+    tally = metrics.Tally()
+    tally.stages(job.model, stages)
+    outcome = rt.records.chunk_done(job.job_id, job.chunk, frames, inference_s, chunk_info, assembly, tally)
     return {"job_id": job.job_id, **chunk_info, "outcome": outcome}
 
 
@@ -126,7 +142,7 @@ def assemble_video(ctx: Context) -> dict:
     infos = rt.records.chunk_infos(job.job_id)
     inference_s = sum(c["inference_s"] for c in infos.values())
     wall = finished - (record.started_at or finished)
-    metrics = {
+    figures = {
         "inference_s": round(inference_s, 6),
         "fps": round(info.frames / inference_s, 3) if inference_s else None,
         "e2e_fps": round(info.frames / wall, 3) if wall > 0 else None,
@@ -140,15 +156,16 @@ def assemble_video(ctx: Context) -> dict:
         "job_id": job.job_id, "task": job.task, "model": job.model, "checkpoint": model.checkpoint,
         "processor": model.processor_name, "postprocess": model.postprocess, "input": ctx.input.uri, "probe": info.summary(),
         "chunk_frames": job.chunk_frames, "batch_size": job.batch_size,
-        "chunks": [infos[i] for i in sorted(infos)], "metrics": metrics,
+        "chunks": [infos[i] for i in sorted(infos)], "metrics": figures,
         "label_archives": [layout.output_key(job.job_id, layout.chunk_labels_name(i)) for i in range(len(chunks))],
     }
     rt.storage.put_bytes(layout.output_key(job.job_id, layout.VIDEO_JSON), json.dumps(doc, indent=1).encode(),
                          "application/json")
     rt.records.finish(job.job_id, checkpoint=model.checkpoint, frames=info.frames, stages=stages,
-                    **{k: v for k, v in metrics.items() if k != "split_s"})
+                      latency=((job.model, "video", job.priority), finished - record.created_at),
+                      **{k: v for k, v in figures.items() if k != "split_s"})
     rt.count(registry.JOBS_DONE)
     for index in range(len(chunks)):  # the parts were intermediate
         rt.storage.delete(layout.part_key(job.job_id, index))
     rt.storage.delete(layout.frames_key(job.job_id))  # and so was the frame table
-    return {"job_id": job.job_id, "state": "done", "frames": written, **metrics}
+    return {"job_id": job.job_id, "state": "done", "frames": written, **figures}

@@ -1,0 +1,130 @@
+"""The stand-in model: a fixed prediction after a wait, for measuring everything but the model.
+
+What a GPU does for a worker is, from the CPU's side, a wait that releases the GIL, after which a
+label map comes back. A worker whose model is the stand-in runs its real code around that
+(fetching, decoding, the model stage, rendering, encoding, uploading, the queue, the records, the
+scheduling) with the model replaced by exactly that: on the model stage's thread, as every pass,
+it sleeps ``wait_ms`` per image (``time.sleep`` releases the GIL, as a GPU's kernels do) and
+returns a label map fixed per image size (bands of a few classes, made once per size) and its
+segments. So ``bench.control`` measures the control plane at 100,000 images on a small machine,
+and ``bench.fullhd`` the CPU side of a GPU worker.
+
+**Not for production**: its outputs are not segmentations. A model is the stand-in when its
+checkpoint is ``standin:[wait_ms=N,][labels=ade20k|coco-panoptic|coco-instance]`` in
+``SEGQ_MODELS``, and a worker loads one only when ``SEGQ_ALLOW_STANDIN=1`` says so (it refuses to
+start otherwise, naming the setting).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from segq.errors import ConfigError
+from workers.media import labels as labels_mod
+from workers.media.prediction import Prediction, Segment, semantic_segments, with_stats
+
+PREFIX = "standin:"
+#: The label sets a stand-in may pretend to have, by name.
+LABEL_SETS = {"ade20k": "ade20k", "coco-panoptic": "coco_panoptic", "coco-instance": "coco_instance"}
+
+
+def is_standin(checkpoint: str) -> bool:
+    return checkpoint.startswith(PREFIX)
+
+
+@dataclass(frozen=True)
+class Options:
+    wait_ms: float = 10.0
+    labels: str = "ade20k"
+
+    @classmethod
+    def parse(cls, checkpoint: str) -> "Options":
+        values = {}
+        for item in filter(None, checkpoint[len(PREFIX):].split(",")):
+            name, _, value = item.partition("=")
+            if name == "wait_ms":
+                try:
+                    values["wait_ms"] = float(value)
+                except ValueError:
+                    raise ConfigError(f"stand-in model {checkpoint!r}: wait_ms must be a number") from None
+                if not 0 <= values["wait_ms"] <= 60_000:
+                    raise ConfigError(f"stand-in model {checkpoint!r}: wait_ms must be from 0 to 60000")
+            elif name == "labels":
+                if value not in LABEL_SETS:
+                    raise ConfigError(f"stand-in model {checkpoint!r}: labels must be one of {', '.join(LABEL_SETS)}")
+                values["labels"] = value
+            else:
+                raise ConfigError(f"stand-in model {checkpoint!r}: unknown option {name!r} (wait_ms, labels)")
+        return cls(**values)
+
+
+@dataclass
+class StandInModel:
+    """What readers of ``Segmenter.model`` use (``workers.model.models.LoadedModel``'s fields)."""
+
+    name: str
+    checkpoint: str
+    labels: labels_mod.LabelSet
+    load_seconds: float = 0.0
+    postprocess: str = "standin"
+    compile: str = "off"
+    processor_name: str = "StandIn"
+
+    @property
+    def max_label_value(self) -> int:
+        return max(len(self.labels), 8)
+
+
+@lru_cache(maxsize=32)
+def _bands(width: int, height: int, classes: tuple[int, ...]) -> np.ndarray:
+    """A label map of horizontal bands, one per class: made once per image size."""
+    rows = np.minimum(np.arange(height) * len(classes) // max(height, 1), len(classes) - 1)
+    return np.broadcast_to(np.asarray(classes, np.int32)[rows][:, None], (height, width)).copy()
+
+
+class StandIn:
+    """A ``Segmenter`` with the stand-in model (module docstring)."""
+
+    def __init__(self, name: str, checkpoint: str, stage=None):
+        from workers.model.stage import InlineStage
+
+        self.options = Options.parse(checkpoint)
+        self.model = StandInModel(name, checkpoint, labels_mod.load(LABEL_SETS[self.options.labels]))
+        self.stage = stage if stage is not None else InlineStage()
+        self._lock = threading.Lock()
+        self.classes = tuple(range(min(4, len(self.model.labels))))  # the label set's first classes
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def labels(self):
+        return self.model.labels
+
+    def _label_map(self, size: tuple[int, int], task: str) -> Prediction:
+        width, height = size
+        bands = _bands(width, height, self.classes)
+        if task == "semantic":
+            return Prediction(task, bands, semantic_segments(bands))
+        ids = np.searchsorted(np.asarray(sorted(set(self.classes))), bands).astype(np.int32) + 1
+        segments = [Segment(i + 1, int(c), 0.99) for i, c in enumerate(sorted(set(self.classes)))]
+        return Prediction(task, ids, with_stats(ids, segments))
+
+    def predict(self, images: list, task: str, blend: bool | None = None):
+        from workers.model.segmenter import Result, Times
+
+        seconds = self.options.wait_ms / 1000.0 * len(images)
+        started = time.perf_counter()
+        future = self.stage.call(time.sleep, seconds)  # the model stage's thread waits, GIL released
+        future.result()
+        sizes = [(i.width, i.height) if hasattr(i, "width") else (i.shape[1], i.shape[0]) for i in images]
+        preds = [self._label_map(size, task) for size in sizes]
+        queued = getattr(future, "queued_s", 0.0)
+        forward = getattr(future, "seconds", time.perf_counter() - started - queued)
+        return Result(preds, Times(wait_s=queued, forward_s=forward, items_per_pass=len(images)))
