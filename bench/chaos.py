@@ -175,13 +175,13 @@ def main() -> None:
         deadline = time.monotonic() + args.settle
         while time.monotonic() < deadline:
             try:
-                records = [r for r in client.records.get_many(jobs) if r is not None]
+                records = [r for r in client.records_of(jobs) if r is not None]
                 if len(records) == len(jobs) and all(r.final for r in records):
                     break
             except Exception:
                 pass
             time.sleep(5)
-        records = {r.id: r for r in client.records.get_many(jobs) if r is not None}
+        records = {r.id: r for r in client.records_of(jobs) if r is not None}
         outcome = collections.Counter()
         for job_id in jobs:
             r = records.get(job_id)

@@ -7,7 +7,7 @@ it prints the time from the fault to the lost work being back on its queue (the 
 requeue) and to the job being done:
 
 - a worker SIGKILLed while it runs a video chunk;
-- a worker SIGKILLed while it runs an image job;
+- a worker SIGKILLed while it runs an image (its shard);
 - a worker SIGKILLed during a video's assembly;
 - Redis SIGKILLed mid-chunk and restarted 5 s later;
 - S3 (SeaweedFS) SIGKILLed under a backlog of 6 images and a video, restarted 30 s later.
@@ -62,9 +62,14 @@ class Fleet:
         self.services.pop(host).stop()
         return killed
 
-    def running(self, job_id: str, task: str):
+    def running(self, job, task: str):
+        """The running lease of ``job``'s ``task`` (an image's: its shard's)."""
+        if task == "segq.segment_shard":
+            shard_task = f"shard:{job.batch}:{job.shard:06d}"
+            return next((x for x in leases.leases(self.client.records.r) if x.task_id == shard_task and x.running),
+                        None)
         return next((x for x in leases.leases(self.client.records.r)
-                     if x.job_id == job_id and x.task == task and x.running), None)
+                     if x.job_id == job.id and x.task == task and x.running), None)
 
     def close(self) -> None:
         for service in self.services.values():
@@ -102,11 +107,11 @@ def image(root: Path, name: str, size=(1280, 960)) -> str:
 
 
 def worker_kill(fleet: Fleet, root: Path, what: str) -> dict:
-    task = {"chunk": "segq.segment_chunk", "image": "segq.segment_image", "assembly": "segq.assemble_video"}[what]
+    task = {"chunk": "segq.segment_chunk", "image": "segq.segment_shard", "assembly": "segq.assemble_video"}[what]
     src = image(root, f"{what}.png") if what == "image" else clip(root, f"{what}.mp4", 48 if what == "chunk" else 240,
                                                                   (256, 192) if what == "chunk" else (640, 480))
     [job] = fleet.client.submit([src], task="semantic", chunk_frames=60 if what == "assembly" else 12)
-    lease = wait_until(lambda: fleet.running(job.id, task), 300, f"{task} running", poll=0.005)
+    lease = wait_until(lambda: fleet.running(job, task), 300, f"{task} running", poll=0.005)
     # Into the task, not at the instant the worker fetches its next message: kombu takes a message
     # off the queue and records it as unacknowledged in two steps, and a kill between them loses
     # it (README, Reliability: not guaranteed).
@@ -127,7 +132,7 @@ def worker_kill(fleet: Fleet, root: Path, what: str) -> dict:
 
 def redis_restart(fleet: Fleet, root: Path) -> dict:
     [job] = fleet.client.submit([clip(root, "r.mp4", 48)], task="semantic", chunk_frames=24)
-    wait_until(lambda: fleet.running(job.id, "segq.segment_chunk"), 300, "a chunk running", poll=0.02)
+    wait_until(lambda: fleet.running(job, "segq.segment_chunk"), 300, "a chunk running", poll=0.02)
     fleet.redis.stop(sig=signal.SIGKILL)
     down = time.monotonic()
     time.sleep(5)

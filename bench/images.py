@@ -104,7 +104,7 @@ class Queued:
         records = self.client.wait([j.id for j in jobs], timeout=3600, poll=0.5)
         elapsed = time.perf_counter() - started
         assert all(r.state == "done" for r in records), [r.error for r in records if r.state != "done"]
-        deadline = time.monotonic() + 5  # the record is written as each task ends: the last one's may lag
+        deadline = time.monotonic() + 15  # the record's figures come with the worker's next heartbeat (10 s)
         while (now := self.stage())[1] - items0 < len(paths) and time.monotonic() < deadline:
             time.sleep(0.05)
         passes = now[2] - passes0

@@ -43,7 +43,7 @@ from segq.protocol import (
 from segq.connections import redis_client
 from segq.scheduler import Scheduler, entry
 from segq.settings import Settings
-from segq.shards import ShardImage, ShardSpec, ShardState, ShardStore
+from segq.shards import ShardImage, ShardSpec, ShardState, ShardStore, message_template
 from segq.states import RETRYABLE_STATES, JobKind, JobState, Priority
 from segq.storage import Storage
 
@@ -176,8 +176,7 @@ class Client:
             raise UsageError(f"--chunk-frames / --batch-size: {exc}") from None
         if priority not in tuple(Priority):
             raise UsageError(f"unknown priority {safe(priority)!r}: choose one of {', '.join(Priority)}")
-        check_explicit(list(paths), follow_symlinks, self.settings.max_input_bytes)
-        self.ping()
+        check_explicit(list(paths), follow_symlinks, self.settings.max_input_bytes, self.settings)
         submission = Submission(self, task=task, model=model_name, batch=batch, priority=priority,
                                 video_options={"chunk_frames": chunk_frames, "batch_size": batch_size,
                                                "annotate_fps": annotate_fps},
@@ -405,13 +404,14 @@ class Client:
             return "its shard, or a retry of it, is still running"
         with self._redis():
             new = self.shards.next_index(batch)
-        model = self.r.hget(keys.batch(batch), "model")
-        task = self.r.hget(keys.batch(batch), "task")
+        task, model, priority = self.r.hmget(keys.batch(batch), "task", "model", "priority")
         images = [ShardImage(line.job, line.pos, line.source, line.input) for line in again]
         self.shards.write_spec(ShardSpec(batch, new, task, model, images, created_at=time.time(), of=first))
         failed = sum(line.state == JobState.FAILED for line in again)
+        template = message_template(self.celery, task, model, priority)
         with self._redis():
-            if not self.shards.add_retry(batch, first, new, [i.pos for i in images], failed, len(again) - failed):
+            if not self.shards.add_retry(batch, first, new, [i.pos for i in images], failed, len(again) - failed,
+                                         template):
                 return "a retry of it was started meanwhile"
             self.scheduler.dispatch(model)
         for line in again:  # its outputs go: the retry writes them again
@@ -505,15 +505,32 @@ class Client:
                 self.status(job_id)  # JobNotFound early
 
         def read():
-            videos = [i for i in ids if not images.has(i)]
-            found = dict(zip(videos, self.records.get_many(videos)))
-            found.update(images.read())
-            return [found[i] for i in ids if found.get(i) is not None]
+            return [r for r in self._read(ids, images) if r is not None]
 
         return self._poll(read, lambda rs: len(rs) == len(ids) and all(r.final for r in rs), timeout, poll,
                           on_progress, lambda rs: ", ".join(r.id for r in rs if not r.final))
 
     # -- get -----------------------------------------------------------------------------
+    def _read(self, ids: list[str], images: "ImageWatch") -> list[JobRecord | None]:
+        videos = [i for i in ids if not images.has(i)]
+        found = dict(zip(videos, self.records.get_many(videos)))
+        found.update(images.read())
+        return [found.get(i) for i in ids]
+
+    def records_of(self, job_ids: Iterable[str]) -> list[JobRecord | None]:
+        """The records of many jobs at once (None for one that does not exist, or expired): video
+        jobs' from Redis, images' from their shards (in full once their shard ended)."""
+        ids = list(job_ids)
+        images = ImageWatch(self.shards)
+        with self._redis():
+            for job_id in ids:
+                if parse_image_id(job_id) is not None:
+                    try:
+                        images.add(job_id, *self._image(job_id)[:3])
+                    except JobNotFound:
+                        pass
+            return self._read(ids, images)
+
     def wait_batch(self, names: Iterable[str], timeout: float | None = None,
                    on_progress: BatchProgressFn | None = None, poll: float = defaults.POLL_SECONDS
                    ) -> list[BatchRecord]:
@@ -522,7 +539,7 @@ class Client:
         names = list(names)
         for name in names:
             self.batch(name)
-        return self._poll(lambda: [self.batches.get(n) for n in names], lambda bs: all(b.final for b in bs),
+        return self._poll(lambda: self.batches.get_many(names), lambda bs: all(b.final for b in bs),
                           timeout, poll, on_progress, lambda bs: ", ".join(b.name for b in bs if not b.final))
 
     # -- get -----------------------------------------------------------------------------

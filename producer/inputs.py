@@ -162,15 +162,24 @@ def _directory(path: Path, follow_symlinks: bool) -> Iterator[tuple[Path, Path]]
                 yield entry, resolved
 
 
-def check_explicit(args: list[str], follow_symlinks: bool = False, max_bytes: int | None = None) -> None:
+def check_explicit(args: list[str], follow_symlinks: bool = False, max_bytes: int | None = None,
+                   settings=None) -> None:
     """Refuse, before anything is submitted, what the command line names that cannot be submitted:
     a missing path, a file that is not an image or video (or larger than ``max_bytes``), a
-    directory symlink not to follow."""
+    directory symlink not to follow, an ``s3://`` key or prefix outside ``settings``' input
+    prefixes."""
     for arg in args:
         if arg.startswith("s3://"):
             if is_prefix(arg):
-                continue
-            parse_s3_uri(arg)
+                bucket, _, prefix = arg[len("s3://"):].partition("/")
+                reason = input_policy.prefix_refusal(bucket, prefix, settings.input_prefixes, settings.s3_bucket) \
+                    if settings is not None else None
+            else:
+                obj = parse_s3_uri(arg)
+                reason = input_policy.refusal(obj.bucket, obj.key, settings.input_prefixes, settings.s3_bucket) \
+                    if settings is not None else None
+            if reason:
+                raise InputError(reason)
             continue
         path = Path(arg).expanduser()
         if path.is_dir():
@@ -238,5 +247,5 @@ def expand(args: list[str], settings=None, storage: Storage | None = None, follo
         from segq.settings import Settings
 
         settings = Settings()
-    check_explicit(args, follow_symlinks, settings.max_input_bytes)
+    check_explicit(args, follow_symlinks, settings.max_input_bytes, settings)
     return list({i.identity: i for i in iter_inputs(args, settings, storage, follow_symlinks)}.values())

@@ -5,19 +5,21 @@ them one at a time, nor start over after a crash, nor cost Redis a record per im
 submission:
 
 1. opens its batch (``segq.batches``): new, or the same name again (a resubmission), and takes
-   its submission lock (one submission adds to a batch at a time); a resubmission reads the
-   identities of the images the batch holds from its shards' lists (``producer.identities``);
+   its submission lock (one submission adds to a batch at a time) and the number of its first
+   shard, in one step; a resubmission reads the identities of the images the batch holds from
+   its shards' lists (``producer.identities``);
 2. reads the inputs lazily (``producer.inputs.iter_inputs``), a window at a time, and skips
    those the batch already holds (by identity: images from that index, videos from the batch's
    hash of video inputs), and says so;
 3. gives each new image its place: the next position of the shard being filled (its id follows:
    ``segq.protocol.image_id``), and uploads the local files with ``threads`` threads (one PUT
    each for files up to 8 MiB), at most a few windows ahead;
-4. adds each shard once its images are uploaded: its list to S3, then its state, counters and
-   release in one Lua call (``segq.shards``); videos are created as jobs, ``group`` per Lua call
-   (``submit.lua``); work is released to the workers as it is added, so the fleet starts while
-   the submission goes on;
-5. seals the batch at the end: from then on it finishes when its last image or video ends.
+4. adds each shard once its images are uploaded: its list to S3, then its state, counters, turn
+   and the release of the model's work in one Lua call (``segq.shards``); videos are created as
+   jobs, ``group`` per Lua call (``submit.lua``); work is released to the workers as it is added,
+   so the fleet starts while the submission goes on;
+5. seals the batch at the end, giving its lock back: from then on it finishes when its last
+   image or video ends.
 
 **Shard sizes.** A shard is a few seconds of work: ``SEGQ_SHARD_SECONDS`` (4) at the fleet's
 measured speed for the model (its images' mean seconds of work per image, from the stage
@@ -35,6 +37,7 @@ again submits only the rest (a shard number taken and never added leaves a gap, 
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import time
 import uuid
@@ -44,15 +47,13 @@ from typing import Callable, Iterable
 
 import redis
 
-from segq import keys, layout, limits, messages, metrics
+from segq import layout, limits, messages
 from segq.batches import BatchStore, NewJob, check_name, new_batch_name
 from segq.errors import InputError, SegqError, ServiceUnavailable
-from segq.jobs import STAGES, JobRecord
-from segq.protocol import (
-    MAX_SHARD_IMAGES, SEGMENT_SHARD, SPLIT_VIDEO, ShardJob, VideoJob, image_id, model_queue, new_job_id,
-)
+from segq.jobs import JobRecord
+from segq.protocol import MAX_SHARD_IMAGES, SPLIT_VIDEO, VideoJob, image_id, model_queue, new_job_id
 from segq.scheduler import Scheduler, entry
-from segq.shards import ShardImage, ShardSpec, ShardStore
+from segq.shards import ShardImage, ShardSpec, ShardStore, message_template
 from segq.states import JobKind, JobState, Priority
 from segq.storage import S3Object
 
@@ -85,23 +86,12 @@ class SubmitReport:
     seconds: float = 0.0
     finished: bool = False  # the batch was finished at the end (e.g. nothing new to do)
     shards: int = 0  # shards added
+    serving: bool = True  # a live worker served the model when the submission began
 
     def to_dict(self) -> dict:
         return {"batch": self.batch, "created": self.created, "submitted": self.submitted, "skipped": self.skipped,
                 "refused": [{"input": r.display, "reason": r.reason} for r in self.refused],
                 "shards": self.shards, "seconds": round(self.seconds, 3)}
-
-
-def seconds_per_image(r: redis.Redis, model: str) -> float | None:
-    """The fleet's measured seconds of work per image of ``model``: the sum of the mean seconds of
-    each stage, from the workers' histograms (None before any were counted)."""
-    fields = [f"{metrics.STAGE}|{model}|{stage}|{part}" for stage in STAGES for part in ("sum", "count")]
-    values = r.hmget(keys.HISTOGRAMS, fields)
-    total = 0.0
-    for i in range(0, len(values), 2):
-        if values[i] and values[i + 1] and int(values[i + 1]) > 0:
-            total += float(values[i]) / int(values[i + 1])
-    return total or None
 
 
 def shard_size(per_image: float | None, seconds: float, most: int) -> int:
@@ -160,12 +150,6 @@ class Submission:
         self.token = ""  # of the batch's submission lock, while this submission holds it
 
     # -- what goes to Redis and S3 ------------------------------------------------------------
-    def template(self) -> str:
-        """The batch's shard message, built ahead with the shard's number left out."""
-        payload = ShardJob(self.batch, messages.SLOT, self.task, self.model, self.priority)
-        return messages.template(self.client.celery, SEGMENT_SHARD, payload.to_message(),
-                                 f"shard:{self.batch}:{messages.SLOT}", self.queue)
-
     def _object(self, item: Input, job_id: str) -> S3Object:
         return item.s3 if item.s3 is not None else S3Object(self.settings.s3_bucket, layout.input_key(job_id, item.ext))
 
@@ -210,41 +194,40 @@ class Submission:
             on_skip: Callable[[Input, str], None] | None = None,
             on_refused: Callable[[Refused], None] | None = None) -> SubmitReport:
         started = time.monotonic()
-        token = self.token = uuid.uuid4().hex
+        self.token = uuid.uuid4().hex
         try:
-            opened = self.batches.open(self.batch, self.task, self.model, self.priority, self.template())
-            self.batches.lock(self.batch, token)
+            opened = self.batches.open(self.batch, self.task, self.model, self.priority,
+                                       message_template(self.client.celery, self.task, self.model, self.priority),
+                                       self.token)
         except redis.RedisError as exc:
             raise self.client.redis_down(exc) from exc
         self.namespace = opened.namespace
-        report = SubmitReport(self.batch, opened.created)
+        report = SubmitReport(self.batch, opened.created, serving=opened.slots > 0)
         try:
-            self._run(inputs, opened, report, on_job, on_skip, on_refused)
-            report.finished = self.batches.seal(self.batch)
+            sealed = self._run(inputs, opened, report, on_job, on_skip, on_refused)
+            if not sealed:
+                report.finished = self.batches.seal(self.batch, self.token)  # and the lock given back
         except redis.RedisError as exc:
             raise self._interrupted(report, self.client.redis_down(exc)) from exc
         except SegqError as exc:
             raise self._interrupted(report, exc) from exc
-        finally:
-            try:
-                self.batches.unlock(self.batch, token)
-            except redis.RedisError:
-                pass  # it runs out by itself
         if report.finished:
             self.client.batch_finished(self.batch)
-        self.scheduler.dispatch(self.model)
         report.seconds = time.monotonic() - started
         return report
 
-    def _run(self, inputs, opened, report: SubmitReport, on_job, on_skip, on_refused) -> None:
-        r = self.client.records.r
-        index = self._identities(opened.shards) if not opened.created and opened.shards else IdentityIndex()
-        sizes = Sizes(shard_size(seconds_per_image(r, self.model), self.settings.shard_seconds,
+    def _run(self, inputs, opened, report: SubmitReport, on_job, on_skip, on_refused) -> bool:
+        """Add the inputs (module docstring); True when the last shard's step sealed the batch."""
+        held = self._identities(opened.shards) if not opened.created and opened.shards else IdentityIndex()
+        sizes = Sizes(shard_size(opened.seconds_per_image, self.settings.shard_seconds,
                                  self.settings.shard_max_images))
         pending: collections.deque[_Item] = collections.deque()
         videos: list[tuple[_Item, NewJob]] = []
         seen_videos: dict[str, str] = {}
         current: list[_Shard | None] = [None]
+        first = [opened.first]  # the shard number the batch's opening took for this submission
+        ending = [False]  # the inputs are all read: a shard added with nothing after it seals the batch
+        sealed = [False]
         renewed = [time.monotonic()]
 
         def flush_videos() -> None:
@@ -270,13 +253,14 @@ class Submission:
             images = [ShardImage(i.job_id, pos, i.input.display, self._object(i.input, i.job_id).uri,
                                  i.input.identity) for pos, i in enumerate(shard.items)]
             self.shards.write_spec(ShardSpec(self.batch, shard.index, self.task, self.model, images, created_at=now))
-            self.shards.add(self.batch, shard.index, len(images))
+            last = ending[0] and not pending and not videos
+            self.shards.add(self.batch, shard.index, len(images), seal=self.token if last else None)
+            sealed[0] = last
             report.shards += 1
             report.submitted += len(images)
             if on_job:
                 for image in images:
                     on_job(self._image_record(image, shard.index, now))
-            self.scheduler.dispatch(self.model)
 
         def settle(keep: int | None) -> None:
             """Take the items whose uploads are done, in input order, from the left; with ``keep``,
@@ -311,13 +295,14 @@ class Submission:
             """A new image's place: the next position of the shard being filled; its id."""
             shard = current[0]
             if shard is None:
-                shard = current[0] = _Shard(self.shards.next_index(self.batch), sizes.next())
+                number = first.pop() if first else self.shards.next_index(self.batch)
+                shard = current[0] = _Shard(number, sizes.next())
             job_id = image_id(self.namespace, shard.index, len(shard.items))
-            index.add(item.identity, shard.index * MAX_SHARD_IMAGES + len(shard.items))
+            held.add(item.identity, shard.index * MAX_SHARD_IMAGES + len(shard.items))
             return job_id
 
         with ThreadPoolExecutor(self.threads, thread_name_prefix="segq-upload") as pool:
-            for window in _windows(inputs, self.window):
+            for window, final in _windows(inputs, self.window):
                 if time.monotonic() - renewed[0] > RENEW_SECONDS:
                     self.batches.renew_lock(self.batch, self.token)
                     renewed[0] = time.monotonic()
@@ -325,11 +310,13 @@ class Submission:
                 held_videos = self.batches.holders(self.batch, [i.identity for i in window
                                                                 if i.kind == JobKind.VIDEO])
                 held_videos = iter(held_videos)
-                for item in window:
+                for n, item in enumerate(window, 1):
+                    # the last input: a shard added with nothing after it seals the batch in its step
+                    ending[0] = final and n == len(window)
                     if item.kind == JobKind.VIDEO:
                         holder = next(held_videos) or seen_videos.get(item.identity)
                     else:
-                        found = index.get(item.identity)
+                        found = held.get(item.identity)
                         holder = None if found is None else image_id(
                             self.namespace, found // MAX_SHARD_IMAGES, found % MAX_SHARD_IMAGES)
                     if holder:
@@ -354,9 +341,11 @@ class Submission:
                     settle(keep=self.threads * 4)
                 if current[0] is not None and time.monotonic() - current[0].opened > OPEN_SECONDS:
                     close_current()
+            ending[0] = True
             close_current()
             settle(keep=0)
             flush_videos()
+        return sealed[0] and not videos
 
     def _admit(self, window: list[Input], report: SubmitReport, on_refused) -> list[Input]:
         """The inputs of a window that may be submitted; the others are refused with the reason."""
@@ -388,11 +377,10 @@ class Submission:
 
 
 def _windows(items: Iterable[Input], size: int):
-    window: list[Input] = []
-    for item in items:
-        window.append(item)
-        if len(window) >= size:
-            yield window
-            window = []
-    if window:
-        yield window
+    """The inputs a window at a time, each with whether it is the last one (read one ahead)."""
+    items = iter(items)
+    window = list(itertools.islice(items, size))
+    while window:
+        following = list(itertools.islice(items, size))
+        yield window, not following
+        window = following

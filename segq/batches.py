@@ -27,7 +27,7 @@ from typing import Iterator
 import redis
 
 from segq import keys
-from segq.errors import BatchNotFound, ServiceUnavailable, UsageError
+from segq.errors import BatchNotFound, UsageError
 from segq.protocol import batch_name_problem, new_namespace
 from segq.scripts import Scripts
 from segq.states import COUNTED_STATES, JobState
@@ -140,15 +140,19 @@ class NewJob:
 @dataclass(frozen=True)
 class Opened:
     """What opening a batch found: whether it was created now, the jobs it holds, its images' id
-    namespace and its shard numbers taken so far."""
+    namespace, its shard numbers taken before, and the number taken for the submission's first
+    shard."""
 
     created: bool
     jobs: int
     namespace: str
     shards: int
+    first: int
+    slots: int = 0  # the model's task slots: 0 when no live worker serves it
+    seconds_per_image: float | None = None  # the fleet's measured seconds of work per image of the model
 
 
-#: Seconds a submission's lock on its batch lasts unless renewed (``BatchStore.lock``).
+#: Seconds a submission's lock on its batch lasts unless renewed (``BatchStore.open``).
 LOCK_SECONDS = 30
 
 
@@ -158,38 +162,35 @@ class BatchStore:
         self.ttl = ttl_seconds
         self.scripts = Scripts(client)
 
-    def open(self, name: str, task: str, model: str, priority: str, template: str) -> Opened:
-        """Create batch ``name``, or reopen it for more jobs. ``template``: its shards' message
-        (``segq.messages.template``). UsageError when it exists with another task, model or
-        priority."""
-        for _ in range(16):  # a namespace drawn twice in a row is already unlikely
+    def open(self, name: str, task: str, model: str, priority: str, template: str, token: str,
+             wait: float = LOCK_SECONDS + 5, poll: float = 0.5) -> Opened:
+        """Create batch ``name``, or reopen it for more jobs, and take its submission lock with
+        ``token`` (one submission adds to a batch at a time, so that the inputs it holds are
+        known while it adds): waits up to ``wait`` seconds for another submission's lock to be
+        given back or to run out (``LOCK_SECONDS`` after its holder stopped renewing it).
+        ``template``: the shard message of its model, task and priority
+        (``segq.shards.message_template``). UsageError when it exists with another task, model or
+        priority, or stays locked."""
+        deadline = time.monotonic() + wait
+        while True:
             try:
                 out = self.scripts.batch_open(args=[name, task, model, priority, time.time(), new_namespace(),
-                                                    template])
+                                                    template, token, LOCK_SECONDS])
             except redis.ResponseError as exc:
                 raise UsageError(str(exc)) from None
-            if int(out[0]) != -1:
-                return Opened(bool(int(out[0])), int(out[1]), str(out[2]), int(out[3]))
-        raise ServiceUnavailable("could not draw a free image-id namespace for the batch")
-
-    def lock(self, name: str, token: str, wait: float = LOCK_SECONDS + 5, poll: float = 0.5) -> None:
-        """Take the batch's submission lock (one submission adds to a batch at a time, so that the
-        inputs it holds are known while it adds): waits up to ``wait`` seconds for another
-        submission's to be given back, or to run out (``LOCK_SECONDS`` after its holder stopped
-        renewing it); UsageError after that."""
-        deadline = time.monotonic() + wait
-        while not self.r.set(keys.batch_submitting(name), token, nx=True, ex=LOCK_SECONDS):
-            if time.monotonic() > deadline:
-                raise UsageError(f"batch {name} is being submitted to by another process; try again when it is done")
-            time.sleep(poll)
+            if int(out[0]) >= 0:
+                return Opened(bool(int(out[0])), int(out[1]), str(out[2]), int(out[3]), int(out[4]), int(out[5]),
+                              float(out[6]) if out[6] else None)
+            if int(out[0]) == -2:  # another submission holds it
+                if time.monotonic() > deadline:
+                    raise UsageError(f"batch {name} is being submitted to by another process; "
+                                     f"try again when it is done")
+                time.sleep(poll)
+            # -1: the namespace drawn is taken (a new one is drawn each try)
 
     def renew_lock(self, name: str, token: str) -> None:
         if self.r.get(keys.batch_submitting(name)) == token:
             self.r.expire(keys.batch_submitting(name), LOCK_SECONDS)
-
-    def unlock(self, name: str, token: str) -> None:
-        if self.r.get(keys.batch_submitting(name)) == token:
-            self.r.delete(keys.batch_submitting(name))
 
     def submit(self, name: str, jobs: list[NewJob]) -> dict[int, str]:
         """Create ``jobs`` and queue their first tasks in one step; ``{position: holder job id}`` of
@@ -199,9 +200,10 @@ class BatchStore:
         out = self.scripts.submit(args=[name, self.ttl, time.time(), json.dumps([j.to_json() for j in jobs])])
         return {int(out[i]) - 1: out[i + 1] for i in range(0, len(out), 2)}
 
-    def seal(self, name: str) -> bool:
-        """The submission is complete; True when that finished the batch (write its manifest)."""
-        return int(self.scripts.batch_seal(args=[name, time.time(), self.ttl])) == 1
+    def seal(self, name: str, token: str = "") -> bool:
+        """The submission is complete (its lock, ``token``, given back); True when that finished
+        the batch (write its manifest)."""
+        return int(self.scripts.batch_seal(args=[name, time.time(), self.ttl, token])) == 1
 
     def holders(self, name: str, identities: list[str]) -> list[str | None]:
         """The video job holding each input identity in the batch (None: not in it)."""
@@ -218,6 +220,18 @@ class BatchStore:
             raise BatchNotFound(f"no batch {name!r} (unknown name, or it expired)")
         return BatchRecord.from_hash({"name": name, **data})
 
+    def get_many(self, names: list[str]) -> list[BatchRecord]:
+        """Batches by name, in one round trip (BatchNotFound for one that is gone)."""
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(keys.batch(name))
+        out = []
+        for name, data in zip(names, pipe.execute()):
+            if not data:
+                raise BatchNotFound(f"no batch {name!r} (unknown name, or it expired)")
+            out.append(BatchRecord.from_hash({"name": name, **data}))
+        return out
+
     def recent(self, limit: int = 20) -> list[BatchRecord]:
         names = self.r.zrevrange(keys.BATCHES_INDEX, 0, max(limit, 1) - 1)
         pipe = self.r.pipeline(transaction=False)
@@ -228,13 +242,20 @@ class BatchStore:
     def items(self, name: str, page: int = 1000) -> Iterator[list[str]]:
         """The batch's items in submission order, a page at a time: video job ids, and ``s<N>``
         for its shard N (``shard_of``)."""
+        for items, _states in self.pages(name, page):
+            yield items
+
+    def pages(self, name: str, page: int = 1000) -> Iterator[tuple[list[str], list[str]]]:
+        """The batch's items a page at a time, each page with the states of its shards (the raw
+        JSON, ``segq.shards.ShardState``; '' for a video job), one step a page."""
         start = 0
         while True:
-            ids = self.r.lrange(keys.batch_jobs(name), start, start + page - 1)
-            if not ids:
+            items, states = self.scripts.batch_page(args=[name, start, page])
+            if items:
+                yield items, states
+            if len(items) < page:
                 return
-            yield ids
-            start += len(ids)
+            start += len(items)
 
     def manifest_written(self, name: str) -> None:
         self.r.hset(keys.batch(name), "manifest_at", time.time())

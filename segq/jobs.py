@@ -22,11 +22,10 @@ from typing import Any, Callable, Iterable
 import redis
 
 from segq import keys, layout
-from segq import metrics as metrics_mod
 from segq.connections import redis_client
 from segq.errors import JobNotFound
 from segq.protocol import VideoJob
-from segq.scripts import Scripts
+from segq.scripts import Scripts, run_script
 from segq.states import FINAL_STATES, JobKind, JobState, Priority
 
 
@@ -240,12 +239,7 @@ class JobStore:
     def start(self, job_id: str, worker: str, device: str, pipe=None) -> bool | None:
         """Mark running. False: the job is already final (skip it). None: no such record. With
         ``pipe``, run in that pipeline (with what it already holds) and read its last reply."""
-        args = [time.time(), worker, device]
-        if pipe is not None:
-            self.scripts.job_start(keys=[keys.job(job_id)], args=args, client=pipe)
-            result = pipe.execute()[-1]
-        else:
-            result = self.scripts.job_start(keys=[keys.job(job_id)], args=args)
+        result = run_script(self.scripts.job_start, [time.time(), worker, device], pipe, keys=[keys.job(job_id)])
         return None if result == -1 else bool(result)
 
     def update(self, job_id: str, **values: Any) -> None:
@@ -264,15 +258,17 @@ class JobStore:
                                            args=[time.time(), frames, json.dumps(values), json.dumps(entries)]))
 
     def chunk_done(self, job_id: str, index: int, frames: int, inference_s: float, info: dict,
-                   assembly_entry: str, tally: metrics_mod.Tally | None = None) -> int:
-        """Record a finished chunk, with its histogram observations (``tally``: counted once, when
-        the chunk is); the chunk that completes the set queues ``assembly_entry`` in the same step.
-        CHUNK_DUPLICATE, CHUNK_RECORDED or ASSEMBLY_QUEUED."""
-        return int(self.scripts.chunk_done(
+                   assembly_entry: str, task: tuple[str, str] | None = None) -> int:
+        """Record a finished chunk; the chunk that completes the set queues ``assembly_entry`` in
+        the same step. ``task``: the chunk task's (id, delivery tag), whose message is done with in
+        the same step (``task_ended``'s work). ``(outcome, the job's state)``: CHUNK_DUPLICATE,
+        CHUNK_RECORDED or ASSEMBLY_QUEUED, and the state ('' when the record is gone)."""
+        outcome, state = self.scripts.chunk_done(
             keys=[keys.job(job_id), keys.job_chunks(job_id), keys.job_chunk_info(job_id)],
             args=[index, frames, json.dumps(info), inference_s, self.ttl, time.time(), assembly_entry,
-                  tally.to_json() if tally else ""],
-        ))
+                  *(task or ())],
+        )
+        return int(outcome), state
 
     def count_assembly(self, job_id: str) -> int:
         """One more run of a video job's assembly (``assemblies``: 1 unless a worker died in it)."""
@@ -286,12 +282,10 @@ class JobStore:
         pipe.execute()
 
     # -- final moves -------------------------------------------------------------------------
-    def _to_final(self, job_id: str, state: JobState, stats: tuple = (0, 0.0, None), tally: str = "",
-                  **values: Any) -> Ended:
-        """``stats``: frames, inference seconds and FPS for the fleet's counters (done jobs);
-        ``tally``: histogram observations (``segq.metrics.Tally.to_json``) counted with the move."""
+    def _to_final(self, job_id: str, state: JobState, stats: tuple = (0, 0.0, None), **values: Any) -> Ended:
+        """``stats``: frames, inference seconds and FPS for the fleet's counters (done jobs)."""
         frames, inference_s, fps = stats
-        args: list = [state.value, self.ttl, time.time(), int(frames or 0), float(inference_s or 0.0), fps or 0, tally]
+        args: list = [state.value, self.ttl, time.time(), int(frames or 0), float(inference_s or 0.0), fps or 0]
         for k, v in values.items():
             if v is not None:
                 args += [k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)]
@@ -304,18 +298,12 @@ class JobStore:
         return Ended(True, batch)
 
     def finish(self, job_id: str, frames: int = 0, inference_s: float = 0.0, fps: float | None = None,
-               stages: dict | None = None, latency: tuple[tuple[str, str, str], float] | None = None,
-               **metrics: Any) -> Ended:
+               stages: dict | None = None, **metrics: Any) -> Ended:
         """Mark done (unless already final, e.g. canceled meanwhile), with the seconds of each stage
-        (``STAGES``); ``latency``: the job's (model, kind, priority) labels and seconds from its
-        submission, counted in ``segq.metrics.LATENCY`` with the move."""
-        finished = time.time()
-        tally = metrics_mod.Tally()
-        if latency is not None:
-            tally.observe(metrics_mod.LATENCY, *latency)
-        return self._to_final(job_id, JobState.DONE, (frames, inference_s, fps), tally.to_json() if tally else "",
-                              finished_at=finished, inference_s=inference_s, fps=fps, frames=frames or None,
-                              **stage_fields(stages), **metrics)
+        (``STAGES``)."""
+        return self._to_final(job_id, JobState.DONE, (frames, inference_s, fps), finished_at=time.time(),
+                              inference_s=inference_s, fps=fps, frames=frames or None, **stage_fields(stages),
+                              **metrics)
 
     def fail(self, job_id: str, error: str) -> Ended:
         """Mark failed with ``error`` (unless already final)."""

@@ -28,8 +28,9 @@ STAT_INFERENCE = "inference_s"  # labels: model
 STAT_LAST_FPS = "last_fps"  # labels: kind, model
 STAT_RESENT = "watchdog_resent"  # no labels: lost messages the watchdog sent again
 STAT_LOST_FAILED = "watchdog_failed"  # no labels: jobs failed for losing their messages too often
+STAT_IMAGE_SECONDS = "image_s"  # labels: model; a worker's seconds per image in the last shard (shard sizes)
 _STAT_LABELS = {STAT_JOBS: 3, STAT_FRAMES: 1, STAT_INFERENCE: 1, STAT_LAST_FPS: 2, STAT_RESENT: 0,
-                STAT_LOST_FAILED: 0}
+                STAT_LOST_FAILED: 0, STAT_IMAGE_SECONDS: 1}
 
 
 def stat_field(metric: str, *labels: str) -> str:
@@ -81,10 +82,15 @@ def batch_shards(name: str) -> str:
     return f"{BATCH_PREFIX}{name}:shards"
 
 
-def batch_message(name: str) -> str:
-    """String: the message of the batch's shards, built ahead with the shard number left to fill
-    in (``segq.messages.template``); the scheduler fills it in when it releases a shard."""
-    return f"{BATCH_PREFIX}{name}:msg"
+#: Prefix of the shard message templates: one per payload version, model, task and priority.
+TEMPLATE_PREFIX = f"{PREFIX}:msg:"
+
+
+def template(version: int, model: str, task: str, priority: str) -> str:
+    """String: the message of every shard of the batches of ``model``, ``task`` and ``priority``,
+    built ahead with the batch's name and the shard's number left to fill in
+    (``segq.messages.template``); the scheduler fills them in when it releases a shard."""
+    return f"{TEMPLATE_PREFIX}v{version}:{model}:{task}:{priority}"
 
 
 def batch_losses(name: str) -> str:

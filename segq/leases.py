@@ -65,14 +65,21 @@ class LeaseBook:
         self.pid = os.getpid()
         self.held: dict[str, dict] = {}  # tag -> the lease's fields (to write it again at its start)
 
-    def take(self, tag: str, task_id: str, job_id: str, task: str) -> None:
+    def take(self, tag: str, task_id: str, task: str, pipe=None) -> None:
+        """Lease the message of ``tag``; with ``pipe``, its commands join that pipeline (the
+        transport's record of the message as delivered: ``segq.transport.QoS.append``)."""
+        if tag in self.held:
+            return  # leased by the transport already
         now = time.time()
-        record = {"task_id": task_id, "job_id": job_id, "task": task, "worker": self.worker, "pid": self.pid,
-                  "received_at": now}
-        pipe = self.r.pipeline(transaction=False)
+        ref = parse_task_id(task_id)
+        record = {"task_id": task_id, "job_id": ref.job_id if ref else "", "task": task, "worker": self.worker,
+                  "pid": self.pid, "received_at": now}
+        own = pipe is None
+        pipe = self.r.pipeline(transaction=False) if own else pipe
         pipe.hset(keys.lease(tag), mapping=record)
         pipe.zadd(keys.LEASES, {tag: now + self.ttl})
-        pipe.execute()
+        if own:
+            pipe.execute()
         self.held[tag] = record
 
     def started(self, tag: str, pipe) -> None:
@@ -277,12 +284,6 @@ def try_reap(r: redis.Redis, max_losses: int, hold_seconds: float = 30.0, ttl: f
     """Run the reaper if no other worker is running it right now (None when it is)."""
     with maintenance(r, hold_seconds) as held:
         return reap(r, max_losses, ttl=ttl) if held else None
-
-
-def release_lock(r: redis.Redis, token: str) -> None:
-    """Give the maintenance lock back (taken by a heartbeat: ``segq/lua/beat.lua``), if still ours."""
-    if r.get(keys.REAPER_LOCK) == token:
-        r.delete(keys.REAPER_LOCK)
 
 
 def unacknowledged(r: redis.Redis) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from segq import layout
 from segq.batches import BatchStore, shard_of
 from segq.jobs import JobStore
-from segq.shards import ShardStore
+from segq.shards import ShardState, ShardStore
 from segq.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,13 @@ log = logging.getLogger(__name__)
 
 def lines(batches: BatchStore, store: JobStore, shards: ShardStore, name: str):
     """The manifest's entries, in submission order."""
-    for items in batches.items(name):
+    for items, states in batches.pages(name):
         videos = [i for i in items if shard_of(i) is None]
-        records = dict(zip(videos, store.get_many(videos)))
-        for item in items:
+        records = dict(zip(videos, store.get_many(videos))) if videos else {}
+        for item, raw in zip(items, states):
             shard = shard_of(item)
             if shard is not None:
-                state = shards.state(name, shard)
+                state = ShardState.from_json(raw) if raw else None
                 for line in shards.latest(name, shard, state) if state else []:
                     yield {"source": line.source, "input": line.input, "job": line.job, "kind": line.kind,
                            "state": line.state, "error": line.error or None, "outputs": line.outputs,

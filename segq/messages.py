@@ -9,12 +9,13 @@ base64-encoded as kombu's virtual channel does, the anonymous exchange with the 
 key, as Celery converts direct exchanges), and ``tests/unit/test_messages.py`` checks it field by
 field against a message that Celery itself published to a real Redis.
 
-A batch's shards share one message but for the shard's number (``segq.shards``): it is built
-once, as a **template** (:func:`template`) whose body is the JSON text itself rather than its
-base64 (kombu decodes a body only when the envelope names an encoding), with :data:`SLOT` where
-the shard's number goes; the scheduler's Lua script fills the number in as it releases each shard
-(:func:`render` does the same in Python), so a batch of a million images keeps one message in
-Redis, not one per shard.
+Every shard's message is the same but for its batch's name and its number (``segq.shards``): it
+is built once per model, task and priority, as a **template** (:func:`template`) whose body is
+the JSON text itself rather than its base64 (kombu decodes a body only when the envelope names an
+encoding), with :data:`BATCH_SLOT` and :data:`SLOT` where the batch's name and the shard's number
+go; the scheduler's Lua script fills them in as it releases each shard (:func:`render` does the
+same in Python), so a batch of a million images keeps no message in Redis at all until its
+shards' turns come.
 
 JSON only: the body is ``[[], kwargs, embed]``; nothing here can carry a pickle.
 """
@@ -69,25 +70,28 @@ def build(app: Celery, name: str, kwargs: dict, task_id: str, queue: str) -> Out
     return Outgoing(task_id, queue, json.dumps(envelope))
 
 
-#: Where a template takes the shard's number (digits only, so it needs no escaping anywhere).
+#: Where a template takes the shard's number, and its batch's name: digits, and letters, digits,
+#: '.', '_', '-' (``segq.protocol``), so neither needs escaping in JSON or in Lua's gsub.
 SLOT = "@@N@@"
+BATCH_SLOT = "@@B@@"
 
 
 def template(app: Celery, name: str, kwargs: dict, task_id: str, queue: str) -> str:
     """The envelope of task ``name`` as :func:`build` makes it, with a plain JSON body (no
-    ``body_encoding``) and every :data:`SLOT` in ``kwargs``, ``task_id`` and the delivery tag
-    left for :func:`render` (or the scheduler's Lua) to fill in."""
+    ``body_encoding``) and every :data:`SLOT` and :data:`BATCH_SLOT` in ``kwargs``, ``task_id``
+    and the delivery tag left for :func:`render` (or the scheduler's Lua) to fill in."""
     message = json.loads(build(app, name, kwargs, task_id, queue).body)
     message["body"] = base64.b64decode(message["body"]).decode("utf-8")
     del message["properties"]["body_encoding"]
-    message["properties"]["delivery_tag"] = f"{uuid.uuid4()}.{SLOT}"
+    message["properties"]["delivery_tag"] = f"{uuid.uuid4()}.{BATCH_SLOT}.{SLOT}"
     return json.dumps(message)
 
 
-def render(template_text: str, number: str, fresh_tag: bool = False) -> str:
-    """A template's message for ``number`` (what the scheduler's Lua makes of it); ``fresh_tag``:
-    with a delivery tag of its own (a message sent again must not share its tag)."""
-    raw = template_text.replace(SLOT, number)
+def render(template_text: str, batch: str, number: str, fresh_tag: bool = False) -> str:
+    """A template's message for shard ``number`` of ``batch`` (what the scheduler's Lua makes of
+    it); ``fresh_tag``: with a delivery tag of its own (a message sent again must not share its
+    tag)."""
+    raw = template_text.replace(BATCH_SLOT, batch).replace(SLOT, number)
     if not fresh_tag:
         return raw
     message = json.loads(raw)

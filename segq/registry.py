@@ -135,8 +135,9 @@ class WorkerRegistration:
 
     Only the heartbeat writes to Redis, in one script (``segq/lua/beat.lua``) whose cost does not
     grow with the fleet: the record's heartbeat and the fields that changed since the last beat
-    (counters, the tasks running, the model stage's figures), the index, the worker's leases, the
-    maintenance lock and the release of pending work. Counting a job or noting a task's start
+    (counters, the tasks running, the model stage's figures), the index, the histogram
+    observations of the work done since, the worker's leases, the maintenance lock and the
+    release of pending work. Counting a job or noting a task's start
     costs no Redis command: ``segq workers`` sees them at the next beat. The record counts the
     worker's task slots for each model it serves in the models' slot counts (the scheduler's
     targets), which registration and removal keep exact (``worker_register.lua``,
@@ -194,17 +195,19 @@ class WorkerRegistration:
         self._sent = changing
 
     def beat(self, lease_tags: list[str], lease_expiry: float, lock_token: str = "",
-             lock_ms: int = 0) -> tuple[bool, int]:
-        """The heartbeat (class docstring): ``(maintenance lock held, messages released)``. A
-        record removed meanwhile (a worker cut off for longer than its leases, judged dead) is
-        written again whole."""
+             lock_ms: int = 0, histograms: str = "") -> tuple[bool, int]:
+        """The heartbeat (class docstring), with the histogram observations since the last one
+        (``segq.metrics.Tally.to_json``): ``(maintenance lock held, messages released)``. A record
+        removed meanwhile (a worker cut off for longer than its leases, judged dead) is written
+        again whole, and the beat repeated."""
         changing = self._changing()
         changed = {k: v for k, v in changing.items() if self._sent.get(k) != v}
-        out = self.scripts.beat(args=[self.hostname, time.time(), json.dumps(changed), lease_expiry, lock_token,
-                                      lock_ms if lock_token else "", *lease_tags])
+        out = self.scripts.beat(args=[self.hostname, time.time(), json.dumps(changed) if changed else "", lease_expiry,
+                                      lock_token, lock_ms if lock_token else "", histograms,
+                                      ",".join(sorted(self.models)), *lease_tags])
         if int(out[0]) == -1:
             self.publish()
-            return False, 0
+            return self.beat(lease_tags, lease_expiry, lock_token, lock_ms, histograms)
         self._sent.update(changed)
         return bool(int(out[1])), int(out[2])
 
@@ -214,9 +217,17 @@ class WorkerRegistration:
         self.counters[counter] += 1
 
     def set_active(self, description: str) -> None:
-        """What the worker does now; "" when idle (written with the next beat)."""
+        """What the worker does now; "" when idle (written with the next beat, or a task's start:
+        ``write_active``)."""
         if description != self.active:
             self.active, self.active_since = description, time.time()
+
+    def write_active(self, pipe) -> None:
+        """The tasks running now, added to ``pipe`` (a task's start, which Redis sees anyway): a
+        task shows in ``segq workers`` from its start, and until the next beat after its end."""
+        fields = {"active": self.active, "active_since": str(round(self.active_since, 3))}
+        pipe.hset(self.key, mapping=fields)
+        self._sent.update(fields)
 
     def remove(self) -> None:
         self.scripts.worker_remove(args=[self.hostname, ""])
@@ -233,8 +244,8 @@ def remove_dead(r: redis.Redis, interval: float = HEARTBEAT_SECONDS, now: float 
     scripts = Scripts(r)
     out = []
     for name, beat in r.zrangebyscore(keys.WORKERS_INDEX, "-inf", now - interval * MISSED_BEATS, withscores=True):
-        interval = _num(r.hget(keys.worker(name), "interval")) or HEARTBEAT_SECONDS
-        older_than = now - interval * MISSED_BEATS
+        own = _num(r.hget(keys.worker(name), "interval")) or HEARTBEAT_SECONDS
+        older_than = now - own * MISSED_BEATS
         if beat < older_than and int(scripts.worker_remove(args=[name, older_than])):
             out.append(name)
     return out
@@ -257,22 +268,24 @@ def workers(r: redis.Redis, *, live_only: bool = True) -> list[WorkerRecord]:
     entries whose records still exist. Costs one read per worker of the index, never a scan: for
     those who look at the fleet (``segq workers``, the exporter, health checks), never on a path
     that runs per task or per heartbeat."""
-    names = sorted(r.zrange(keys.WORKERS_INDEX, 0, -1))
+    beats = dict(r.zrange(keys.WORKERS_INDEX, 0, -1, withscores=True))
+    names = sorted(beats)
     pipe = r.pipeline(transaction=False)
     for name in names:
         pipe.hgetall(keys.worker(name))
     out = []
     for name, d in zip(names, pipe.execute()):
         if d:
-            rec = WorkerRecord.from_hash(keys.worker(name), d)
+            rec = WorkerRecord.from_hash(keys.worker(name), {**d, "heartbeat": beats[name]})
             if rec.live or not live_only:
                 out.append(rec)
     return out
 
 
 def get(r: redis.Redis, hostname: str) -> WorkerRecord | None:
-    d = r.hgetall(keys.worker(hostname))
-    return WorkerRecord.from_hash(keys.worker(hostname), d) if d else None
+    d, beat = r.pipeline(transaction=False).hgetall(keys.worker(hostname)).zscore(keys.WORKERS_INDEX, hostname) \
+        .execute()
+    return WorkerRecord.from_hash(keys.worker(hostname), {**d, "heartbeat": beat}) if d else None
 
 
 def wait_ready(r: redis.Redis, *, hostnames: list[str] | None = None, count: int | None = None,

@@ -35,12 +35,11 @@ from typing import Iterable, Iterator
 
 import redis
 
-from segq import keys, layout
+from segq import keys, layout, messages
 from segq.errors import InputError, ObjectNotFound
 from segq.jobs import JobRecord
-from segq.metrics import Tally
-from segq.protocol import image_id, parse_image_id
-from segq.scripts import Scripts
+from segq.protocol import SEGMENT_SHARD, ShardJob, image_id, model_queue, parse_image_id
+from segq.scripts import Scripts, run_script
 from segq.states import JobKind, JobState
 from segq.storage import S3Object, Storage
 
@@ -155,7 +154,8 @@ class ShardState:
     failed and canceled; ``e`` the attempt whose results count (0: ended without results, every
     image canceled); ``x`` positions canceled while it was queued or running (``xq`` of them while
     queued); ``r`` its retries, ``[[shard, [positions]], ...]``; ``of`` the shard a retry shard
-    runs again; ``ts`` its first transient failure (the retry budget counts from there)."""
+    runs again; ``ts`` its first transient failure (the retry budget counts from there); ``rq``
+    its tasks put back after their worker died or their message was lost, ``nt`` the last note."""
 
     s: str = "q"
     n: int = 0
@@ -174,6 +174,8 @@ class ShardState:
     r: list = field(default_factory=list)
     of: int | None = None
     ts: float | None = None
+    rq: int = 0
+    nt: str = ""
 
     @classmethod
     def from_json(cls, raw: str) -> "ShardState":
@@ -266,9 +268,12 @@ class ShardStore:
         """A new shard number of the batch (a number taken and never added leaves a gap)."""
         return int(self.r.hincrby(keys.batch(batch), "shards", 1)) - 1
 
-    def add(self, batch: str, index: int, images: int) -> bool:
-        """The shard (its list already in S3) joins its batch, queued."""
-        return bool(self.scripts.shard_add(args=[batch, index, images, time.time()]))
+    def add(self, batch: str, index: int, images: int, seal: str | None = None) -> bool:
+        """The shard (its list already in S3) joins its batch, queued, and the model's pending work
+        is released up to its slots; ``seal``: the submission's lock token, when this is its last
+        step (the batch is sealed too, and the lock given back)."""
+        return bool(int(self.scripts.shard_add(args=[batch, index, images, time.time(),
+                                                     *([seal] if seal else [])])[0]))
 
     def cancel_batch(self, batch: str) -> tuple[int, int]:
         """Cancel the batch's shards (running ones stop within a second) and drop its pending work,
@@ -285,20 +290,20 @@ class ShardStore:
         late (its shard ended), -1 no such shard."""
         return int(self.scripts.shard_cancel(args=[batch, index, pos, time.time(), self.ttl]))
 
-    def add_retry(self, batch: str, index: int, new: int, positions: list[int], failed: int, canceled: int) -> bool:
+    def add_retry(self, batch: str, index: int, new: int, positions: list[int], failed: int, canceled: int,
+                  template: str) -> bool:
+        """``shard_retry``: shard ``new`` (its list in S3) runs the images at ``positions`` of
+        ``index`` again; ``template``: the batch's shard message, written if it went with the
+        batch's end."""
         return bool(self.scripts.shard_retry(args=[batch, index, new, json.dumps(positions), failed, canceled,
-                                                    time.time()]))
+                                                    time.time(), template]))
 
     # -- Redis: the worker's moves ----------------------------------------------------------
     def start(self, batch: str, index: int, worker: str, device: str, pipe=None) -> Start:
         """``shard_start``; with ``pipe``, run in that pipeline (with what it already holds) and
         read from its last reply."""
         args = [batch, index, worker, device, time.time(), self.ttl]
-        if pipe is not None:
-            self.scripts.shard_start(args=args, client=pipe)
-            out = pipe.execute()[-1]
-        else:
-            out = self.scripts.shard_start(args=args)
+        out = run_script(self.scripts.shard_start, args, pipe)
         if int(out[0]) == -1:
             return Start(False, missing=True)
         if int(out[0]) == 0:
@@ -314,6 +319,10 @@ class ShardStore:
         state = ShardState.from_json(raw) if raw else ShardState()
         return bool(canceled), frozenset(state.x)
 
+    def requeued(self, batch: str, index: int, note: str) -> int:
+        """A task of the shard was put back on its queue (its worker died, its message was lost)."""
+        return int(self.scripts.shard_requeued(args=[batch, index, note]))
+
     def note_transient(self, batch: str, index: int, since: float) -> None:
         """The shard's first transient failure, for its retry budget (kept on its state)."""
         raw = self.r.hget(keys.batch_shards(batch), index)
@@ -324,10 +333,15 @@ class ShardStore:
                 self.r.hset(keys.batch_shards(batch), index, json.dumps(doc, separators=(",", ":")))
 
     def end(self, batch: str, index: int, attempt: int, done: int, failed: int, canceled: int,
-            inference_s: float = 0.0, fps: float | None = None, tally: Tally | None = None) -> int:
-        """``shard_end``: 1 ended, 2 ended and the batch finished, 0 another attempt counts, -1 no shard."""
-        return int(self.scripts.shard_end(args=[batch, index, attempt, done, failed, canceled, time.time(), self.ttl,
-                                                round(inference_s, 6), fps or 0, tally.to_json() if tally else ""]))
+            inference_s: float = 0.0, fps: float | None = None, task: tuple[str, str] | None = None,
+            image_s: float | None = None) -> int:
+        """``shard_end``: 1 ended, 2 ended and the batch finished, 0 another attempt counts, -1 no
+        shard. ``task``: the ending task's (id, delivery tag), whose message is done with in the
+        same step (``task_ended``'s work); ``image_s``: the shard's seconds of work per image (the
+        producer sizes shards with the last one)."""
+        args = [batch, index, attempt, done, failed, canceled, time.time(), self.ttl, round(inference_s, 6), fps or 0,
+                *(task or ("", "")), round(image_s, 6) if image_s else 0]
+        return int(self.scripts.shard_end(args=args))
 
     def fail(self, batch: str, index: int, reason: str) -> tuple[int, int]:
         """Fail the images of a shard that it has not finished (by its progress note) with
@@ -438,9 +452,17 @@ def to_record(line: ImageResult, batch: str, meta, state: ShardState) -> JobReco
         inference_s=seconds, total_s=line.total_s, fps=round(1.0 / seconds, 3) if seconds else None,
         frames=1 if line.state == JobState.DONE else None, width=line.width, height=line.height,
         segments=line.segments, worker=line.worker, device=line.device, attempts=line.attempt or state.a,
-        error=line.error or "", stages=dict(line.stages or {}), shard=line.shard,
-        note=f"shard {line.shard} of batch {batch}" + (f", attempt {line.attempt}" if line.attempt > 1 else ""),
+        error=line.error or "", stages=dict(line.stages or {}), shard=line.shard, requeues=state.rq or None,
+        note=state.nt or f"shard {line.shard} of batch {batch}" + (f", attempt {line.attempt}" if line.attempt > 1 else ""),
     )
+
+
+def message_template(app, task: str, model: str, priority: str) -> str:
+    """The message of the shards of every batch of ``task``, ``model`` and ``priority``, their
+    batch's name and number left out (``segq.messages.template``; ``keys.template`` keeps it)."""
+    payload = ShardJob(messages.BATCH_SLOT, messages.SLOT, task, model, priority)
+    return messages.template(app, SEGMENT_SHARD, payload.to_message(),
+                             f"shard:{messages.BATCH_SLOT}:{messages.SLOT}", model_queue(model))
 
 
 def image_entries(namespace: str, index: int, items: Iterator[tuple[str, str, str]]) -> list[ShardImage]:

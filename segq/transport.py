@@ -41,6 +41,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from queue import Empty
 
 import redis
@@ -107,6 +108,10 @@ def problem(raw: str) -> tuple[dict | None, str | None]:
 _settled: set[str] = set()
 _settled_lock = threading.Lock()
 
+#: The worker process's leases (``segq.leases.LeaseBook``), set when it boots: its channel leases
+#: each task message it records as delivered, in the same Redis step (:meth:`QoS.append`).
+lease_book = None
+
 
 def settled(tag: str) -> None:
     """The message of ``tag`` is acknowledged in Redis already (its task's end removed its
@@ -131,6 +136,22 @@ class QoS(kombu_redis.QoS):
     An acknowledgement that arrives after the channel closed is not sent (there is nothing to
     send it through; the lease's release did it), nor is one whose message's unacknowledged record
     the worker already removed with its task's end (:func:`settled`: one Redis step fewer a task)."""
+
+    def append(self, message, delivery_tag):
+        """kombu's record of a delivered message as unacknowledged, and, in a worker, the message's
+        lease (``segq.leases``) in the same transaction: one round trip for both."""
+        book = lease_book
+        delivery = message.delivery_info
+        headers = message._raw.get("headers") or {}
+        if book is None or not is_task_queue(delivery["routing_key"]) or not headers.get("id"):
+            return super().append(message, delivery_tag)
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag,
+                      json.dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
+            book.take(delivery_tag, str(headers["id"]), str(headers.get("task", "")), pipe=pipe)
+            pipe.execute()
+            virtual.QoS.append(self, message, delivery_tag)  # this process's bookkeeping
 
     def restore_unacked(self, client=None):
         with self.channel.conn_or_acquire(client) as client:

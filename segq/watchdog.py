@@ -34,8 +34,9 @@ import redis
 
 from segq import keys, leases, messages
 from segq.jobs import JobRecord, JobStore
+from segq.shards import ShardStore
 from segq.protocol import (
-    ASSEMBLE_VIDEO, SEGMENT_CHUNK, SPLIT_VIDEO, assembly_task_id, chunk_ranges, model_queue, parse_task_id,
+    ASSEMBLE_VIDEO, PAYLOAD_VERSION, SEGMENT_CHUNK, SPLIT_VIDEO, assembly_task_id, chunk_ranges, model_queue, parse_task_id,
     shard_name, shard_task_id,
 )
 from segq.states import FINAL_STATES
@@ -79,12 +80,12 @@ def _message(r: redis.Redis, app, record: JobRecord | None, ref) -> messages.Out
     of its own), a video task's from the job's stored request. None when it cannot be made (the
     batch's template expired with it)."""
     if ref.is_shard:
-        template = r.get(keys.batch_message(ref.batch))
-        model = r.hget(keys.batch(ref.batch), "model")
-        if not template or not model:
+        model, task, priority = r.hmget(keys.batch(ref.batch), "model", "task", "priority")
+        template = r.get(keys.template(PAYLOAD_VERSION, model, task, priority)) if model else None
+        if not template:
             return None
         return messages.Outgoing(shard_task_id(ref.batch, ref.shard), model_queue(model),
-                                 messages.render(template, shard_name(ref.shard), fresh_tag=True))
+                                 messages.render(template, ref.batch, shard_name(ref.shard), fresh_tag=True))
     first = record.request()
     queue = model_queue(record.model)
     if ref.first:
@@ -169,8 +170,11 @@ def sweep(r: redis.Redis, store: JobStore, app, *, min_age: float, grace: float,
         pipe.hdel(keys.INFLIGHT_SUSPECT, task_id)
         pipe.hincrby(keys.STATS, keys.stat_field(keys.STAT_RESENT), 1)
         pipe.execute()
-        if not ref.is_shard:
-            store.requeued(ref.job_id, f"message of {task_id} lost (in no queue, unacked set or lease): sent again")
+        note = f"message of {task_id} lost (in no queue, unacked set or lease): sent again"
+        if ref.is_shard:
+            ShardStore(r, None, store.ttl).requeued(ref.batch, ref.shard, note)
+        else:
+            store.requeued(ref.job_id, note)
         log.warning("watchdog: the message of %s was lost; sent again (%d)", task_id, times)
         out.append(Lost(task_id, owner, "resent", times))
     return out

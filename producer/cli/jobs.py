@@ -97,7 +97,7 @@ def submit(paths, task, model, batch, priority, chunk_frames, batch_size, annota
             batch_size=batch_size, annotate_fps=annotate_fps, follow_symlinks=follow_symlinks, threads=uploads,
             on_job=progress.wrap(on_job), on_skip=progress.skipped, on_refused=progress.refused)
     model_name = client.settings.resolve_model(task, model)
-    if not client.serving(model_name):
+    if not report.serving:
         err.print(f"[yellow]note:[/] no live worker serves model {model_name!r} yet; jobs wait in its queue")
     verb = "created" if report.created else "added to"
     err.print(f"batch {report.batch}: {verb}, {report.submitted} {task} job(s) queued on model {model_name}"

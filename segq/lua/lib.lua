@@ -11,7 +11,9 @@ local function batch_jobs_key(name) return '$batch_prefix' .. name .. ':jobs' en
 local function batch_inputs_key(name) return '$batch_prefix' .. name .. ':inputs' end
 local function pending_key(name) return '$batch_prefix' .. name .. ':pending' end
 local function shards_key(name) return '$batch_prefix' .. name .. ':shards' end
-local function message_key(name) return '$batch_prefix' .. name .. ':msg' end
+local function template_key(model, task, priority)
+  return '$template_prefix' .. 'v$payload_version:' .. model .. ':' .. task .. ':' .. priority
+end
 local function losses_key(name) return '$batch_prefix' .. name .. ':losses' end
 local function namespace_key(ns) return '$namespace_prefix' .. ns end
 local function ring_key(model, priority) return '$ring_prefix' .. model .. ':' .. priority end
@@ -90,9 +92,19 @@ local function enqueue_shard(batch, k)
   return 1
 end
 
--- The next message of BATCH's pending ENTRY: its task id and body. A shard range releases its
--- first shard and puts the rest back in front (where it was).
-local function next_message(batch, pkey, entry)
+-- The message of shard FIRST of BATCH (of MODEL, TASK, at PRIORITY), from the template of the
+-- batch's model, task and priority: its task id and body (nil when there is no template).
+local function shard_message(batch, model, task, priority, first)
+  local template = redis.call('GET', template_key(model, task, priority))
+  if not template then return nil, nil end  -- the batch expired under it: nothing to send
+  local name = string.format('%06d', first)
+  local body = string.gsub(string.gsub(template, '@@B@@', batch), '@@N@@', name)
+  return 'shard:' .. batch .. ':' .. name, body
+end
+
+-- The next message of BATCH's (of MODEL, at PRIORITY) pending ENTRY: its task id and body. A
+-- shard range releases its first shard and puts the rest back in front (where it was).
+local function next_message(batch, model, priority, pkey, entry)
   if string.sub(entry, 1, 1) ~= '@' then
     local sep = string.find(entry, ' ', 1, true)
     return string.sub(entry, 1, sep - 1), string.sub(entry, sep + 1)
@@ -100,17 +112,34 @@ local function next_message(batch, pkey, entry)
   local first, last = string.match(entry, '^@(%d+) (%d+)$$')
   first, last = tonumber(first), tonumber(last)
   if first < last then redis.call('RPUSH', pkey, '@' .. (first + 1) .. ' ' .. last) end
-  local template = redis.call('GET', message_key(batch))
-  if not template then return nil, nil end  -- the batch expired under it: nothing to send
-  local name = string.format('%06d', first)
-  local body = string.gsub(template, '@@N@@', name)
-  return 'shard:' .. batch .. ':' .. name, body
+  local task = redis.call('HGET', batch_key(batch), 'task')
+  if not task then return nil, nil end
+  return shard_message(batch, model, task, priority, first)
 end
 
 -- The queue target of MODEL: the task slots of the live workers that serve it (segq.registry
 -- keeps the counts).
 local function slots(model)
   return num(redis.call('HGET', SLOTS, model))
+end
+
+-- Release shard K of BATCH (of MODEL, TASK, at PRIORITY) into its model's queue at once, when
+-- nothing waits ahead of it: no pending work of the batch, no batch of its model at its priority
+-- or a higher one waiting its turn, and room in the queue (fewer messages than the model's
+-- slots). What dispatch would do, without the detour through the pending list and the ring.
+-- Returns 1 when released, 0 when it must wait its turn.
+local function release_now(batch, model, task, priority, k, now)
+  if redis.call('LLEN', pending_key(batch)) > 0 then return 0 end
+  for _, p in ipairs(PRIORITIES) do
+    if redis.call('LLEN', ring_key(model, p)) > 0 then return 0 end
+    if p == priority then break end
+  end
+  if redis.call('LLEN', queue_key(model)) >= slots(model) then return 0 end
+  local task_id, body = shard_message(batch, model, task, priority, k)
+  if not task_id then return 0 end
+  redis.call('LPUSH', queue_key(model), body)
+  redis.call('ZADD', INFLIGHT, now, task_id)
+  return 1
 end
 
 -- Release work of MODEL into its queue until the queue holds TARGET messages (nil: its slots):
@@ -131,7 +160,7 @@ local function dispatch(model, target, now)
         local pkey = pending_key(batch)
         local entry = redis.call('RPOP', pkey)
         if entry then
-          local task_id, body = next_message(batch, pkey, entry)
+          local task_id, body = next_message(batch, model, priority, pkey, entry)
           redis.call('HINCRBY', PENDING_COUNTS, model .. '|' .. priority, -1)
           if task_id then
             redis.call('LPUSH', queue, body)
@@ -164,7 +193,7 @@ end
 -- Every key of BATCH but its hash, which expire and persist with it.
 local function batch_keys(batch, ns)
   local out = {batch_jobs_key(batch), batch_inputs_key(batch), pending_key(batch), shards_key(batch),
-               message_key(batch), losses_key(batch)}
+               losses_key(batch)}
   if ns and ns ~= '' then table.insert(out, namespace_key(ns)) end
   return out
 end
@@ -228,4 +257,18 @@ local function count_images(batch, model, done, failed, canceled)
   incr(STATS, 'jobs|failed|image|' .. model, failed)
   incr(STATS, 'jobs|canceled|image|' .. model, canceled)
   incr(STATS, 'frames|' .. model, done)
+end
+
+-- The message of task TASK_ID (delivery TAG, '' for none) is done with: it is no longer in
+-- flight; its lease and kombu's record of it as unacknowledged go, so its acknowledgement needs
+-- no other step (and one a closed channel can no longer send is not missed).
+local function task_done(task_id, tag)
+  redis.call('ZREM', INFLIGHT, task_id)
+  redis.call('HDEL', INFLIGHT .. ':suspect', task_id)
+  if tag and tag ~= '' then
+    redis.call('ZREM', '$leases', tag)
+    redis.call('DEL', '$lease_prefix' .. tag)
+    redis.call('ZREM', '$kombu_unacked_index', tag)
+    redis.call('HDEL', '$kombu_unacked', tag)
+  end
 end

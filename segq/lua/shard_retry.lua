@@ -3,7 +3,8 @@
 -- images already written to S3). The first shard records the new one and the positions it
 -- runs, so that an image's latest run is found from its id (segq.shards). Refused while the
 -- shard, or an earlier retry of it, has not ended (a retry running already). The batch opens
--- again and is no longer canceled. ARGV: batch, shard, new shard, positions, failed, canceled, now.
+-- again and is no longer canceled; the shard message template (ARGV[8]) is written if it is
+-- missing. ARGV: batch, shard, new shard, positions, failed, canceled, now, template.
 -- Returns 1, or 0 when refused.
 local batch, k, k2, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[7])
 local st = shard_get(batch, k)
@@ -24,5 +25,7 @@ incr(bkey, 'failed', -tonumber(ARGV[5]))
 incr(bkey, 'canceled', -tonumber(ARGV[6]))
 incr(bkey, 'queued', n)
 reopen_batch(batch)
+local meta = redis.call('HMGET', bkey, 'model', 'task', 'priority')
+redis.call('SET', template_key(meta[1], meta[2], meta[3]), ARGV[8], 'NX')
 enqueue_shard(batch, tonumber(k2))
 return 1

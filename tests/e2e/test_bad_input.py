@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from segq.jobs import JobRecord, new_job_id
-from segq.protocol import SEGMENT_IMAGE, model_queue
+from segq.protocol import SEGMENT_SHARD, model_queue, new_job_id, shard_task_id
 
 from support.cli import segq
 from support.media import huge_png, photo, truncated_jpeg
-from support.fleet import lone_record
+from support.fleet import lone_shard
 
 pytestmark = pytest.mark.e2e
 
@@ -49,12 +48,11 @@ def test_a_missing_s3_key_is_refused_at_submit_and_an_input_gone_later_fails_its
     missing = f"s3://{client.settings.s3_bucket}/inputs/nope/missing.jpg"
     result = segq("submit", missing, "--task", "semantic")
     assert result.returncode == 1 and f"not found: {missing}" in result.stderr
-    # an input deleted after its job was queued: the worker fails the job with the reason
-    job_id = new_job_id()
-    lone_record(client.r, JobRecord(id=job_id, kind="image", task="semantic", model="ade-semantic", input=missing))
-    payload = {"job_id": job_id, "task": "semantic", "model": "ade-semantic",
-               "input_bucket": client.settings.s3_bucket, "input_key": "inputs/nope/missing.jpg"}
-    client.celery.send_task(SEGMENT_IMAGE, kwargs=payload, queue=model_queue("ade-semantic"), task_id=job_id)
+    # an input deleted after its job was queued: the worker fails the image with the reason
+    job_id, batch, shard = lone_shard(client, missing)
+    payload = {"batch": batch, "shard": f"{shard:06d}", "task": "semantic", "model": "ade-semantic"}
+    client.celery.send_task(SEGMENT_SHARD, kwargs=payload, queue=model_queue("ade-semantic"),
+                            task_id=shard_task_id(batch, shard))
     [record] = client.wait([job_id], timeout=60)
     assert record.state == "failed" and f"input not found: {missing}" in record.error
 
@@ -78,11 +76,11 @@ def test_status_of_a_failed_job_exits_non_zero_and_shows_the_reason(client, tmp_
     ],
 )
 def test_unknown_task_or_model_is_refused_at_submit_and_nothing_is_queued(client, tmp_path, redis_client, args, message):
-    before = redis_client.zcard("segq:jobs")
+    before = redis_client.zcard("segq:batches")
     result = segq("submit", str(photo(tmp_path / "x.png", (64, 48))), *args)
     assert result.returncode == 2
     assert message in result.stderr
-    assert redis_client.zcard("segq:jobs") == before
+    assert redis_client.zcard("segq:batches") == before
 
 
 @pytest.mark.parametrize(
@@ -96,25 +94,25 @@ def test_a_message_naming_an_unknown_task_or_model_fails_its_job_on_the_worker(c
     """A producer that skipped validation (old version, hand-written message) cannot hurt the worker."""
     src = photo(tmp_path / "y.png", (64, 48))
     obj = client.storage.put_file(src, f"inputs/manual/{field}.png")
-    job_id = new_job_id()
-    lone_record(client.r, JobRecord(id=job_id, kind="image", task="semantic", model="ade-semantic", input=obj.uri))
-    payload = {"job_id": job_id, "task": "semantic", "model": "ade-semantic", "input_bucket": obj.bucket,
-               "input_key": obj.key, "version": 1, field: value}
-    client.celery.send_task(SEGMENT_IMAGE, kwargs=payload, queue=model_queue("ade-semantic"), task_id=job_id)
+    job_id, batch, shard = lone_shard(client, obj.uri)
+    payload = {"batch": batch, "shard": f"{shard:06d}", "task": "semantic", "model": "ade-semantic", "version": 1,
+               field: value}
+    client.celery.send_task(SEGMENT_SHARD, kwargs=payload, queue=model_queue("ade-semantic"),
+                            task_id=shard_task_id(batch, shard))
     [record] = client.wait([job_id], timeout=60)
     assert record.state == "failed"
     assert message in record.error
 
 
 def test_missing_files_and_unknown_content_are_refused_before_queueing(client, tmp_path, redis_client):
-    before = redis_client.zcard("segq:jobs")
+    before = redis_client.zcard("segq:batches")
     result = segq("submit", str(tmp_path / "nowhere.jpg"), "--task", "semantic")
     assert result.returncode == 1 and "no such file or directory" in result.stderr
     blob = tmp_path / "blob.bin"
     blob.write_bytes(b"\x00\x01\x02" * 10)
     result = segq("submit", str(blob), "--task", "semantic")
     assert result.returncode == 1 and "not an image or video" in result.stderr
-    assert redis_client.zcard("segq:jobs") == before
+    assert redis_client.zcard("segq:batches") == before
 
 
 def test_wrong_s3_credentials_and_unreachable_redis_exit_3(client, tmp_path):

@@ -136,7 +136,7 @@ def fair(session_dir, stack_env, redis_client, tmp_path_factory):
     measured here is the order of work, not the model), and a client that knows it."""
     folder = fast_checkpoint(tmp_path_factory.mktemp("fast") / "fast-semantic")
     env = {**stack_env, "SEGQ_MODELS": stack_env["SEGQ_MODELS"] + f",fast-semantic={folder}",
-           "SEGQ_MAX_VIDEO_FRAMES": "5000"}
+           "SEGQ_MAX_VIDEO_FRAMES": "5000", "SEGQ_SHARD_MAX_IMAGES": "4"}
     service, hostname = start_worker(session_dir, env, "fair", models="fast-semantic")
     wait_for_worker(env["SEGQ_REDIS_URL"], hostname, service)
     yield Client(Settings.from_env({**os.environ, **env}))
@@ -169,17 +169,23 @@ def test_an_image_job_behind_a_long_video_and_a_large_batch_is_done_within_secon
     assert finished.done == 300
 
 
-def test_a_low_priority_batch_does_at_most_10_jobs_while_a_normal_batch_of_40_runs(fair, tmp_path):
+def test_a_low_priority_batch_starts_at_most_6_shards_while_a_normal_batch_of_40_images_runs(fair, tmp_path):
+    """Priorities are strict in the scheduler's turns, which are shards (here of at most 4 images,
+    SEGQ_SHARD_MAX_IMAGES): a low batch's shards already in the queue when the normal batch
+    arrives still start (the queue holds one per slot: 3), and so may those released once every
+    normal shard has left its batch for the queue, while the last normal ones run (3 slots)."""
     low = fair.submit([str(photos(tmp_path / "low", 30))], task="semantic", model="fast-semantic",
                       priority="low", batch="later-please")
     normal = fair.submit([str(photos(tmp_path / "normal", 40, size=(36, 24)))], task="semantic",
                          model="fast-semantic", batch="now-please")
     [n] = fair.wait_batch(["now-please"], timeout=600)
-    assert n.done == 40
+    assert n.done == 40 and n.shards >= 10
     [lo] = fair.wait_batch(["later-please"], timeout=600)
-    assert lo.done == 30
+    assert lo.done == 30 and lo.shards >= 8
     started = min(r.created_at for r in fair.batch_jobs("now-please"))
-    ended = n.finished_at
-    during = [r for r in fair.batch_jobs("later-please") if started <= r.finished_at <= ended]
-    assert len(during) <= 10, f"{len(during)} low-priority jobs ran while the normal batch did"
+    low_shards: dict[int, float] = {}  # shard -> when it began (its first image)
+    for r in fair.batch_jobs("later-please"):
+        low_shards[r.shard] = min(low_shards.get(r.shard, r.started_at), r.started_at)
+    during = [s for s, t in low_shards.items() if started <= t <= n.finished_at]
+    assert len(during) <= 6, f"{len(during)} low-priority shards started while the normal batch ran"
     assert {r.priority for r in fair.batch_jobs("later-please")} == {"low"} and len(low) == 30 and len(normal) == 40

@@ -74,8 +74,10 @@ def test_three_workers_share_one_queue_and_every_view_lists_them(
     mine = {t["uuid"]: t for t in tasks.values() if clip_id in t["uuid"]}
     assert mine[clip_id]["name"] == "segq.split_video"
     assert f"{clip_id}-assemble" in mine
-    assert image_ids[0] in tasks and tasks[image_ids[0]]["name"] == "segq.segment_image"
-    assert image_ids[0] in tasks[image_ids[0]]["kwargs"]  # the job id is visible in Flower
+    image = client.status(image_ids[0])
+    shard_task = f"shard:{image.batch}:{image.shard:06d}"  # an image's task is its shard's
+    assert shard_task in tasks and tasks[shard_task]["name"] == "segq.segment_shard"
+    assert image.batch in tasks[shard_task]["kwargs"]  # the batch is visible in Flower
 
 
 def test_flower_requires_its_password_on_every_page_metrics_included(flower):
@@ -154,9 +156,9 @@ def test_flower_tasks_page_shows_segmentation_tasks_in_a_real_browser(client, fl
              "--virtual-time-budget=10000", "--window-size=1400,900"]
     dom = subprocess.run([browser, *flags, f"--user-data-dir={tmp_path / 'profile1'}", "--dump-dom", url],
                          capture_output=True, text=True, timeout=120).stdout
-    assert "segq.segment_image" in dom
-    for job in jobs:
-        assert job.id in dom  # the task id is the job id: from `segq status` straight to Flower
+    assert "segq.segment_shard" in dom
+    for job in jobs:  # an image's task is its shard's, named by batch: from `segq status` straight to Flower
+        assert f"shard:{job.batch}:{job.shard:06d}" in dom
 
     artifacts = Path(__file__).resolve().parent.parent / "test-artifacts"
     artifacts.mkdir(exist_ok=True)

@@ -17,6 +17,7 @@ from segq import keys, layout
 from segq.jobs import STAGES
 from segq.protocol import TASKS
 
+from producer.stack import wait_until
 from support.fleet import wait_handled
 from support.media import photo, rotated_jpeg
 from support.reference import assert_matches
@@ -97,8 +98,9 @@ def test_one_model_load_serves_many_jobs(client, worker, redis_client, tmp_path)
     records = client.wait([j.id for j in jobs], timeout=120)
 
     assert [r.state for r in records] == ["done"] * 6
-    after = done_counts()
-    assert sum(after[k] - before.get(k, 0) for k in after) >= 6
+    # a worker's counters reach its record with its next heartbeat
+    wait_until(lambda: sum(v - before.get(k, 0) for k, v in done_counts().items()) >= 6, 30,
+               "the workers' records counting the jobs")
     for hostname in {r.worker for r in records}:  # whichever workers took them: one load each
         state = redis_client.hgetall(keys.worker(hostname))
         assert json.loads(state["model_loads"]) == {"ade-semantic": 1, "coco-instance": 1, "coco-panoptic": 1}
@@ -132,16 +134,14 @@ def test_presigned_urls_serve_the_outputs(client, tmp_path):
 
 
 def test_a_redelivered_message_for_a_finished_job_does_nothing(client, worker, tmp_path):
-    from segq.protocol import SEGMENT_IMAGE, ImageJob, model_queue
+    from segq.protocol import SEGMENT_SHARD, ShardJob, model_queue
 
     [job] = client.submit([str(photo(tmp_path / "b.png", (64, 48)))], task="semantic")
     [done] = client.wait([job.id], timeout=60)
-    bucket, key = done.input[len("s3://"):].split("/", 1)
-    payload = ImageJob(job_id=job.id, task="semantic", model=done.model, input_bucket=bucket, input_key=key)
+    payload = ShardJob(batch=done.batch, shard=f"{done.shard:06d}", task="semantic", model=done.model)
     # The same message again, as Redis redelivers it after a lost ack.
-    client.celery.send_task(
-        SEGMENT_IMAGE, kwargs=payload.to_message(), queue=model_queue(done.model), task_id=f"{job.id}-again"
-    )
-    wait_handled(client.r, {f"{job.id}-again"}, timeout=60)
+    client.celery.send_task(SEGMENT_SHARD, kwargs=payload.to_message(), queue=model_queue(done.model),
+                            task_id=f"{payload.task_id}-again")
+    wait_handled(client.r, {f"{payload.task_id}-again"}, timeout=60)
     again = client.status(job.id)
     assert again.state == "done" and again.attempts == 1 and again.finished_at == done.finished_at

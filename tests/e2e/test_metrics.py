@@ -91,8 +91,9 @@ def test_health_fails_when_redis_is_unreachable(worker):
 
 
 def test_work_for_a_model_no_worker_serves_waits_pending_and_queues_counts_it(client, stack_env, tmp_path):
-    """A model no live worker serves: its jobs are not released into its queue (no slot would take
-    them) but wait in their batch, and `segq queues` counts them by priority."""
+    """A model no live worker serves: its work is not released into its queue (no slot would take
+    it) but waits in its batch, and `segq queues` counts it by priority, in tasks: the three
+    images are two shards (a submission's first shards hold 1, then 2 images)."""
     import json
 
     env = {"SEGQ_MODELS": stack_env["SEGQ_MODELS"] + ",lonely=" + stack_env["SEGQ_MODELS"].split(",")[0].split("=")[1]}
@@ -103,7 +104,7 @@ def test_work_for_a_model_no_worker_serves_waits_pending_and_queues_counts_it(cl
     assert "no live worker serves model 'lonely'" in result.stderr
     report = json.loads(segq("queues", "--json", env=env).stdout)
     assert report["queues"]["segq.model.lonely"] == {"waiting": 0, "unacked": 0,
-                                                     "pending": {"high": 0, "normal": 0, "low": 3}}
+                                                     "pending": {"high": 0, "normal": 0, "low": 2}}
     result = segq("cancel", "lonely-1", env=env)
     assert result.returncode == 0, result.stderr
     report = json.loads(segq("queues", "--json", env=env).stdout)

@@ -14,13 +14,12 @@ import psutil
 import pytest
 
 from segq import layout
-from segq.jobs import JobRecord, new_job_id
-from segq.protocol import SEGMENT_IMAGE, model_queue
+from segq.protocol import SEGMENT_SHARD, model_queue, new_job_id, shard_task_id
 from segq.storage import S3Object
 
 from support.cli import segq
 from support.media import photo
-from support.fleet import lone_record
+from support.fleet import lone_shard
 
 pytestmark = pytest.mark.e2e
 
@@ -137,21 +136,18 @@ def test_a_hand_made_message_naming_a_forbidden_key_fails_without_reading_it(cli
     other = new_job_id()
     secret = b'{"frames": 123, "secret": "do not echo"}'
     client.storage.put_bytes(layout.frames_key(other), secret, "application/json")
-    job_id = new_job_id()
     key = layout.frames_key(other)
-    lone_record(client.r, JobRecord(id=job_id, kind="image", task="semantic", model="ade-semantic",
-                                  input=f"s3://{client.settings.s3_bucket}/{key}"))
-    client.celery.send_task(SEGMENT_IMAGE, kwargs={
-        "job_id": job_id, "task": "semantic", "model": "ade-semantic",
-        "input_bucket": client.settings.s3_bucket, "input_key": key,
-    }, queue=model_queue("ade-semantic"), task_id=job_id)
+    job_id, batch, shard = lone_shard(client, f"s3://{client.settings.s3_bucket}/{key}")
+    client.celery.send_task(SEGMENT_SHARD, kwargs={
+        "batch": batch, "shard": f"{shard:06d}", "task": "semantic", "model": "ade-semantic",
+    }, queue=model_queue("ade-semantic"), task_id=shard_task_id(batch, shard))
     [record] = client.wait([job_id], timeout=60)
     assert record.state == "failed" and "refused" in record.error and "work files" in record.error
     assert "do not echo" not in record.error and "frames" not in record.error.split("refused")[1]
 
 
 def test_the_cli_refuses_forbidden_s3_keys_text_named_as_images_and_symlinks_out(client, tmp_path, redis_client):
-    before = redis_client.zcard("segq:jobs")
+    before = redis_client.zcard("segq:batches")
     bucket = client.settings.s3_bucket
     for uri in (f"s3://{bucket}/outputs/x/overlay.jpg", f"s3://{bucket}/work/x/frames.json",
                 "s3://another-bucket/x.png", f"s3://{bucket}/inputs/../outputs/x/overlay.jpg"):
@@ -173,7 +169,7 @@ def test_the_cli_refuses_forbidden_s3_keys_text_named_as_images_and_symlinks_out
     result = segq("submit", str(folder), "--task", "semantic")
     assert result.returncode == 0, result.stderr
     [job_id] = result.stdout.split()
-    assert redis_client.zcard("segq:jobs") == before + 1
+    assert redis_client.zcard("segq:batches") == before + 1
     assert client.status(job_id).source.endswith("a.png")
 
 

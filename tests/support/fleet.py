@@ -58,3 +58,28 @@ def lone_record(r, record, ttl: int = 3600) -> None:
 
     r.hset(keys.job(record.id), mapping=record.to_hash())
     r.expire(keys.job(record.id), ttl)
+
+
+def lone_shard(client, uri: str, model: str = "ade-semantic", task: str = "semantic") -> tuple[str, str, int]:
+    """A batch of one shard of the image ``uri``, its list in S3 and its state in Redis, queued
+    and never released (as a hand-made message's shard would have): (image id, batch, shard)."""
+    import json
+    import time
+    import uuid
+
+    from segq import keys
+    from segq.batches import BatchStore, new_batch_name
+    from segq.protocol import image_id
+    from segq.shards import ShardImage, ShardSpec, message_template
+
+    name, token = new_batch_name(), uuid.uuid4().hex
+    batches = BatchStore(client.r, client.settings.job_ttl_seconds)
+    opened = batches.open(name, task, model, "normal", message_template(client.celery, task, model, "normal"), token)
+    job_id = image_id(opened.namespace, opened.first, 0)
+    client.shards.write_spec(ShardSpec(name, opened.first, task, model, [ShardImage(job_id, 0, uri, uri)],
+                                       created_at=time.time()))
+    client.r.hset(keys.batch_shards(name), opened.first, json.dumps({"s": "q", "n": 1, "t": time.time()}))
+    client.r.rpush(keys.batch_jobs(name), f"s{opened.first}")
+    client.r.hset(keys.batch(name), mapping={"jobs": 1, "queued": 1, "frames_total": 1})
+    batches.seal(name, token)
+    return job_id, name, opened.first

@@ -39,7 +39,7 @@ def held_by_kombu(r, tag: str, task_id: str, queue: str = "segq.model.m") -> Non
 
 def test_a_dead_workers_message_goes_back_to_the_front_of_its_queue(r):
     book = leases.LeaseBook(r, "w1@h", ttl=0.0)  # expired as soon as taken
-    book.take("tag-1", "0000000000000001-chunk00000", "0000000000000001", "segq.segment_chunk")
+    book.take("tag-1", "0000000000000001-chunk00000", "segq.segment_chunk")
     start(r, book, "tag-1")
     held_by_kombu(r, "tag-1", "0000000000000001-chunk00000")
     r.lpush("segq.model.m", json.dumps({"headers": {"id": "later"}}))
@@ -55,7 +55,7 @@ def test_a_dead_workers_message_goes_back_to_the_front_of_its_queue(r):
 def test_a_live_workers_leases_are_left_alone_even_when_late(r):
     WorkerRegistration(r, "w2@h", "cpu").publish()  # live, this very process
     book = leases.LeaseBook(r, "w2@h", ttl=0.0)
-    book.take("tag-2", "job2", "job2", "segq.split_video")
+    book.take("tag-2", "job2", "segq.split_video")
     held_by_kombu(r, "tag-2", "job2")
     assert leases.reap(r, max_losses=3) == []
     assert r.hexists(keys.KOMBU_UNACKED, "tag-2")
@@ -64,7 +64,7 @@ def test_a_live_workers_leases_are_left_alone_even_when_late(r):
 def test_a_restarted_process_with_the_same_hostname_does_not_protect_the_old_ones_leases(r):
     book = leases.LeaseBook(r, "w3@h", ttl=0.0)
     book.pid = os.getpid() + 100000  # the process that died
-    book.take("tag-3", "job3", "job3", "segq.split_video")
+    book.take("tag-3", "job3", "segq.split_video")
     held_by_kombu(r, "tag-3", "job3")
     WorkerRegistration(r, "w3@h", "cpu").publish()  # its successor, same name, new pid
     assert [x.outcome for x in leases.reap(r, max_losses=3)] == ["requeued"]
@@ -89,13 +89,13 @@ def test_the_reaper_removes_the_records_of_dead_workers_and_their_slots(r):
 
 def test_reserved_work_is_requeued_without_counting_and_started_work_is_given_up_after_max(r):
     book = leases.LeaseBook(r, "w4@h", ttl=0.0)
-    book.take("tag-r", "0000000000000004-chunk00001", "0000000000000004", "segq.segment_chunk")  # reserved, never started
+    book.take("tag-r", "0000000000000004-chunk00001", "segq.segment_chunk")  # reserved, never started
     held_by_kombu(r, "tag-r", "0000000000000004-chunk00001")
     assert [(x.outcome, x.losses) for x in leases.reap(r, max_losses=2)] == [("requeued", 0)]
     outcomes = []
     for n in range(2):
         tag = f"tag-s{n}"
-        book.take(tag, "0000000000000004-chunk00000", "0000000000000004", "segq.segment_chunk")
+        book.take(tag, "0000000000000004-chunk00000", "segq.segment_chunk")
         start(r, book, tag)
         held_by_kombu(r, tag, "0000000000000004-chunk00000")
         outcomes += [(x.outcome, x.losses) for x in leases.reap(r, max_losses=2)]
@@ -107,7 +107,7 @@ def test_a_message_no_longer_unacknowledged_is_dropped_and_renewal_keeps_leases(
     registration = WorkerRegistration(r, "w5@h", "cpu")
     registration.publish()
     book = leases.LeaseBook(r, "w5@h", ttl=60.0)
-    book.take("tag-5", "job5", "job5", "segq.split_video")
+    book.take("tag-5", "job5", "segq.split_video")
     before = r.zscore(keys.LEASES, "tag-5")
     registration.beat(book.tags(), before + 30)  # the heartbeat renews the worker's leases
     assert r.zscore(keys.LEASES, "tag-5") == before + 30
@@ -121,7 +121,7 @@ def test_a_message_no_longer_unacknowledged_is_dropped_and_renewal_keeps_leases(
 def test_a_lease_a_live_worker_abandoned_is_restored_after_a_grace_period(r):
     WorkerRegistration(r, "w6@h", "cpu").publish()  # live, this very process
     book = leases.LeaseBook(r, "w6@h", ttl=5.0)
-    book.take("tag-6", "job6", "job6", "segq.split_video")
+    book.take("tag-6", "job6", "segq.split_video")
     held_by_kombu(r, "tag-6", "job6")
     book.abandon("tag-6")  # its task broke outside the skeleton while Redis was away
     expiry = r.zscore(keys.LEASES, "tag-6")
@@ -146,15 +146,15 @@ def test_a_lease_lost_before_its_task_started_is_written_whole_at_the_start(r):
     reaper does not take a running task for a dead worker's (worker '' pid 0)."""
     WorkerRegistration(r, "w9@h", "cpu").publish()
     book = leases.LeaseBook(r, "w9@h", ttl=0.0)
-    book.take("tag-9", "job9", "job9", "segq.split_video")
-    held_by_kombu(r, "tag-9", "job9")
+    book.take("tag-9", "0000000000000009", "segq.split_video")
+    held_by_kombu(r, "tag-9", "0000000000000009")
     r.delete(keys.lease("tag-9"))
     r.zrem(keys.LEASES, "tag-9")
     start(r, book, "tag-9")
     lease = leases.get(r, "tag-9")
-    assert (lease.worker, lease.pid, lease.job_id, lease.running) == ("w9@h", os.getpid(), "job9", True)
+    assert (lease.worker, lease.pid, lease.job_id, lease.running) == ("w9@h", os.getpid(), "0000000000000009", True)
     assert leases.reap(r, max_losses=3) == []  # a live worker's
-    Scheduler(r).ended("job9", None, "tag-9")  # the task ended: lease and kombu's unacknowledged record go together
+    Scheduler(r).ended("0000000000000009", None, "tag-9")  # the task ended: lease and kombu's unacknowledged record go together
     book.released("tag-9")
     assert leases.get(r, "tag-9") is None and not r.hexists(keys.KOMBU_UNACKED, "tag-9")
     assert book.tags() == []

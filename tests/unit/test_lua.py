@@ -16,7 +16,7 @@ from segq import keys
 from segq.batches import BatchStore, NewJob, identity
 from segq.connections import redis_client
 from segq.jobs import ASSEMBLY_QUEUED, CHUNK_DUPLICATE, CHUNK_RECORDED, JobRecord, JobStore
-from segq.messages import SLOT
+from segq.messages import BATCH_SLOT, SLOT
 from segq.metrics import STAGE, Tally
 from segq.scheduler import Scheduler
 from segq.shards import ShardStore
@@ -53,20 +53,21 @@ def entry(task_id: str) -> str:
     return f"{task_id} {json.dumps({'headers': {'id': task_id}})}"
 
 
-def template(batch: str) -> str:
+def template(batch: str = "") -> str:
     """A stand-in shard message that names its task (``segq.messages.template`` fills real ones)."""
-    return json.dumps({"headers": {"id": f"shard:{batch}:{SLOT}"}, "properties": {"delivery_tag": f"t.{SLOT}"}})
+    return json.dumps({"headers": {"id": f"shard:{BATCH_SLOT}:{SLOT}"},
+                       "properties": {"delivery_tag": f"t.{BATCH_SLOT}.{SLOT}"}})
 
 
 def jobs(r, batch: str, ids: list[str], kind=JobKind.VIDEO, model="m", priority="normal", seal=True) -> BatchStore:
     batches = BatchStore(r, TTL)
-    batches.open(batch, "semantic", model, priority, template(batch))
+    batches.open(batch, "semantic", model, priority, template(batch), "token")
     new = [NewJob(i, identity(batch, i), JobRecord(id=i, kind=kind, task="semantic", model=model, input="s3://b/k",
                                                    batch=batch, priority=priority).to_hash(), entry(i))
            for i in ids]
     assert batches.submit(batch, new) == {}
     if seal:
-        batches.seal(batch)
+        batches.seal(batch, "token")
     return batches
 
 
@@ -95,7 +96,7 @@ def test_a_batch_counts_its_jobs_in_the_moves_and_finishes_with_its_last_job(sto
     store.finish("00000000000000b1", frames=1, inference_s=0.2)
     store.fail("00000000000000b2", "bad input")
     assert not store.finished
-    assert batches.seal("b2") is False  # one job still queued
+    assert batches.seal("b2", "token") is False  # one job still queued
     ended = store.cancel("00000000000000b3")
     assert ended.moved and ended.batch_finished == "b2" and store.finished == ["b2"]
     b = batches.get("b2")
@@ -129,14 +130,19 @@ def test_a_batch_refuses_another_task_model_or_priority(r):
     from segq.errors import UsageError
 
     batches = BatchStore(r, TTL)
-    first = batches.open("b4", "semantic", "m", "normal", template("b4"))
+    first = batches.open("b4", "semantic", "m", "normal", template(), "t1")
     with pytest.raises(UsageError, match="semantic batch on model m"):
-        batches.open("b4", "panoptic", "m", "normal", template("b4"))
+        batches.open("b4", "panoptic", "m", "normal", template(), "t1")
     with pytest.raises(UsageError, match="priority normal"):
-        batches.open("b4", "semantic", "m", "low", template("b4"))
-    again = batches.open("b4", "semantic", "m", "normal", template("b4"))
-    assert (again.created, again.jobs, again.namespace, again.shards) == (False, 0, first.namespace, 0)
-    assert first.created and r.get(keys.namespace(first.namespace)) == "b4" and first.namespace[0] in "89abcdef"
+        batches.open("b4", "semantic", "m", "low", template(), "t1")
+    again = batches.open("b4", "semantic", "m", "normal", template(), "t1")  # the same submission
+    assert (again.created, again.jobs, again.namespace, again.shards, again.first) == (False, 0, first.namespace, 1, 1)
+    assert first.created and first.first == 0 and r.get(keys.namespace(first.namespace)) == "b4"
+    assert first.namespace[0] in "89abcdef"
+    with pytest.raises(UsageError, match="being submitted to by another process"):
+        batches.open("b4", "semantic", "m", "normal", template(), "t2", wait=0.3, poll=0.1)
+    batches.seal("b4", "t1")  # the lock is given back with the seal
+    assert batches.open("b4", "semantic", "m", "normal", template(), "t2").first == 2
 
 
 def test_each_chunk_counts_once_and_the_last_queues_assembly_once(store, r):
@@ -152,7 +158,7 @@ def test_each_chunk_counts_once_and_the_last_queues_assembly_once(store, r):
     assert Scheduler(r).dispatch("m", 10) == 4
     assert released(r)[1:] == [f"{job}-chunk00000", "00000000000000d2", f"{job}-chunk00001", f"{job}-chunk00002"]
     assembly = entry(f"{job}-assemble")
-    outcomes = [store.chunk_done(job, i, 10, 0.5, {"chunk": i}, assembly) for i in (0, 1, 1, 2, 2)]
+    outcomes = [store.chunk_done(job, i, 10, 0.5, {"chunk": i}, assembly)[0] for i in (0, 1, 1, 2, 2)]
     assert outcomes == [CHUNK_RECORDED, CHUNK_RECORDED, CHUNK_DUPLICATE, ASSEMBLY_QUEUED, CHUNK_DUPLICATE]
     rec = store.get(job)
     assert (rec.frames_done, rec.chunks_done, rec.inference_s) == (30, 3, 1.5)
@@ -163,20 +169,17 @@ def test_each_chunk_counts_once_and_the_last_queues_assembly_once(store, r):
     assert released(r)[-1] == f"{job}-assemble"
 
 
-def test_finishing_counts_fleet_stats_with_the_codec_and_the_latency_in_the_same_step(store, r):
+def test_finishing_counts_fleet_stats_with_the_codec(store, r):
     jobs(r, "b6", ["00000000000000e1"], model="m2")
-    store.finish("00000000000000e1", frames=30, inference_s=0.25, fps=120.0, latency=(("m2", "video", "normal"), 3.0))
+    store.finish("00000000000000e1", frames=30, inference_s=0.25, fps=120.0)
     stats = r.hgetall(keys.STATS)
     assert stats[keys.stat_field(keys.STAT_JOBS, "done", "video", "m2")] == "1"
     assert stats[keys.stat_field(keys.STAT_FRAMES, "m2")] == "30"
     assert stats[keys.stat_field(keys.STAT_LAST_FPS, "video", "m2")] == "120.0"
     assert keys.parse_stat_field("last_fps|image|m2") == ("last_fps", ("image", "m2"))
     assert keys.parse_stat_field("nonsense|x") is None
-    hist = r.hgetall(keys.HISTOGRAMS)
-    assert hist["segq_job_latency_seconds|m2|video|normal|count"] == "1"
-    assert float(hist["segq_job_latency_seconds|m2|video|normal|sum"]) == 3.0
-    assert store.finish("00000000000000e1", frames=30, latency=(("m2", "video", "normal"), 3.0)).moved is False
-    assert r.hget(keys.HISTOGRAMS, "segq_job_latency_seconds|m2|video|normal|count") == "1"  # counted once
+    assert store.finish("00000000000000e1", frames=30).moved is False
+    assert r.hget(keys.STATS, keys.stat_field(keys.STAT_JOBS, "done", "video", "m2")) == "1"  # counted once
 
 
 def test_a_record_expires_counting_from_the_end_and_a_final_state_is_never_overwritten(store, r):
@@ -244,12 +247,12 @@ def test_a_canceled_video_with_no_frame_done_is_retried(store, r):
 def shard_batch(r, batch: str, sizes: list[int], priority="normal", seal=True) -> tuple[BatchStore, ShardStore]:
     """A batch of shards of ``sizes`` images (their lists are not needed by the scripts)."""
     batches = BatchStore(r, TTL)
-    batches.open(batch, "semantic", "m", priority, template(batch))
+    opened = batches.open(batch, "semantic", "m", priority, template(batch), "token")
     shards = ShardStore(r, None, TTL)
-    for n in sizes:
-        assert shards.add(batch, shards.next_index(batch), n) is True
+    for i, n in enumerate(sizes):
+        assert shards.add(batch, opened.first if i == 0 else shards.next_index(batch), n) is True
     if seal:
-        batches.seal(batch)
+        batches.seal(batch, "token")
     return batches, shards
 
 
@@ -263,11 +266,11 @@ def test_consecutive_shards_wait_as_one_entry_and_each_is_released_with_its_own_
     assert r.lrange(keys.batch_pending("s1"), 0, -1) == ["@0 3"]  # four shards, one entry
     assert shards.add("s1", 2, 5) is False  # added once
     assert counts(batches, "s1") == (18, 18, 0, 0, 0, 0) and batches.get("s1").frames_total == 18
-    assert Scheduler(r).pending() == {("m", "normal"): 4}
+    assert Scheduler(r).pending() == {("m", "normal"): 4}  # no slots (no worker) yet: nothing released
     assert Scheduler(r).dispatch("m", 2) == 2
     assert released(r) == ["shard:s1:000000", "shard:s1:000001"]
     bodies = [json.loads(m) for m in reversed(r.lrange("segq.model.m", 0, -1))]
-    assert [b["properties"]["delivery_tag"] for b in bodies] == ["t.000000", "t.000001"]
+    assert [b["properties"]["delivery_tag"] for b in bodies] == ["t.s1.000000", "t.s1.000001"]
     assert r.lrange(keys.batch_pending("s1"), 0, -1) == ["@2 3"]
     assert sorted(r.zrange(keys.INFLIGHT, 0, -1)) == ["shard:s1:000000", "shard:s1:000001"]
     assert r.lrange(keys.batch_jobs("s1"), 0, -1) == ["s0", "s1", "s2", "s3"]
@@ -280,21 +283,18 @@ def test_a_shard_starts_once_ends_once_and_its_batch_counts_its_images(r):
     assert counts(batches, "s2") == (5, 2, 3, 0, 0, 0)
     again = shards.start("s2", 0, "w2", "cpu")  # its worker died: another takes it over
     assert (again.run, again.attempt) == (True, 2) and counts(batches, "s2")[2] == 3
-    tally = Tally()
-    tally.stages("m", {"fetch": 0.01, "forward": 0.2})
-    assert shards.end("s2", 0, 2, 2, 1, 0, inference_s=0.5, fps=4.0, tally=tally) == 1
-    assert shards.end("s2", 0, 1, 3, 0, 0, tally=tally) == 0  # the other attempt: counted once
+    assert shards.end("s2", 0, 2, 2, 1, 0, inference_s=0.5, fps=4.0) == 1
+    assert shards.end("s2", 0, 1, 3, 0, 0) == 0  # the other attempt: counted once
     assert counts(batches, "s2") == (5, 2, 0, 2, 1, 0) and batches.get("s2").frames_done == 2
     state = shards.state("s2", 0)
     assert (state.s, state.e, state.d, state.f, state.a, state.w) == ("e", 2, 2, 1, 2, "w2")
-    assert r.hget(keys.HISTOGRAMS, f"{STAGE}|m|forward|count") == "1"
     assert r.hget(keys.STATS, "jobs|done|image|m") == "2" and r.hget(keys.STATS, "jobs|failed|image|m") == "1"
     assert shards.start("s2", 0, "w3", "cpu").run is False  # ended: nothing to do
     shards.start("s2", 1, "w1", "cpu")
     assert shards.end("s2", 1, 1, 2, 0, 0) == 2  # the batch's last images: it finished
     b = batches.get("s2")
     assert b.state == "finished" and 0 < r.ttl(keys.batch_shards("s2")) <= TTL
-    assert 0 < r.ttl(keys.namespace(b.ns)) <= TTL and 0 < r.ttl(keys.batch_message("s2")) <= TTL
+    assert 0 < r.ttl(keys.namespace(b.ns)) <= TTL
     assert shards.start("s2", 7, "w1", "cpu").missing
 
 
@@ -338,9 +338,9 @@ def test_a_retry_shard_runs_the_failed_and_canceled_images_once(r):
     shards.end("s5", 0, 1, 2, 1, 1)
     assert batches.get("s5").state == "finished"
     new = shards.next_index("s5")
-    assert shards.add_retry("s5", 0, new, [1, 3], 1, 1) is True
+    assert shards.add_retry("s5", 0, new, [1, 3], 1, 1, template("s5")) is True
     assert counts(batches, "s5") == (4, 2, 0, 2, 0, 0) and batches.get("s5").state == "running"
-    assert shards.add_retry("s5", 0, new + 1, [1], 1, 0) is False  # its retry has not ended
+    assert shards.add_retry("s5", 0, new + 1, [1], 1, 0, template("s5")) is False  # its retry has not ended
     state = shards.state("s5", 0)
     assert state.r == [(new, [1, 3])] and state.deciding(0, 3) == new and state.deciding(0, 0) == 0
     assert shards.state("s5", new).of == 0
@@ -364,17 +364,21 @@ def test_the_registry_keeps_the_models_slot_counts_exact(r):
     again = registry.WorkerRegistration(r, "w1", "cpu", interval=1, concurrency=4)  # restarted in place
     again.loaded("a", 1.0)
     assert (slots(r, "a"), slots(r, "b")) == (6, 0)
-    held, _ = w2.beat([], 0.0)
+    tally = Tally()
+    tally.stages("a", {"fetch": 0.01, "forward": 0.2})
+    held, _ = w2.beat([], 0.0, histograms=tally.to_json())  # the observations since the last beat go with it
     assert held is False and registry.get(r, "w2").live
+    assert r.hget(keys.HISTOGRAMS, f"{STAGE}|a|forward|count") == "1"
+    assert float(r.hget(keys.HISTOGRAMS, f"{STAGE}|a|forward|sum")) == 0.2
     assert registry.remove_dead(r, interval=1, now=__import__("time").time() + 10) == ["w1", "w2"]
     assert (slots(r, "a"), r.zcard(keys.WORKERS_INDEX)) == (0, 0)
     w2.count(registry.JOBS_DONE)
     w2.set_active("task x")
-    w2.beat([], 0.0, "token", 1000)  # a record reaped while cut off is written again, whole
+    held, _ = w2.beat([], 0.0, "token", 1000)  # a record reaped while cut off is written again, whole
     rec = registry.get(r, "w2")
     assert (rec.jobs_done, rec.active, slots(r, "a")) == (1, "task x", 2)
-    held, _ = w2.beat([], 0.0, "token", 1000)
     assert held is True and r.get(keys.REAPER_LOCK) == "token"
+    assert w2.beat([], 0.0, "other", 1000)[0] is False  # one holder at a time
 
 
 def test_a_task_end_releases_its_lease_and_unacknowledged_record_and_the_next_work(r):
@@ -384,7 +388,7 @@ def test_a_task_end_releases_its_lease_and_unacknowledged_record_and_the_next_wo
     r.hset(keys.SLOTS, "m", 1)
     assert Scheduler(r).dispatch("m") == 1  # the target is the model's slots
     book = LeaseBook(r, "w", 30)
-    book.take("tag1", "00000000000000a7", "00000000000000a7", "segq.split_video")
+    book.take("tag1", "00000000000000a7", "segq.split_video")
     r.hset(keys.KOMBU_UNACKED, "tag1", "[]")
     r.zadd(keys.KOMBU_UNACKED_INDEX, {"tag1": 1})
     r.rpop("segq.model.m")

@@ -65,8 +65,9 @@ def first_delivered(url: str, queue: str) -> list:
 def test_a_segq_message_passes():
     envelope_, why = problem(good())
     assert why is None and envelope_["headers"]["task"] == "segq.split_video"
-    shard = messages.render(messages.template(Celery("t"), "segq.segment_shard", {"batch": "b", "shard": messages.SLOT},
-                                              f"shard:b:{messages.SLOT}", "segq.model.m"), "000003")
+    from segq.shards import message_template
+
+    shard = messages.render(message_template(Celery("t"), "semantic", "m", "normal"), "b", "000003")
     envelope_, why = problem(shard)  # a shard's message, from its batch's template: its body is plain JSON
     assert why is None and envelope_["headers"]["id"] == "shard:b:000003"
 
@@ -139,11 +140,11 @@ def test_a_closing_channel_puts_back_only_what_has_not_started(tmp_path):
         running, reserved, unleased = [m.delivery_tag for m in held]
         assert r.hlen(keys.KOMBU_UNACKED) == 3
         book = leases.LeaseBook(r, "w@h", ttl=60.0)
-        book.take(running, "a" * 16, "a" * 16, "segq.split_video")
+        book.take(running, "a" * 16, "segq.split_video")
         pipe = r.pipeline(transaction=False)
         book.started(running, pipe)
         pipe.execute()
-        book.take(reserved, "b" * 16, "b" * 16, "segq.split_video")
+        book.take(reserved, "b" * 16, "segq.split_video")
 
         conn.release()  # closes the channel, as Celery does when the broker connection breaks
 

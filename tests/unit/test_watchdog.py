@@ -40,14 +40,15 @@ def r(server):
 
 
 def template() -> str:
-    payload = ShardJob("b", messages.SLOT, "semantic", "m")
-    return messages.template(APP, SEGMENT_SHARD, payload.to_message(), f"shard:b:{messages.SLOT}", "segq.model.m")
+    from segq.shards import message_template
+
+    return message_template(APP, "semantic", "m", "normal")
 
 
 def submit_video(r, job_id: str) -> JobStore:
     """A real video job, its split's message released to the model's queue (in flight)."""
     batches = BatchStore(r, 600)
-    batches.open("b", "semantic", "m", "normal", template())
+    batches.open("b", "semantic", "m", "normal", template(), "token")
     payload = VideoJob(job_id=job_id, task="semantic", model="m", input_bucket="segq", input_key="inputs/x.mp4",
                        batch="b")
     record = JobRecord(id=job_id, kind=JobKind.VIDEO, task="semantic", model="m", input="s3://segq/inputs/x.mp4",
@@ -122,10 +123,10 @@ def test_entries_with_nothing_left_to_watch_are_dropped(r):
 
 def test_a_lost_shard_message_is_made_again_from_its_batch_template_and_a_shard_that_ended_is_dropped(r):
     batches = BatchStore(r, 600)
-    batches.open("b", "semantic", "m", "normal", template())
+    opened = batches.open("b", "semantic", "m", "normal", template(), "token")
     shards = ShardStore(r, None, 600)
-    for n in (2, 3):
-        shards.add("b", shards.next_index("b"), n)
+    shards.add("b", opened.first, 2)
+    shards.add("b", shards.next_index("b"), 3)
     store = JobStore(r, 600)
     assert Scheduler(r).dispatch("m", 5) == 2
     first_tag = json.loads(r.lrange("segq.model.m", -1, -1)[0])["properties"]["delivery_tag"]

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from segq.backoff import compute_backoff
+from segq.settings import Settings
 from segq.errors import UsageError
 from segq.process import die_with_parent
 from segq.protocol import TASKS, model_queue
@@ -107,6 +108,9 @@ def command(proc: WorkerProcess, loglevel: str = "info") -> list[str]:
         "--queues", ",".join(proc.queues),
         # Pool, concurrency, prefetch, acks and events: segq.broker.WORKER_POLICY, in the app's config.
         "--without-gossip", "--without-mingle",
+        # Celery's own heartbeat event (Flower's sign of life) as often as segq's record's, not
+        # every 2 s: each is a publish to Redis from every worker process
+        "--heartbeat-interval", str(Settings.read("heartbeat_seconds")),
         "--loglevel", loglevel,
     ]
 

@@ -20,7 +20,7 @@ import redis
 
 from segq import defaults
 from segq import leases as leases_mod
-from segq import manifest, registry
+from segq import manifest, metrics, registry, transport
 from segq.batches import BatchStore
 from segq.connections import redis_client
 from segq.errors import ConfigError, ServiceUnavailable, UnknownModel
@@ -65,6 +65,9 @@ class Runtime:
     # writes a finished batch's manifest, off the task's thread (``batch_finished``)
     background: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="segq-manifest"))
+    # histogram observations of the work done since the last heartbeat, which adds them to Redis
+    _tally: metrics.Tally = field(default_factory=metrics.Tally)
+    _tally_lock: threading.Lock = field(default_factory=threading.Lock)
     _active: dict[int, str] = field(default_factory=dict)  # pool thread -> its task
     _active_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -122,6 +125,23 @@ class Runtime:
 
     def count(self, counter: str) -> None:
         self.registration.count(counter)
+
+    def observe(self, tally: metrics.Tally) -> None:
+        """Histogram observations of work done (a shard's images, a chunk's stages, a video's
+        latency): kept in memory and added to Redis by the next heartbeat, in its one script
+        (``segq.metrics``). A worker killed before that beat loses them (at most one beat of its
+        work's timings: its counters of jobs are the scripts' and lose nothing)."""
+        with self._tally_lock:
+            self._tally.merge(tally)
+
+    def observations(self) -> metrics.Tally:
+        """The observations not sent yet, taken (``keep`` them again if the beat fails)."""
+        with self._tally_lock:
+            taken, self._tally = self._tally, metrics.Tally()
+        return taken
+
+    def keep(self, tally: metrics.Tally) -> None:
+        self.observe(tally)
 
     # -- the scheduler: releasing work as slots free up ------------------------------------
     def release(self) -> None:
@@ -231,6 +251,7 @@ def boot(hostname: str, settings: Settings | None = None, app=None) -> Runtime:
     )
     store.on_batch_finished = rt.batch_finished
     rt.leases = leases_mod.LeaseBook(store.r, hostname, ttl=settings.heartbeat_seconds * registry.MISSED_BEATS)
+    transport.lease_book = rt.leases  # the worker's channel leases each message as it records its delivery
     rt.stage = _model_stage(settings, spec)
     rt.registration.stage_stats = rt.stage.fields
     rt.registration.publish()
@@ -259,6 +280,8 @@ def shutdown() -> None:
         _runtime.writers.shutdown(wait=False)
         _runtime.background.shutdown(wait=True)  # a manifest being written is finished
         try:
+            if _runtime.upkeep is not None:
+                _runtime.upkeep.flush()  # the last observations
             _runtime.registration.remove()
         except redis.RedisError:
             pass

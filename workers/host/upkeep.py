@@ -22,9 +22,6 @@ from segq.protocol import parse_task_id
 
 log = logging.getLogger(__name__)
 
-#: Seconds the maintenance lock is held at most, should its holder die in a pass.
-MAINTENANCE_SECONDS = 30.0
-
 
 class AfterOutage:
     """Whether a worker may judge the others now (run the reaper and the watchdog), from its own
@@ -48,6 +45,7 @@ class Upkeep:
     def __init__(self, rt):
         self.rt = rt
         self._tags: dict[str, list[str]] = {}  # task id -> delivery tags held
+        self._ended: set[str] = set()  # tasks whose message their work's end already did away with
         self._lock = threading.Lock()
 
     def start_heartbeat(self) -> None:
@@ -76,21 +74,33 @@ class Upkeep:
 
     def beat(self, guard: AfterOutage) -> None:
         """One heartbeat: the record, the leases, a try for the maintenance lock, releases (one
-        script); then, holding the lock and not just after an outage, the fleet's upkeep."""
+        script); then, having taken the lock and not just after an outage, the fleet's upkeep.
+        The lock is kept for a whole interval, not given back after the pass: the fleet's upkeep
+        runs once an interval, by whichever worker beats first, however many workers there are."""
         began = time.monotonic()
-        token = f"{self.rt.hostname}-{time.time()}"
-        held, _released = self.rt.registration.beat(self.rt.leases.tags(), time.time() + self.rt.leases.ttl,
-                                                     token, int(MAINTENANCE_SECONDS * 1000))
-        judge = guard.beat(time.monotonic() - began)
-        if held:
-            try:
-                if judge:
-                    self.maintain()
-            finally:
-                leases_mod.release_lock(self.rt.redis, token)
+        held = self._beat(f"{self.rt.hostname}-{time.time()}")
+        if guard.beat(time.monotonic() - began) and held:
+            self.maintain()
+
+    def _beat(self, token: str = "") -> bool:
+        """The heartbeat's script, with the histogram observations since the last one (kept for the
+        next beat if this one fails); whether it took the maintenance lock (for an interval)."""
+        tally = self.rt.observations()
+        try:
+            held, _released = self.rt.registration.beat(self.rt.leases.tags(), time.time() + self.rt.leases.ttl,
+                                                         token, int(self.rt.settings.heartbeat_seconds * 1000),
+                                                         tally.to_json() if tally else "")
+        except BaseException:
+            self.rt.keep(tally)
+            raise
+        return held
+
+    def flush(self) -> None:
+        """A last beat (the worker stops): its observations are not lost."""
+        self._beat()
 
     def maintain(self) -> None:
-        """The fleet's upkeep, by the one worker holding the lock: the reaper (the work of dead
+        """The fleet's upkeep, by the worker that took the lock: the reaper (the work of dead
         workers back on its queues, their records removed) and the watchdog (lost messages sent
         again, ``segq.watchdog``)."""
         beat = self.rt.settings.heartbeat_seconds
@@ -127,23 +137,34 @@ class Upkeep:
                 self.fail_task(lease.task_id, message)
                 log.warning("task %s failed: %s", lease.task_id, message)
                 continue
-            if not lease.job_id:
-                if r.outcome == "requeued":
-                    log.warning("task %s requeued: worker %s lost", lease.task_id, lease.worker or "unknown")
+            if r.outcome == "requeued" and lease.worker:
+                note = f"requeued: worker {lease.worker} lost" + (f" during {lease.task}" if lease.running else "")
+            elif r.outcome == "requeued":  # the orphan sweep's: nobody leased it
+                note = "requeued: delivered but never leased (its worker died at once, or a failover lost the lease)"
+            else:
                 continue
-            if r.outcome == "requeued":
-                if lease.worker:
-                    note = f"requeued: worker {lease.worker} lost" + (f" during {lease.task}" if lease.running else "")
-                else:  # the orphan sweep's: nobody leased it
-                    note = "requeued: delivered but never leased (its worker died at once, or a failover lost the lease)"
+            ref = parse_task_id(lease.task_id)
+            if ref is not None and ref.is_shard:
+                self.rt.shards.requeued(ref.batch, ref.shard, note)
+                log.warning("shard %s of batch %s: %s", ref.shard, ref.batch, note)
+                continue
+            if lease.job_id:
                 self.rt.records.requeued(lease.job_id, note)
                 log.warning("job %s: %s (task %s)", lease.job_id, note, lease.task_id)
 
     # -- leases of the messages this worker holds (Celery signals, workers.tasks.app) ----------
-    def lease_received(self, tag: str, task_id: str, job_id: str, task: str) -> None:
-        self.rt.leases.take(tag, task_id, job_id, task)
+    def lease_received(self, tag: str, task_id: str, task: str) -> None:
+        """A message reached this worker: its lease (taken by the transport as it recorded the
+        delivery, ``segq.transport.QoS.append``; here otherwise)."""
+        self.rt.leases.take(tag, task_id, task)
         with self._lock:
             self._tags.setdefault(task_id, []).append(tag)
+
+    def ended(self, task_id: str) -> None:
+        """The script that ended the task's work also did away with its message (a shard's end,
+        given its id and ``tag_of``): the task's end needs no Redis step of its own (``lease_done``)."""
+        with self._lock:
+            self._ended.add(task_id)
 
     def tag_of(self, task_id: str) -> str | None:
         """The delivery tag of the message of ``task_id`` this worker holds (its lease)."""
@@ -163,11 +184,14 @@ class Upkeep:
             tag = tags.pop(0) if tags else None
             if not tags:
                 self._tags.pop(task_id, None)
+            ended = task_id in self._ended
+            self._ended.discard(task_id)
         if not broke:
             if tag:  # not renewed from now on, whatever happens next (the reaper restores a lease left)
                 self.rt.leases.released(tag)
-            # a retry's message is in flight under the same task id: it stays in flight
-            self.rt.task_ended("" if retried else task_id, model, tag)
+            if not ended or retried:
+                # a retry's message is in flight under the same task id: it stays in flight
+                self.rt.task_ended("" if retried else task_id, model, tag)
             if tag:
                 transport.settled(tag)  # kombu's acknowledgement has nothing left to do in Redis
             return

@@ -116,15 +116,27 @@ class StandIn:
         segments = [Segment(i + 1, int(c), 0.99) for i, c in enumerate(sorted(set(self.classes)))]
         return Prediction(task, ids, with_stats(ids, segments))
 
-    def predict(self, images: list, task: str, blend: bool | None = None):
+    #: The overlay is blended on the CPU, after (as on a CPU device).
+    blends = False
+
+    def submit(self, images: list):
+        """Queue the wait of a pass of ``images`` on the model stage (as ``Segmenter.submit``)."""
+        from workers.model.segmenter import Pending
+
+        sizes = [(i.width, i.height) if hasattr(i, "width") else (i.shape[1], i.shape[0]) for i in images]
+        # the model stage's thread waits, the GIL released, as a GPU's pass
+        future = self.stage.call(time.sleep, self.options.wait_ms / 1000.0 * len(images))
+        return Pending(list(images), sizes, future, 0.0)
+
+    def finish(self, pending, task: str, blend: bool | None = None):
+        """The fixed predictions of a pass, once its wait is over (as ``Segmenter.finish``)."""
         from workers.model.segmenter import Result, Times
 
-        seconds = self.options.wait_ms / 1000.0 * len(images)
-        started = time.perf_counter()
-        future = self.stage.call(time.sleep, seconds)  # the model stage's thread waits, GIL released
-        future.result()
-        sizes = [(i.width, i.height) if hasattr(i, "width") else (i.shape[1], i.shape[0]) for i in images]
-        preds = [self._label_map(size, task) for size in sizes]
-        queued = getattr(future, "queued_s", 0.0)
-        forward = getattr(future, "seconds", time.perf_counter() - started - queued)
-        return Result(preds, Times(wait_s=queued, forward_s=forward, items_per_pass=len(images)))
+        pending.future.result()
+        preds = [self._label_map(size, task) for size in pending.sizes]
+        times = Times(wait_s=getattr(pending.future, "queued_s", 0.0), forward_s=getattr(pending.future, "seconds", 0.0),
+                      items_per_pass=len(pending.sizes))
+        return Result(preds, times)
+
+    def predict(self, images: list, task: str, blend: bool | None = None):
+        return self.finish(self.submit(images), task)

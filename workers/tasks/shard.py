@@ -48,17 +48,18 @@ class Stopped(Exception):
 
 @shard_task(SEGMENT_SHARD)
 def segment_shard(ctx: Context) -> dict:
-    return run_shard(ctx.rt, ctx.job, ctx.attempt, set(ctx.canceled))
+    return run_shard(ctx.rt, ctx.job, ctx.attempt, set(ctx.canceled), task_id=ctx.task.request.id)
 
 
-def run_shard(rt: Runtime, job: ShardJob, attempt: int, canceled: set[int]) -> dict:
-    """Run the shard's images not finished yet and end it (module docstring)."""
+def run_shard(rt: Runtime, job: ShardJob, attempt: int, canceled: set[int], task_id: str | None = None) -> dict:
+    """Run the shard's images not finished yet and end it (module docstring). ``task_id``: the
+    task running it, whose message is done with in the shard's end (``workers.host.upkeep``)."""
     started = time.perf_counter()
+    segmenter = rt.model(job.model)  # a model this worker does not serve fails the shard at once
     spec = rt.shards.spec(job.batch, job.index)
     if spec.model != job.model or spec.task != job.task:
         raise InputError(f"shard {job.index} of batch {job.batch}: its list is of {spec.task} on {spec.model}, "
                          f"its message of {job.task} on {job.model}")
-    segmenter = rt.model(job.model)
     results: dict[int, ImageResult] = {}
     if attempt > 1:  # what an earlier attempt noted as finished
         results.update({r.pos: r for r in rt.shards.progress(job.batch, job.index) if r.state == JobState.DONE})
@@ -68,14 +69,21 @@ def run_shard(rt: Runtime, job: ShardJob, attempt: int, canceled: set[int]) -> d
     done = [r for r in lines if r.state == JobState.DONE]
     failed = sum(r.state == JobState.FAILED for r in lines)
     inference_s = sum(r.inference_s or 0.0 for r in done)
-    tally = metrics.Tally()  # counted once, by the end that counts (an earlier attempt's never ended)
-    for r in done:
-        tally.stages(job.model, r.stages)
-        tally.observe(metrics.LATENCY, (job.model, "image", job.priority),
-                      max(0.0, (r.finished_at or 0) - spec.created_at))
     rt.shards.write_results(job.batch, job.index, attempt, lines)
+    task = (task_id, rt.upkeep.tag_of(task_id) or "") if task_id and rt.upkeep is not None else None
+    work = [r.total_s for r in done if r.total_s]  # each image's seconds in the worker, fetch to upload
     outcome = rt.shards.end(job.batch, job.index, attempt, len(done), failed, len(lines) - len(done) - failed,
-                            inference_s, round(len(done) / inference_s, 3) if inference_s else None, tally)
+                            inference_s, round(len(done) / inference_s, 3) if inference_s else None, task=task,
+                            image_s=sum(work) / len(work) if work else None)
+    if task is not None:
+        rt.upkeep.ended(task_id)  # its message is done with too
+    if outcome > 0:  # this end counts: its images' timings go to the histograms (with the next beat)
+        tally = metrics.Tally()
+        for r in done:
+            tally.stages(job.model, r.stages)
+            tally.observe(metrics.LATENCY, (job.model, "image", job.priority),
+                          max(0.0, (r.finished_at or 0) - spec.created_at))
+        rt.observe(tally)
     if outcome == 0:  # another attempt ended first: its results count
         state = rt.shards.state(job.batch, job.index)
         if state is not None and state.e != attempt:

@@ -49,7 +49,7 @@ from segq import deadletters, keys, messages, registry
 from segq.backoff import compute_backoff
 from segq.errors import InputError, ObjectNotFound, ServiceUnavailable, UsageError
 from segq.input_policy import require_input
-from segq.protocol import PayloadError, ShardJob, VideoJob, model_queue, valid_job_id
+from segq.protocol import PayloadError, ShardJob, VideoJob, model_queue, parse_task_id, valid_job_id
 from segq.scheduler import entry
 from segq.states import FINAL_STATES, JobState
 from segq.storage import S3Object
@@ -74,6 +74,7 @@ class Context:
     attempt: int = 0  # a shard: this attempt's number
     canceled: frozenset = frozenset()  # a shard: positions canceled when it started
     transient_since: float | None = None  # a shard: its first transient failure
+    final_state: str | None = None  # the unit's state as the body's last step left it (None: not known)
 
     def entry(self, name: str, payload: VideoJob, task_id: str) -> str:
         """A follow-up task of this job, as its batch's pending entry (``segq.scheduler.entry``):
@@ -122,8 +123,9 @@ class JobUnit:
     def note_transient(self, since: float, note: str) -> None:
         self.rt.records.update(self.job.job_id, transient_since=since, note=note)
 
-    def canceled(self) -> bool:
-        return self.rt.records.state(self.job.job_id) == JobState.CANCELED
+    def canceled(self, ctx: Context) -> bool:
+        state = ctx.final_state if ctx.final_state is not None else self.rt.records.state(self.job.job_id)
+        return state == JobState.CANCELED
 
     def clean_up_canceled(self) -> None:
         try:
@@ -158,7 +160,7 @@ class ShardUnit:
     def note_transient(self, since: float, note: str) -> None:
         self.rt.shards.note_transient(self.job.batch, self.job.index, since)
 
-    def canceled(self) -> bool:
+    def canceled(self, ctx: Context) -> bool:
         return False  # the shard's body ends it as canceled itself
 
     def clean_up_canceled(self) -> None:
@@ -176,7 +178,7 @@ def fail(unit, message: str) -> NoReturn:
 
 def parse(task: Task, rt: Runtime, payload: dict, parser: Callable[[dict], Any]):
     """Parse a payload; a malformed one is dead-lettered with the reason (``segq.deadletters``)
-    and fails its job, if it names a real one."""
+    and fails its job (a shard: its images), if it names a real one."""
     try:
         return parser(payload)
     except PayloadError as exc:
@@ -191,6 +193,9 @@ def parse(task: Task, rt: Runtime, payload: dict, parser: Callable[[dict], Any])
             rt.records.fail(job_id, f"invalid request: {exc}")
             rt.count(registry.JOBS_FAILED)
             log.warning("job %s failed: invalid request: %s", job_id, exc)
+        ref = parse_task_id(task.request.id or "")
+        if ref is not None and ref.is_shard:  # the task id names the shard, whatever the payload says
+            rt.fail_shard(ref.batch, ref.shard, f"invalid request: {exc}")
         raise JobFailure(f"invalid message: {exc}") from None
 
 
@@ -240,9 +245,9 @@ def _retry_later(task: Task, ctx: Context, unit, exc: Exception):
 
 
 def guarded(task: Task, ctx: Context, unit, work: Callable[[], Any]) -> Any:
-    """Run ``work``; map its errors to the unit's state as the module docstring says."""
+    """Run ``work`` (its task noted as running: ``_start``); map its errors to the unit's state as
+    the module docstring says."""
     rt = ctx.rt
-    rt.set_active(f"{task.name}[{task.request.id}] {unit.name}")
     try:
         for attempt in range(2):
             try:
@@ -254,7 +259,7 @@ def guarded(task: Task, ctx: Context, unit, work: Callable[[], Any]) -> Any:
                 log.warning("%s: Redis unreachable (%s); waiting for it", unit.name, exc)
                 if attempt or not _wait_for_redis(rt, rt.settings.retry_budget_seconds):
                     raise
-        if unit.canceled():
+        if unit.canceled(ctx):
             raise Canceled(unit.name)
         rt.count(registry.TASKS_DONE)
         return result
@@ -280,12 +285,22 @@ def guarded(task: Task, ctx: Context, unit, work: Callable[[], Any]) -> Any:
 
 
 def _start(rt: Runtime, task: Task, ctx: Context, unit) -> str | None:
-    """Start the unit and its lease in one round trip (module docstring)."""
+    """Start the unit, its lease, and its place among the worker's running tasks, in one round
+    trip (module docstring)."""
+    rt.set_active(f"{task.name}[{task.request.id}] {unit.name}")
     pipe = rt.redis.pipeline(transaction=False)
     tag = rt.upkeep.tag_of(task.request.id) if rt.upkeep is not None else None
     if tag:
         rt.leases.started(tag, pipe)
-    return unit.start(ctx, pipe)
+    rt.registration.write_active(pipe)
+    try:
+        reason = unit.start(ctx, pipe)
+    except BaseException:
+        rt.set_active("")
+        raise
+    if reason:
+        rt.set_active("")
+    return reason
 
 
 def unit_task(name: str, parser: Callable[[dict], Any], make_unit: Callable[[Runtime, Any], Any]):

@@ -40,9 +40,10 @@ log = logging.getLogger(__name__)
 
 
 def every(seconds: float, check):
-    """``check`` run at most once every ``seconds`` (a chunk looks whether its job was canceled
-    between its batches of frames: once a second is soon enough, and costs Redis less)."""
-    last = [float("-inf")]
+    """``check`` run at most once every ``seconds``, the first time ``seconds`` from now (a chunk
+    looks whether its job was canceled between its batches of frames: once a second is soon
+    enough, and costs Redis less; its start has just looked)."""
+    last = [time.monotonic()]
 
     def maybe() -> None:
         now = time.monotonic()
@@ -115,9 +116,15 @@ def segment_chunk(ctx: Context) -> dict:
         "stages": {k: round(v, 6) for k, v in stages.items()}, "items_per_pass": times.items_per_pass,
     }
     assembly = ctx.entry(ASSEMBLE_VIDEO, job.for_chunk(-1, 0, 0), assembly_task_id(job.job_id, job.run))
+    task_id = ctx.task.request.id
+    task = (task_id, rt.upkeep.tag_of(task_id) or "") if task_id and rt.upkeep is not None else None
+    outcome, state = rt.records.chunk_done(job.job_id, job.chunk, frames, inference_s, chunk_info, assembly, task)
+    if task is not None:
+        rt.upkeep.ended(task_id)  # its message is done with too
+    ctx.final_state = state or ""  # the job's state after the chunk: the skeleton need not ask again
     tally = metrics.Tally()
     tally.stages(job.model, stages)
-    outcome = rt.records.chunk_done(job.job_id, job.chunk, frames, inference_s, chunk_info, assembly, tally)
+    rt.observe(tally)
     return {"job_id": job.job_id, **chunk_info, "outcome": outcome}
 
 
@@ -161,9 +168,12 @@ def assemble_video(ctx: Context) -> dict:
     }
     rt.storage.put_bytes(layout.output_key(job.job_id, layout.VIDEO_JSON), json.dumps(doc, indent=1).encode(),
                          "application/json")
-    rt.records.finish(job.job_id, checkpoint=model.checkpoint, frames=info.frames, stages=stages,
-                      latency=((job.model, "video", job.priority), finished - record.created_at),
-                      **{k: v for k, v in figures.items() if k != "split_s"})
+    ended = rt.records.finish(job.job_id, checkpoint=model.checkpoint, frames=info.frames, stages=stages,
+                              **{k: v for k, v in figures.items() if k != "split_s"})
+    if ended.moved:
+        tally = metrics.Tally()
+        tally.observe(metrics.LATENCY, (job.model, "video", job.priority), finished - record.created_at)
+        rt.observe(tally)
     rt.count(registry.JOBS_DONE)
     for index in range(len(chunks)):  # the parts were intermediate
         rt.storage.delete(layout.part_key(job.job_id, index))
