@@ -1,15 +1,13 @@
-"""Submission throughput and Redis memory per finished job, side by side in one run.
+"""Submission throughput, side by side in one run.
 
-    python -m bench.submit [--images 2000] [--size 64x48] [--rounds 3] [--jobs 300]
+    python -m bench.submit [--images 2000] [--size 64x48] [--rounds 3]
 
 (a) raw: the same files PUT to the same S3 by 8 plain boto3 threads (what any uploader does);
-(b) segq: ``Client.submit_batch`` of the folder (8 upload threads, records and messages in
-    groups, one batch), with no worker running, so only the submission is timed.
-Alternating rounds; medians and the ratio segq / raw (goal >= 0.7).
-
-Then the Redis cost of a finished image job: ``used_memory`` growth of a real Redis over
-``--jobs`` image jobs run to the end by one real worker (tiny model), per job (goal <= 2,000
-bytes), and ``MEMORY USAGE`` of one job record and of the batch's keys.
+(b) segq: ``Client.submit_batch`` of the folder (8 upload threads, the images in shards: each
+    shard's list to S3 and one Lua step, one batch), with no worker running, so only the
+    submission is timed.
+Alternating rounds; medians and the ratio segq / raw (goal >= 0.7). What a finished image costs
+Redis is ``bench.control``'s.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.common import checkpoint, servers, start_workers, stop_workers, table
+from bench.common import checkpoint, servers, table
 from bench.images import make_images
 
 
@@ -54,52 +52,11 @@ def segq_submit(client, folder: Path, batch: str, threads: int = 8) -> float:
     return report.submitted / elapsed
 
 
-def redis_bytes_per_job(root: Path, env: dict, jobs: int) -> dict:
-    """used_memory growth per finished image job, with one worker running them, on an emptied
-    Redis (the submission rounds' batches, never run, are dropped first)."""
-    from producer.client import Client
-    from segq import keys
-    from segq.settings import Settings
-
-    Client(Settings.from_env()).r.flushall()
-    workers = start_workers(root, env, 1, os.cpu_count() or 1)
-    try:
-        client = Client(Settings.from_env())
-        r = client.r
-        small = make_images(root / "mem-warm", 3, (32, 24))
-        client.wait_batch([client.submit_batch([str(p) for p in small], task="semantic").batch], timeout=600)
-        time.sleep(1)
-        before = int(r.info("memory")["used_memory"])
-        folder = root / "mem"
-        make_images(folder, jobs, (32, 24))
-        report = client.submit_batch([str(folder)], task="semantic", batch="bench-memory")
-        client.wait_batch(["bench-memory"], timeout=3600)
-        deadline = time.monotonic() + 30
-        while r.zcard(keys.INFLIGHT) and time.monotonic() < deadline:  # the last acks
-            time.sleep(0.2)
-        time.sleep(1)
-        after = int(r.info("memory")["used_memory"])
-        one = next(iter(client.batch_jobs("bench-memory")))
-        usage = {name: int(r.memory_usage(key) or 0) for name, key in (
-            ("job record", keys.job(one.id)),
-            ("batch hash", keys.batch("bench-memory")),
-            ("batch job list", keys.batch_jobs("bench-memory")),
-            ("batch inputs", keys.batch_inputs("bench-memory")),
-        )}
-        encoding = r.object("encoding", keys.job(one.id))
-        return {"jobs": report.submitted, "before": before, "after": after,
-                "per_job": (after - before) / report.submitted, "usage": usage, "encoding": encoding,
-                "fields": len(r.hkeys(keys.job(one.id)))}
-    finally:
-        stop_workers(workers)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--size", default="64x48")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--jobs", type=int, default=300, help="image jobs run to the end for the memory figure")
     ap.add_argument("--threads", type=int, default=8)
     args = ap.parse_args()
     size = tuple(int(x) for x in args.size.split("x"))
@@ -121,7 +78,6 @@ def main() -> None:
             for i in range(args.rounds):
                 raws.append(raw_upload(env, paths, f"raw{i}", args.threads))
                 segqs.append(segq_submit(client, folder, f"bench-round-{i}", args.threads))
-            memory = redis_bytes_per_job(root, env, args.jobs)
     raw, mine = statistics.median(raws), statistics.median(segqs)
     print(f"\n{args.images} files of {args.size} ({mean_bytes / 1024:.1f} KiB on average), {args.threads} threads, "
           f"median of {args.rounds} alternating rounds\n")
@@ -129,10 +85,6 @@ def main() -> None:
         [("raw boto3 PUTs", f"{raw:.0f}", " ".join(f"{x:.0f}" for x in raws), "1.00"),
          ("segq submit (one batch)", f"{mine:.0f}", " ".join(f"{x:.0f}" for x in segqs), f"{mine / raw:.2f}")],
         ("path", "files/s", "rounds", "ratio (goal >= 0.7)")))
-    print(f"\nRedis used_memory over {memory['jobs']} finished image jobs: {memory['before']} -> {memory['after']} "
-          f"bytes, {memory['per_job']:.0f} bytes per job (goal <= 2000)")
-    print(f"one job record: {memory['fields']} fields, encoding {memory['encoding']}; MEMORY USAGE: "
-          + ", ".join(f"{k} {v} B" for k, v in memory["usage"].items()))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,8 @@ import json
 
 import pytest
 
-from producer.stack import RedisServer
 from segq import keys
 from segq.batches import BatchStore, NewJob, identity
-from segq.connections import redis_client
 from segq.jobs import ASSEMBLY_QUEUED, CHUNK_DUPLICATE, CHUNK_RECORDED, JobRecord, JobStore
 from segq.messages import BATCH_SLOT, SLOT
 from segq.metrics import STAGE, Tally
@@ -23,21 +21,6 @@ from segq.shards import ShardStore
 from segq.states import JobKind, JobState
 
 TTL = 600
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("redis")
-    server = RedisServer("redis", root / "redis.log", data_dir=root).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
-def r(server):
-    client = redis_client(server.url)
-    client.flushdb()
-    return client
 
 
 @pytest.fixture()

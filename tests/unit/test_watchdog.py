@@ -11,10 +11,8 @@ import json
 import pytest
 from celery import Celery
 
-from producer.stack import RedisServer
 from segq import keys, messages, watchdog
 from segq.batches import BatchStore, NewJob, identity
-from segq.connections import redis_client
 from segq.jobs import JobRecord, JobStore
 from segq.protocol import SEGMENT_SHARD, SPLIT_VIDEO, ShardJob, VideoJob
 from segq.scheduler import Scheduler, entry
@@ -22,21 +20,6 @@ from segq.shards import ShardStore
 from segq.states import JobKind
 
 APP = Celery("test")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("redis")
-    server = RedisServer("redis", root / "redis.log", data_dir=root).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
-def r(server):
-    client = redis_client(server.url)
-    client.flushdb()
-    return client
 
 
 def template() -> str:
