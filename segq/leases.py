@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import redis
 
-from segq import keys, registry
+from segq import keys, registry, scripts
 from segq.protocol import parse_task_id
 from segq.states import FINAL_STATES
 
@@ -141,11 +141,35 @@ class Reaped:
     lease: Lease
     outcome: str  # "requeued", "failed" (too many losses), "dropped" (no message left to restore)
     losses: int = 0
+    note: str = ""  # what the job record (the shard's state) says of a requeue
 
 
-def _restore(r: redis.Redis, tag: str, job_failed: bool) -> bool:
+def requeue_note(lease: Lease, orphan: bool = False) -> str:
+    """What a requeue of ``lease``'s message says on its job record or shard state."""
+    if orphan or not lease.worker:
+        return "requeued: delivered but never leased (its worker died at once, or a failover lost the lease)"
+    return f"requeued: worker {lease.worker} lost" + (f" during {lease.task}" if lease.running else "")
+
+
+def _note(pipe, task_id: str, note: str) -> None:
+    """Queue on ``pipe`` (inside the restore's transaction, so a broker that dies between the two
+    cannot keep one without the other) the requeue's count and note on the task's job record or
+    shard state. ``EVAL`` with the script's text: a transaction cannot load a script it lacks, and
+    requeues are rare."""
+    ref = parse_task_id(task_id)
+    if ref is None:
+        return
+    if ref.is_shard:
+        pipe.eval(scripts.source("shard_requeued"), 0, ref.batch, ref.shard, note)
+    elif ref.job_id:
+        pipe.hincrby(keys.job(ref.job_id), "requeues", 1)
+        pipe.hset(keys.job(ref.job_id), "note", note)
+
+
+def _restore(r: redis.Redis, tag: str, job_failed: bool, task_id: str = "", note: str = "") -> bool:
     """Move the message of ``tag`` from kombu's unacked hash back to its queue (or drop it when
-    its job was failed). False when the message is no longer unacknowledged."""
+    its job was failed), and with a ``note`` count the requeue on task ``task_id``'s record in the
+    same transaction. False when the message is no longer unacknowledged."""
 
     found = False
 
@@ -164,6 +188,8 @@ def _restore(r: redis.Redis, tag: str, job_failed: bool) -> bool:
             message.setdefault("properties", {}).setdefault("delivery_info", {})["redelivered"] = True
             # kombu publishes with LPUSH and consumes with BRPOP: RPUSH puts it next in line.
             pipe.rpush(routing_key, json.dumps(message))
+            if note:
+                _note(pipe, task_id, note)
 
     r.transaction(move, keys.KOMBU_UNACKED)
     return found
@@ -219,8 +245,9 @@ def reap(r: redis.Redis, max_losses: int, now: float | None = None, ttl: float |
         if _live(r, lease.worker, lease.pid, now, seen):
             if ttl is None or now - lease.expires < ttl:
                 continue  # a late heartbeat, not lost work
-            restored = _restore(r, tag, job_failed=False)  # abandoned by a live worker
-            out.append(Reaped(lease, "requeued" if restored else "dropped", 0))
+            note = requeue_note(lease)
+            restored = _restore(r, tag, job_failed=False, task_id=lease.task_id, note=note)  # abandoned
+            out.append(Reaped(lease, "requeued" if restored else "dropped", 0, note))
             continue
         losses = 0
         failed = False
@@ -229,9 +256,10 @@ def reap(r: redis.Redis, max_losses: int, now: float | None = None, ttl: float |
             losses = int(r.hincrby(losses_key(ref), lease.task_id, 1))
             r.expire(losses_key(ref), 7 * 24 * 3600)
             failed = losses >= max_losses
-        restored = _restore(r, tag, job_failed=failed)
+        note = requeue_note(lease)
+        restored = _restore(r, tag, job_failed=failed, task_id=lease.task_id, note=note)
         outcome = "failed" if failed else ("requeued" if restored else "dropped")
-        out.append(Reaped(lease, outcome, losses))
+        out.append(Reaped(lease, outcome, losses, note if outcome == "requeued" else ""))
     if ttl is not None:
         out += _orphans(r, now, 2 * ttl)
     registry.remove_dead(r, interval, now)
@@ -260,9 +288,10 @@ def _orphans(r: redis.Redis, now: float, age: float) -> list[Reaped]:
         # a finished job's (or ended shard's) message is only dropped: its work is done (a task
         # that ran across a broken broker connection whose acknowledgement was lost)
         final = ref is not None and settled(r, task_id, gone=False)
-        if _restore(r, tag, job_failed=final):
-            out.append(Reaped(Lease(tag, task_id=task_id, job_id=ref.job_id if ref else ""),
-                              "dropped" if final else "requeued", 0))
+        lease = Lease(tag, task_id=task_id, job_id=ref.job_id if ref else "")
+        note = requeue_note(lease, orphan=True)
+        if _restore(r, tag, job_failed=final, task_id=task_id, note=note):
+            out.append(Reaped(lease, "dropped" if final else "requeued", 0, "" if final else note))
     return out
 
 

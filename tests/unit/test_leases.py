@@ -168,3 +168,25 @@ def test_an_orphan_of_a_finished_job_is_dropped_not_requeued(r):
     [x] = leases.reap(r, max_losses=3, ttl=5.0)
     assert (x.outcome, x.lease.job_id) == ("dropped", "fedcba9876543210")
     assert not r.hexists(keys.KOMBU_UNACKED, "tag-10") and r.llen("segq.model.m") == 0
+
+
+def test_a_requeue_is_noted_on_the_job_record_and_shard_state_in_the_restores_own_transaction(r):
+    """The count and note go with the message's move (one transaction): a broker killed after the
+    reaper's move cannot keep the requeued message and lose the note, or the other way round."""
+    from segq.shards import ShardState
+    r.hset(keys.batch_shards("b1"), 3, json.dumps({"s": "r", "n": 2, "rq": 0}))
+    r.hset(keys.job("0000000000000002"), "state", "running")
+    book = leases.LeaseBook(r, "w9@h", ttl=0.0)
+    for tag, task_id in (("tag-s", "shard:b1:000003"), ("tag-j", "0000000000000002-chunk00001")):
+        book.take(tag, task_id, "segq.x")
+        start(r, book, tag)
+        held_by_kombu(r, tag, task_id)
+
+    reaped = {x.lease.task_id: x for x in leases.reap(r, max_losses=3)}
+    note = "requeued: worker w9@h lost during segq.x"
+    assert {t: (x.outcome, x.note) for t, x in reaped.items()} == {
+        "shard:b1:000003": ("requeued", note), "0000000000000002-chunk00001": ("requeued", note)}
+    state = ShardState.from_json(r.hget(keys.batch_shards("b1"), 3))
+    assert (state.rq, state.nt) == (1, note)
+    assert r.hmget(keys.job("0000000000000002"), "requeues", "note") == ["1", note]
+    assert r.llen("segq.model.m") == 2

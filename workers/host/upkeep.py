@@ -137,20 +137,10 @@ class Upkeep:
                 self.fail_task(lease.task_id, message)
                 log.warning("task %s failed: %s", lease.task_id, message)
                 continue
-            if r.outcome == "requeued" and lease.worker:
-                note = f"requeued: worker {lease.worker} lost" + (f" during {lease.task}" if lease.running else "")
-            elif r.outcome == "requeued":  # the orphan sweep's: nobody leased it
-                note = "requeued: delivered but never leased (its worker died at once, or a failover lost the lease)"
-            else:
+            if r.outcome != "requeued":
                 continue
-            ref = parse_task_id(lease.task_id)
-            if ref is not None and ref.is_shard:
-                self.rt.shards.requeued(ref.batch, ref.shard, note)
-                log.warning("shard %s of batch %s: %s", ref.shard, ref.batch, note)
-                continue
-            if lease.job_id:
-                self.rt.records.requeued(lease.job_id, note)
-                log.warning("job %s: %s (task %s)", lease.job_id, note, lease.task_id)
+            # the requeue's count and note went onto the job record (shard state) with the restore
+            log.warning("task %s: %s", lease.task_id, r.note)
 
     # -- leases of the messages this worker holds (Celery signals, workers.tasks.app) ----------
     def lease_received(self, tag: str, task_id: str, task: str) -> None:
