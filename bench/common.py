@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,3 +72,25 @@ def table(rows: list[tuple], headers: tuple) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))  # noqa: E731
     return "\n".join([line(headers), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+
+
+#: What a busy process runs: pure Python arithmetic, one core's worth, until it is killed.
+SPIN = "while True:\n    pass\n"
+
+
+@contextmanager
+def busy(n: int):
+    """``n`` processes, each keeping one core busy (what else runs on a shared machine: another
+    worker, a CLI, a build), for the block. ``n`` = 0: nothing."""
+    procs = [subprocess.Popen([sys.executable, "-c", SPIN], stdin=subprocess.DEVNULL) for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+        for p in procs:
+            p.wait()
+
+
+def load_label(n: int) -> str:
+    return "idle" if n == 0 else f"{n} busy process{'es' if n > 1 else ''}"

@@ -399,14 +399,14 @@ def segq_path(mods, clip: Path, out: Path, m, *, batch_size: int, warmup: int, t
         encoder = video.PartEncoder(out, info.fps)
         state = {"frames": 0, "stopped": False}
         _sync(m.spec.device)
-        began = time.perf_counter()
+        began, cpu0 = time.perf_counter(), time.process_time()
         with chunk_mod.ChunkPipeline(segmenter, "semantic", batch_size, encoder.write,
                                         annotate_fps=True) as renderer:
             renderer.add_all(_stopping(video.decode_range(clip, info, 0, n), began, time_limit, n, state))
             archive = renderer.archive(0, state["frames"])
         encoder.close()
         _sync(m.spec.device)
-        wall = time.perf_counter() - began
+        wall, process_cpu = time.perf_counter() - began, time.process_time() - cpu0
     finally:
         stage.close()
     done = state["frames"]
@@ -427,6 +427,14 @@ def segq_path(mods, clip: Path, out: Path, m, *, batch_size: int, warmup: int, t
                                       "forward": 1000 * t.forward_s / max(done, 1)},
         "items_per_pass": t.items_per_pass,
         "blend": "device" if renderer.device_blend else "CPU (OpenCV)",
+        # the CPU side: core-ms per frame of the worker's threads by stage (time.thread_time, the
+        # worker's own counters), and the whole process's (every thread: the codecs', the model
+        # stage's kernel launches; on a CPU device the model's arithmetic too)
+        "cpu_ms_per_frame": {"decode": 1000 * renderer.decode_cpu_s / max(done, 1),
+                             "preprocess": 1000 * t.preprocess_cpu_s / max(done, 1),
+                             "post-process": 1000 * t.postprocess_cpu_s / max(done, 1),
+                             "render+encode": 1000 * (t.blend_cpu_s + renderer.render_cpu_s) / max(done, 1),
+                             "process, all threads": 1000 * process_cpu / max(done, 1)},
     }, [labels[i] for i in range(min(keep, len(labels)))]
 
 
@@ -460,18 +468,19 @@ def image_jobs(mods, m, *, images: int, size: tuple[int, int], max_batch: int, c
     try:
         segmenter.predict([Image.fromarray(frames[0])], "semantic")  # warm-up
         passes0 = stage.stats().passes
-        began = time.perf_counter()
+        began, cpu0 = time.perf_counter(), time.process_time()
         threads = [threading.Thread(target=task) for _ in range(concurrency)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        wall = time.perf_counter() - began
+        wall, process_cpu = time.perf_counter() - began, time.process_time() - cpu0
         passes = stage.stats().passes - passes0
     finally:
         stage.close()
     return {"images": images, "wall_s": wall, "images_per_s": images / wall, "passes": passes,
-            "items_per_pass": images / passes if passes else None}
+            "items_per_pass": images / passes if passes else None,
+            "process_cpu_ms_per_image": 1000 * process_cpu / images}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,12 +574,19 @@ def report(res: dict) -> str:
             tail.append(f"{title}: " + ", ".join(f"{k} {v:.1f} ms/frame" for k, v in d.items())
                         + f"; {p.get('items_per_pass') or '-'} frames per forward pass (worker's own counters; "
                           "its threads overlap, so stage times add up to more than the wall time)")
+        c = p.get("cpu_ms_per_frame")
+        if c:
+            tail.append(f"{title}, the CPU side in core-ms per frame: " + ", ".join(f"{k} {v:.1f}" for k, v in c.items())
+                        + " (the stages: the worker's threads' own time; the process: every thread, the codecs' "
+                          "and the model stage's included)")
     im = res.get("images")
     if im:
         rows_i = [(f"max batch {r['max_batch']}", r["concurrency"], f"{r['images_per_s']:.2f}",
-                   f"{r['items_per_pass'] or 0:.2f}", f"{r['images_per_s'] / im[0]['images_per_s']:.2f}") for r in im]
+                   f"{r['items_per_pass'] or 0:.2f}", f"{r['images_per_s'] / im[0]['images_per_s']:.2f}",
+                   f"{r.get('process_cpu_ms_per_image', 0):.1f}") for r in im]
         tail += ["", f"image jobs, {im[0]['images']} of {res['image_size']} (the worker's image path without S3):",
-                 table(rows_i, ("", "task threads", "images/s", "images per pass", "ratio to unbatched"))]
+                 table(rows_i, ("", "task threads", "images/s", "images per pass", "ratio to unbatched",
+                                "process core-ms per image"))]
     tail.append(f"total run time {res['total_s']:.1f}s")
     return head + "\n" + table(rows, ("", *(title for title, _ in paths))) + "\n" + "\n".join(tail)
 

@@ -1,6 +1,6 @@
 """Image jobs through the whole queue vs. a direct in-process loop, same model, same machine.
 
-    python -m bench.images [--images 40] [--size 640x480] [--model tiny|swin-l] [--max-batch 4]
+    python -m bench.images [--images 40] [--size 640x480] [--model tiny|swin-l] [--max-batch 4] [--load N]
 
 (a) direct: one process loads the model once, then for each image: read, decode, infer,
     render the same outputs, write them to local files;
@@ -12,9 +12,11 @@
     model name (``ade-batched``), so that (b) and (c) alternate round by round on one set of
     servers and neither worker takes the other's jobs.
 
-Both use every core of the machine (torch threads = cores). Prints images/s and the ratio, and
-how busy each worker's model stage was during its rounds (its forward seconds / the round's
-wall time) and its items per pass, from the worker's registry record.
+Each side with its own default threads (the direct loop: torch's, every core; the workers: their
+thread policy; ``--threads N`` pins both). Prints images/s and the ratio (goal >= 0.95), and how
+busy each worker's model stage was during its rounds (its forward seconds / the round's wall
+time) and its items per pass, from the worker's registry record. ``--load N``: the rounds again
+with N processes keeping N cores busy (``bench.common.busy``), in the same run.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import checkpoint, servers, start_workers, stop_workers, table
+from bench.common import busy, checkpoint, load_label, servers, start_workers, stop_workers, table
+
+#: The queue's images/s as a share of the direct loop's, at least.
+GOAL = 0.95
 
 
 def make_images(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
@@ -51,7 +56,7 @@ def make_images(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
 class Direct:
     """The single-process loop: model loaded once; read, decode, infer, render, write files."""
 
-    def __init__(self, ckpt: str, out: Path, threads: int):
+    def __init__(self, ckpt: str, out: Path, threads: int | None):
         from workers.model import device
         from workers.model import models
         from workers.model.segmenter import Segmenter
@@ -80,7 +85,7 @@ class Direct:
 class Queued:
     """The same images through segq: producer -> Redis -> one worker process of ``model`` -> S3."""
 
-    def __init__(self, root: Path, env: dict, threads: int, model: str = "ade-semantic", prefix: str = "bench"):
+    def __init__(self, root: Path, env: dict, threads: int | None, model: str = "ade-semantic", prefix: str = "bench"):
         os.environ.update(env)
         from producer.client import Client
         from segq.settings import Settings
@@ -122,9 +127,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of each path; medians are reported")
     ap.add_argument("--max-batch", type=int, default=4, help="SEGQ_MAX_BATCH of the batching worker (path c)")
     ap.add_argument("--batch-delay-ms", type=int, default=5, help="SEGQ_BATCH_DELAY_MS of the batching worker")
+    ap.add_argument("--threads", type=int, default=None, help="pin both sides' threads (default: each its own)")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="also run the rounds with N processes keeping N cores busy, in the same run")
     args = ap.parse_args()
     size = tuple(int(x) for x in args.size.split("x"))
-    threads = os.cpu_count() or 1
+    loads = [0] + ([args.load] if args.load else [])
+    by_load = {}
     with tempfile.TemporaryDirectory(prefix="segq-bench-") as tmp:
         root = Path(tmp)
         ckpt = checkpoint(root, args.model)
@@ -133,44 +142,55 @@ def main() -> None:
         with servers(root) as env:
             env["SEGQ_MODELS"] = f"ade-semantic={ckpt},ade-batched={ckpt}"
             batched_env = {**env, "SEGQ_MAX_BATCH": str(args.max_batch), "SEGQ_BATCH_DELAY_MS": str(args.batch_delay_ms)}
-            direct = Direct(ckpt, root / "direct-out", threads)
-            queued = Queued(root, env, threads)
+            direct = Direct(ckpt, root / "direct-out", args.threads)
+            queued = Queued(root, env, args.threads)
             batched = None
             try:
-                batched = Queued(root, batched_env, threads, model="ade-batched", prefix="batched")
+                batched = Queued(root, batched_env, args.threads, model="ade-batched", prefix="batched")
                 direct.run(paths[:2])  # warm-up of every path
                 queued.run(paths[:2])
                 batched.run(paths[: 2 * args.max_batch])
-                runs: dict[str, list[float]] = {"direct": [], "queued": [], "batched": []}
-                records, busy, items = ({"queued": [], "batched": []} for _ in range(3))
-                for _ in range(args.rounds):  # alternate, so drifts of the machine hit every path
-                    runs["direct"].append(direct.run(paths))
-                    for name, path in (("queued", queued), ("batched", batched)):
-                        ips, recs, fraction, per_pass = path.run(paths)
-                        runs[name].append(ips)
-                        records[name] += recs
-                        busy[name].append(fraction)
-                        items[name].append(per_pass or 0.0)
+                for load in loads:
+                    runs: dict[str, list[float]] = {"direct": [], "queued": [], "batched": []}
+                    records, busy_, items = ({"queued": [], "batched": []} for _ in range(3))
+                    with busy(load):
+                        for _ in range(args.rounds):  # alternate, so drifts of the machine hit every path
+                            runs["direct"].append(direct.run(paths))
+                            for name, path in (("queued", queued), ("batched", batched)):
+                                ips, recs, fraction, per_pass = path.run(paths)
+                                runs[name].append(ips)
+                                records[name] += recs
+                                busy_[name].append(fraction)
+                                items[name].append(per_pass or 0.0)
+                    by_load[load] = (runs, records, busy_, items)
             finally:
                 queued.close()
                 if batched is not None:
                     batched.close()
-    med = {k: statistics.median(v) for k, v in runs.items()}
-    d = med["direct"]
-    print(f"\n{args.images} images of {args.size}, model {args.model}, {threads} CPU threads, torch on CPU, "
+    print(f"\n{args.images} images of {args.size}, model {args.model}, torch on CPU, "
           f"median of {args.rounds} alternating rounds\n")
-    rows = [("direct loop (1 process)", f"{d:.2f}", " ".join(f"{x:.2f}" for x in runs["direct"]), "1.00", "-", "-")]
-    for name, label in (("queued", "segq queue (1 worker, batching off)"),
-                        ("batched", f"segq queue (1 worker, SEGQ_MAX_BATCH={args.max_batch}, delay {args.batch_delay_ms} ms)")):
-        rows.append((label, f"{med[name]:.2f}", " ".join(f"{x:.2f}" for x in runs[name]), f"{med[name] / d:.2f}",
-                     f"{statistics.median(busy[name]):.2f}", f"{statistics.median(items[name]):.2f}"))
-    print(table(rows, ("path", "images/s", "rounds", "ratio", "model busy", "items/pass")))
-    for name in ("queued", "batched"):
-        recs = records[name]
-        infer = statistics.mean(r.inference_s for r in recs)
-        worker = statistics.mean(r.total_s for r in recs)
-        print(f"\n{name}: per job, inference {infer * 1000:.1f} ms, worker total {worker * 1000:.1f} ms "
-              f"(jobs overlap in the worker's threads); model busy by round: {' '.join(f'{b:.2f}' for b in busy[name])}")
+    rows = []
+    for load, (runs, records, busy_, items) in by_load.items():
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        d = med["direct"]
+        rows.append(("direct loop (1 process)", load_label(load), f"{d:.2f}",
+                     " ".join(f"{x:.2f}" for x in runs["direct"]), "1.00", "-", "-"))
+        for name, label in (("queued", "segq queue (1 worker, batching off)"),
+                            ("batched", f"segq queue (1 worker, SEGQ_MAX_BATCH={args.max_batch}, "
+                                        f"delay {args.batch_delay_ms} ms)")):
+            ratio = med[name] / d
+            rows.append((label, load_label(load), f"{med[name]:.2f}", " ".join(f"{x:.2f}" for x in runs[name]),
+                         f"{ratio:.2f} ({'met' if ratio >= GOAL else 'NOT met'})",
+                         f"{statistics.median(busy_[name]):.2f}", f"{statistics.median(items[name]):.2f}"))
+    print(table(rows, ("path", "beside", "images/s", "rounds", f"ratio (>= {GOAL})", "model busy", "items/pass")))
+    for load, (runs, records, busy_, items) in by_load.items():
+        for name in ("queued", "batched"):
+            recs = records[name]
+            infer = statistics.mean(r.inference_s for r in recs)
+            worker = statistics.mean(r.total_s for r in recs)
+            print(f"\n{name} ({load_label(load)}): per job, inference {infer * 1000:.1f} ms, worker total "
+                  f"{worker * 1000:.1f} ms (jobs overlap in the worker's threads); model busy by round: "
+                  f"{' '.join(f'{b:.2f}' for b in busy_[name])}")
 
 
 if __name__ == "__main__":

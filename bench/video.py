@@ -1,16 +1,20 @@
 """One video through (a) the article's procedure and (b) segq with 1 and 2 workers.
 
-    python -m bench.video [--frames 96] [--size 480x360] [--chunk-frames 16] [--batch-size 4]
+    python -m bench.video [--frames 96] [--size 480x360] [--chunk-frames 16] [--batch-size 4] [--load N]
+    python -m bench.video --frames 32 --size 1920x1080 --load 1    # 1080p, idle and beside a busy process
 
 (a) the article's script: one process, OpenCV decode, batch size 1, transformers'
     post_process_semantic_segmentation, its palette loop (one pass per class), cv2.addWeighted,
     the FPS text, cv2.VideoWriter (mp4v);
 (b) segq: submit -> split -> chunks on the workers -> assembly of an H.264 MP4, timed from the
-    submit to the job's end; with 1 worker using every core, then with 2 workers each pinned to
-    its own core (as a GPU worker is pinned to its GPU).
+    submit to the job's end; with 1 worker (its default threads: the machine's cores), then with 2
+    workers each pinned to its own core (as a GPU worker is pinned to its GPU; a worker's thread
+    budget follows its CPU affinity).
 
 Same tiny checkpoint and machine for all. Prints FPS of each, the ratios, and the split step's
-share of the job's time.
+share of the job's time. ``--load N``: everything again with N processes keeping N cores busy
+(``bench.common.busy``), in the same run; beside the loaded figures, each path's FPS as a share
+of its idle FPS.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import checkpoint, servers, start_workers, stop_workers, table
+from bench.common import busy, checkpoint, load_label, servers, start_workers, stop_workers, table
 
 
 def make_video(path: Path, frames: int, size: tuple[int, int], fps: int = 30) -> Path:
@@ -44,7 +48,7 @@ def make_video(path: Path, frames: int, size: tuple[int, int], fps: int = 30) ->
     return path
 
 
-def article(ckpt: str, src: Path, out: Path, threads: int) -> float:
+def article(ckpt: str, src: Path, out: Path, threads: int | None) -> float:
     """The article's video script, with its model loading replaced by the same checkpoint.
     Returns frames per second over the whole loop (decode to write)."""
     import cv2
@@ -56,7 +60,8 @@ def article(ckpt: str, src: Path, out: Path, threads: int) -> float:
     from bench.article import draw_segmentation_map, image_overlay
     from workers.media.labels import load
 
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     ade = load("ade20k").colors.tolist()  # the article's ADE_CATEGORIES palette
 
     processor = AutoImageProcessor.from_pretrained(ckpt)
@@ -87,14 +92,15 @@ def article(ckpt: str, src: Path, out: Path, threads: int) -> float:
     return frames / elapsed
 
 
-def segq_run(root: Path, env: dict, src: Path, workers: int, cores: int, chunk_frames: int, batch_size: int):
+def segq_run(root: Path, env: dict, src: Path, workers: int, cores: int, chunk_frames: int, batch_size: int,
+             threads: int | None = None):
     from producer.client import Client
     from segq.settings import Settings
 
     if workers == 1:
-        procs = start_workers(root, env, 1, threads=cores)
+        procs = start_workers(root, env, 1, threads=threads)
     else:
-        procs = start_workers(root, env, workers, threads=1, cpus=[[i % cores] for i in range(workers)])
+        procs = start_workers(root, env, workers, threads=threads, cpus=[[i % cores] for i in range(workers)])
     try:
         client = Client(Settings.from_env())
         started = time.perf_counter()
@@ -114,26 +120,42 @@ def main() -> None:
     ap.add_argument("--size", default="480x360")
     ap.add_argument("--chunk-frames", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="the workers' --threads and the article's torch threads (default: each its own)")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="also measure everything with N processes keeping N cores busy, in the same run")
     args = ap.parse_args()
     size = tuple(int(x) for x in args.size.split("x"))
     cores = os.cpu_count() or 1
+    loads = [0] + ([args.load] if args.load else [])
+    results = {}
     with tempfile.TemporaryDirectory(prefix="segq-bench-") as tmp:
         root = Path(tmp)
         ckpt = checkpoint(root, "tiny")
         src = make_video(root / "clip.mp4", args.frames, size)
-        art = article(ckpt, src, root / "article.mp4", cores)
         with servers(root) as env:
             env["SEGQ_MODELS"] = f"ade-semantic={ckpt}"
             os.environ.update(env)
-            one, rec1 = segq_run(root, env, src, 1, cores, args.chunk_frames, args.batch_size)
-            two, rec2 = segq_run(root, env, src, 2, cores, args.chunk_frames, args.batch_size)
+            for load in loads:
+                with busy(load):
+                    art = article(ckpt, src, root / "article.mp4", args.threads)
+                    one = segq_run(root, env, src, 1, cores, args.chunk_frames, args.batch_size, args.threads)
+                    two = segq_run(root, env, src, 2, cores, args.chunk_frames, args.batch_size, args.threads)
+                results[load] = (art, one, two)
+                print(f"{load_label(load)}: article {art:.2f} FPS, 1 worker {one[0]:.2f}, 2 workers {two[0]:.2f}",
+                      flush=True)
     print(f"\n{args.frames} frames of {args.size}, tiny checkpoint, {cores} cores, torch on CPU; "
           f"segq: {args.chunk_frames} frames per chunk, batch {args.batch_size}\n")
-    rows = [("article loop (1 process)", f"{art:.2f}", "1.00", "-", "-")]
-    for label, fps, rec in (("segq, 1 worker", one, rec1), ("segq, 2 workers", two, rec2)):
-        rows.append((label, f"{fps:.2f}", f"{fps / art:.2f}", f"{rec.fps:.2f}",
-                     f"{100 * rec.split_s / rec.total_s:.1f}%"))
-    print(table(rows, ("path", "FPS (submit to done)", "vs article", "inference FPS", "split share")))
+    rows = []
+    idle = results[0]
+    for load, (art, one, two) in results.items():
+        rows.append(("article loop (1 process)", load_label(load), f"{art:.2f}", "1.00", "-", "-",
+                     f"{art / idle[0]:.2f}" if load else "-"))
+        for i, (label, (fps, rec)) in enumerate((("segq, 1 worker", one), ("segq, 2 workers", two))):
+            rows.append((label, load_label(load), f"{fps:.2f}", f"{fps / art:.2f}", f"{rec.fps:.2f}",
+                         f"{100 * rec.split_s / rec.total_s:.1f}%", f"{fps / idle[1 + i][0]:.2f}" if load else "-"))
+    print(table(rows, ("path", "beside", "FPS (submit to done)", "vs article", "inference FPS", "split share",
+                       "vs idle")))
 
 
 if __name__ == "__main__":

@@ -116,6 +116,8 @@ def job_panel(record: JobRecord) -> Table:
         ]
     if record.stages:
         rows.append(("stages", stages_line(record.stages)))
+    if record.cpu:
+        rows.append(("CPU", stages_line(record.cpu) + "  (core time outside the model)"))
     rows += [
         ("segments", str(record.segments) if record.segments is not None else "-"),
         ("worker", f"{record.worker} on {record.device}" if record.worker else "-"),
@@ -139,6 +141,7 @@ def stages_line(stages: dict[str, float]) -> str:
     from segq.jobs import STAGES
 
     return "  ".join(f"{name} {secs(stages[name])}" for name in STAGES if name in stages)
+
 
 
 def batch_state(batch: BatchRecord) -> str:

@@ -33,6 +33,10 @@ from segq.states import FINAL_STATES, JobKind, JobState, Priority
 #: the input, waiting for room in the worker's memory budget, decoding, preprocessing, waiting for
 #: the model stage, the forward pass, post-processing, rendering and encoding, uploading.
 STAGES = ("fetch", "memory", "decode", "preprocess", "wait", "forward", "postprocess", "render", "upload")
+#: The stages whose CPU seconds a job records too (``time.thread_time`` of the threads that run
+#: them, summed; a video: over its chunks): the CPU side of the worker, around the model. On a CPU
+#: device the post-processing is the model stage's (its own arithmetic) and not counted.
+CPU_STAGES = ("fetch", "decode", "preprocess", "postprocess", "render", "upload")
 
 
 @dataclass
@@ -79,6 +83,7 @@ class JobRecord:
     requeues: int | None = None  # tasks of the job put back after their worker died or their message was lost
     note: str = ""  # the last thing that happened to the job besides its state (requeue, retry...)
     stages: dict = field(default_factory=dict)  # stage -> seconds (STAGES), stored as t_<stage> fields
+    cpu: dict = field(default_factory=dict)  # stage -> CPU seconds (CPU_STAGES), stored as c_<stage> fields
     shard: int | None = None  # an image: the shard that ran it (segq.shards; never stored here)
 
     _INTS = ("frames", "width", "height", "segments", "attempts", "frames_total", "frames_done",
@@ -122,6 +127,9 @@ class JobRecord:
             if f.name == "stages":
                 out.update(stage_fields(value))
                 continue
+            if f.name == "cpu":
+                out.update(stage_fields(cpu=value))
+                continue
             if f.name == "shard":
                 continue
             if value is None or value == "" or (f.name in self._BOOLS and not value):
@@ -131,12 +139,12 @@ class JobRecord:
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> "JobRecord":
-        known = {f.name for f in fields(cls)} - {"stages", "shard"}
-        kwargs: dict[str, Any] = {"stages": {}}
+        known = {f.name for f in fields(cls)} - {"stages", "cpu", "shard"}
+        kwargs: dict[str, Any] = {"stages": {}, "cpu": {}}
         for name, raw in data.items():
-            if name.startswith("t_") and name[2:] in STAGES:
+            if (name.startswith("t_") and name[2:] in STAGES) or (name.startswith("c_") and name[2:] in CPU_STAGES):
                 try:
-                    kwargs["stages"][name[2:]] = float(raw)
+                    kwargs["stages" if name[0] == "t" else "cpu"][name[2:]] = float(raw)
                 except ValueError:
                     pass
                 continue
@@ -163,10 +171,12 @@ class JobRecord:
         return data
 
 
-def stage_fields(stages: dict | None) -> dict[str, str]:
-    """A job's stage seconds as record fields: one small field per stage (``t_fetch``...), so the
-    hash stays compact."""
-    return {f"t_{k}": str(round(float(v), 6)) for k, v in (stages or {}).items() if k in STAGES}
+def stage_fields(stages: dict | None = None, cpu: dict | None = None) -> dict[str, str]:
+    """A job's stage seconds as record fields: one small field per stage (``t_fetch``...; CPU
+    seconds ``c_fetch``...), so the hash stays compact."""
+    out = {f"t_{k}": str(round(float(v), 6)) for k, v in (stages or {}).items() if k in STAGES}
+    out.update({f"c_{k}": str(round(float(v), 6)) for k, v in (cpu or {}).items() if k in CPU_STAGES})
+    return out
 
 
 # Returned by chunk_done.
@@ -298,11 +308,11 @@ class JobStore:
         return Ended(True, batch)
 
     def finish(self, job_id: str, frames: int = 0, inference_s: float = 0.0, fps: float | None = None,
-               stages: dict | None = None, **metrics: Any) -> Ended:
+               stages: dict | None = None, cpu: dict | None = None, **metrics: Any) -> Ended:
         """Mark done (unless already final, e.g. canceled meanwhile), with the seconds of each stage
-        (``STAGES``)."""
+        (``STAGES``) and the CPU seconds of each (``CPU_STAGES``)."""
         return self._to_final(job_id, JobState.DONE, (frames, inference_s, fps), finished_at=time.time(),
-                              inference_s=inference_s, fps=fps, frames=frames or None, **stage_fields(stages),
+                              inference_s=inference_s, fps=fps, frames=frames or None, **stage_fields(stages, cpu),
                               **metrics)
 
     def fail(self, job_id: str, error: str) -> Ended:

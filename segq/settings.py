@@ -113,6 +113,11 @@ def _parse_count(var: str, raw: str) -> int:
     return _parse_int(var, raw, minimum=0)
 
 
+def _parse_auto_count(var: str, raw: str) -> int:
+    """``auto`` (0) or a count of at least 1."""
+    return 0 if raw.strip().lower() in ("auto", "0", "") else _parse_int(var, raw, minimum=1)
+
+
 def _parse_bool(var: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -249,8 +254,14 @@ class Settings:
         "SEGQ_WORKER_MODELS", (), "models a worker process loads and serves (`segq worker --models` sets it)",
         parse=_parse_list, shown_default="each task's model", side="launcher")
     worker_threads: int = setting(
-        "SEGQ_WORKER_THREADS", 0, "CPU threads of a worker process (`segq worker --threads`); 0: torch's default",
+        "SEGQ_WORKER_THREADS", 0,
+        "CPU cores of a worker process (`segq worker --threads`); 0: its usable cores (CPU affinity, cgroup quota)",
         parse=_parse_count, side="launcher")
+    model_threads: int = setting(
+        "SEGQ_MODEL_THREADS", 0,
+        "torch threads of a CPU worker's forward passes: `auto` (all of its cores while nothing else takes "
+        "them, one while something does: docs/fleet.md) or a number", parse=_parse_auto_count,
+        shown_default="auto", side="worker")
     worker_concurrency: int = setting(
         "SEGQ_WORKER_CONCURRENCY", 3,
         "tasks a worker process runs at once (threads: one fetching and decoding, one in the model, one "

@@ -117,6 +117,7 @@ class ImageResult:
     started_at: float | None = None
     finished_at: float | None = None
     stages: dict = field(default_factory=dict)
+    cpu: dict = field(default_factory=dict)  # CPU seconds by stage (segq.jobs.CPU_STAGES)
     checkpoint: str = ""
     worker: str = ""
     device: str = ""
@@ -452,7 +453,7 @@ def to_record(line: ImageResult, batch: str, meta, state: ShardState) -> JobReco
         inference_s=seconds, total_s=line.total_s, fps=round(1.0 / seconds, 3) if seconds else None,
         frames=1 if line.state == JobState.DONE else None, width=line.width, height=line.height,
         segments=line.segments, worker=line.worker, device=line.device, attempts=line.attempt or state.a,
-        error=line.error or "", stages=dict(line.stages or {}), shard=line.shard, requeues=state.rq or None,
+        error=line.error or "", stages=dict(line.stages or {}), cpu=dict(line.cpu or {}), shard=line.shard, requeues=state.rq or None,
         note=state.nt or f"shard {line.shard} of batch {batch}" + (f", attempt {line.attempt}" if line.attempt > 1 else ""),
     )
 

@@ -268,6 +268,7 @@ class S3Reader(io.RawIOBase):
         self.pos = 0
         self.bytes_fetched = 0
         self.fetch_s = 0.0  # seconds spent in ranged GETs
+        self.fetch_cpu_s = 0.0  # and the CPU seconds of the threads that made them
 
     def readable(self) -> bool:
         return True
@@ -289,7 +290,7 @@ class S3Reader(io.RawIOBase):
             return self.cache[index]
         start = index * self.block_size
         end = min(self.size, start + self.block_size) - 1
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         try:
             body = self.storage.client.get_object(
                 Bucket=self.obj.bucket, Key=self.obj.key, Range=f"bytes={start}-{end}"
@@ -298,6 +299,7 @@ class S3Reader(io.RawIOBase):
             raise self.storage._explain(exc, self.obj.uri) from exc
         self.bytes_fetched += len(body)
         self.fetch_s += time.perf_counter() - started
+        self.fetch_cpu_s += time.thread_time() - cpu
         self.cache[index] = body
         if len(self.cache) > self.cache_blocks:
             self.cache.popitem(last=False)

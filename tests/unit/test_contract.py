@@ -119,8 +119,11 @@ def test_keys_and_layout():
 
 def test_job_record_round_trips_through_a_redis_hash():
     rec = JobRecord(id="0123456789abcdef", kind="video", task="semantic", model="m", input="s3://b/k",
-                    created_at=1.5, fps=3.25, frames=30, batch="b-1", annotate_fps=True, state="done", chunks_total=2)
-    back = JobRecord.from_hash(rec.to_hash())
+                    created_at=1.5, fps=3.25, frames=30, batch="b-1", annotate_fps=True, state="done", chunks_total=2,
+                    stages={"decode": 0.25, "forward": 1.5}, cpu={"decode": 0.5, "render": 0.125})
+    fields = rec.to_hash()
+    assert (fields["t_forward"], fields["c_decode"], fields["c_render"]) == ("1.5", "0.5", "0.125")
+    back = JobRecord.from_hash(fields)
     assert back == rec
     assert back.outputs == [f"outputs/0123456789abcdef/{n}" for n in (layout.OVERLAY_VIDEO, layout.VIDEO_JSON)] + [
         f"outputs/0123456789abcdef/labels/chunk-0000{i}.npz" for i in range(2)]

@@ -73,7 +73,8 @@ class Segmenter:
             self.during()
         w, h = images[0].size
         label_map = np.full((h, w), 2, np.int32)
-        times = SimpleNamespace(preprocess_s=0.0, wait_s=0.0, forward_s=0.001, postprocess_s=0.0, blend_s=0.0)
+        times = SimpleNamespace(preprocess_s=0.0, wait_s=0.0, forward_s=0.001, postprocess_s=0.0, blend_s=0.0,
+                                preprocess_cpu_s=0.0, postprocess_cpu_s=0.0, blend_cpu_s=0.0)
         return SimpleNamespace(predictions=[Prediction("semantic", label_map, semantic_segments(label_map))],
                                times=times, seconds=0.001)
 
@@ -145,6 +146,9 @@ def test_a_shard_runs_its_images_fails_the_bad_one_and_ends_once(r):
     assert "not a decodable image" in lines[1]["error"] and lines[0]["job"] == ids[0]
     assert all(key in bucket.objects for key in lines[2]["outputs"]) and len(lines[2]["outputs"]) == 3
     assert (lines[2]["width"], lines[2]["height"]) == (50, 20)
+    from segq.jobs import CPU_STAGES  # each done image says the CPU seconds of its stages
+    assert set(lines[2]["cpu"]) == set(CPU_STAGES) and all(v >= 0 for v in lines[2]["cpu"].values())
+    assert lines[2]["cpu"]["decode"] > 0  # a PNG was decoded in the task's thread
     batch = BatchStore(r, 600).get("b")
     assert (batch.done, batch.failed, batch.running, batch.state) == (2, 1, 0, "finished")
     assert rt.finished == ["b"] and rt.counted.count("jobs_done") == 2

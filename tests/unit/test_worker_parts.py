@@ -27,6 +27,8 @@ def test_the_launcher_pins_one_process_per_gpu_with_its_models_queues(monkeypatc
     assert (env["CUDA_VISIBLE_DEVICES"], env["SEGQ_WORKER_MODELS"], env["SEGQ_PRECISION"]) == ("1", "ade-semantic,coco-panoptic", "fp16")
     assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20) and env["MALLOC_TRIM_THRESHOLD_"] == str(128 << 20)
     assert env["MALLOC_ARENA_MAX"] == "2"
+    threaded = launcher.environment(procs[0], threads=3)  # a GPU process's share of the host's cores
+    assert (threaded["SEGQ_WORKER_THREADS"], threaded["OMP_NUM_THREADS"]) == ("3", "3")
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")  # an operator's own setting wins
     assert launcher.environment(procs[1])["MALLOC_TRIM_THRESHOLD_"] == "0"
     [cpu] = launcher.plan(s, gpus="cpu")
@@ -206,12 +208,14 @@ def test_an_image_jobs_files_are_encoded_and_uploaded_at_once_and_the_first_erro
     with ThreadPoolExecutor(4) as pool:
         storage = Recorder()
         started = time.perf_counter()
-        keys, render_s, upload_s = write_outputs(storage, pool, "j1", parts)
+        written = write_outputs(storage, pool, "j1", parts)
         wall = time.perf_counter() - started
-        assert keys == [layout.output_key("j1", n) for n in names]
+        assert written.keys == [layout.output_key("j1", n) for n in names]
         assert storage.put == {layout.output_key("j1", n): (n.encode(), "x/" + n) for n in names}
         assert storage.peak == 4  # not one after another: the pool's 4 threads uploaded together
-        assert render_s >= 0 and upload_s > 0 and render_s + upload_s <= wall
+        assert written.render_s >= 0 and written.upload_s > 0 and written.render_s + written.upload_s <= wall
+        # the uploads slept (no CPU): their CPU seconds are a small part of their wall time
+        assert 0 <= written.render_cpu_s and 0 <= written.upload_cpu_s < 5 * 0.01
 
         storage = Recorder(refuse="b.json")
         with pytest.raises(ServiceUnavailable):

@@ -48,7 +48,9 @@ def require_worker_extra(command: str) -> None:
 @click.option("--models", help="Models to load and serve, by name or task (default: each task's model).")
 @click.option("--queues", help="Extra queues to consume besides the models' own.")
 @click.option("--name", help="Node name prefix (default segq); the device is appended: NAME-gpu0@host.")
-@click.option("--threads", type=int, help="CPU threads per process (default: cores / processes on CPU).")
+@click.option("--threads", type=click.IntRange(1, 1024),
+              help="CPU cores per worker process (default: the host's usable cores, its CPU affinity and "
+                   "cgroup quota, split evenly between the processes; docs/fleet.md).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
               help="auto = fp16 on CUDA, fp32 on CPU.")
 @click.option("--loglevel", default="info", show_default=True)

@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 
 from segq.backoff import compute_backoff
-from segq.settings import Settings
 from segq.errors import UsageError
 from segq.process import die_with_parent
 from segq.protocol import TASKS, model_queue
 from segq.settings import Settings
+from workers.host import cpus
 
 
 @dataclass(frozen=True)
@@ -210,8 +210,8 @@ def run(procs: list[WorkerProcess], loglevel: str = "info", threads: int | None 
     outage is the broker's, not the worker's, fault.
     """
     watch = BrokerWatch(redis_url)
-    if threads is None and procs and not procs[0].cuda_visible_devices:
-        threads = max(1, (os.cpu_count() or 1) // len(procs))
+    if threads is None and procs:
+        threads = cpus.share(len(procs))  # the host's cores split between its processes (workers.host.cpus)
 
     def spawn(p: WorkerProcess) -> subprocess.Popen:
         return subprocess.Popen(command(p, loglevel), env=environment(p, threads, precision), preexec_fn=die_with_parent)

@@ -32,7 +32,9 @@ from segq.shards import ShardStore
 from segq.storage import Storage
 from workers.model import standin
 from workers.model import device as device_mod
+from workers.host import cpus
 from workers.host.budget import PixelBudget
+from workers.media import video
 from workers.model import models as models_mod
 from workers.model.stage import ModelStage
 from workers.model.segmenter import Segmenter
@@ -94,7 +96,7 @@ class Runtime:
                 if not self.settings.allow_standin:
                     raise ConfigError(f"model {name!r} is the stand-in model ({checkpoint!r}), which returns a fixed "
                                       f"prediction for benchmarks; set SEGQ_ALLOW_STANDIN=1 to run it")
-                self.models[name] = standin.StandIn(name, checkpoint, self.stage)
+                self.models[name] = standin.StandIn(name, checkpoint, self.stage, self.settings.image_processor)
                 log.warning("model %s is the STAND-IN (%s): fixed predictions, for benchmarks only", name, checkpoint)
                 self.registration.loaded(name, 0.0)
                 continue
@@ -195,16 +197,27 @@ class Runtime:
 _runtime: Runtime | None = None
 
 
-def _model_stage(settings: Settings, spec) -> ModelStage:
-    """The process's model stage. torch's CPU threads: every one of the worker's for the stage's
-    thread (the forward passes, and on a CPU device the post-processing too:
-    ``Segmenter.finish``); each task thread one on a CPU device (its preprocessing), or on a GPU
-    worker a share of them (pre- and post-processing, concurrently with a pass and with each
-    other), so that the threads of the process do not outnumber the cores."""
+def apply_cores(cores: int) -> int:
+    """Size this process's thread pools to its ``cores`` (``workers.host.cpus``): OpenCV's, and
+    each FFmpeg decoder's and x264 encoder's; torch's are set by ``_model_stage``. Returns it."""
+    import cv2
+
+    cv2.setNumThreads(cores)
+    video.set_codec_threads(cores)
+    return cores
+
+
+def _model_stage(settings: Settings, spec, cores: int) -> ModelStage:
+    """The process's model stage. torch's CPU threads: the stage's thread runs the forward passes
+    (and on a CPU device the post-processing too: ``Segmenter.finish``) with up to all of the
+    process's ``cores``, as many as ``workers.host.cpus.StageThreads`` says before each pass
+    (``SEGQ_MODEL_THREADS``: ``auto``, all of them while nothing else takes the cores, one while
+    something does; or a number); each task thread one on a CPU device (its preprocessing), or
+    on a GPU worker a share of them (pre- and post-processing, concurrently with a pass and with
+    each other), so that the threads of the process do not outnumber the cores."""
     import torch
 
-    threads = settings.worker_threads or torch.get_num_threads()
-    share = 1 if spec.device.type == "cpu" else max(1, threads // settings.task_slots)
+    share = 1 if spec.device.type == "cpu" else max(1, cores // settings.task_slots)
     # The calling thread (boot's, which loads the models next) computes with one from here on.
     # OpenMP keeps a pool of threads for every thread that ran a parallel region with more than
     # one, for as long as that thread lives; once the pooled threads outnumber the cores, libgomp
@@ -221,8 +234,10 @@ def _model_stage(settings: Settings, spec) -> ModelStage:
 
         return init
 
-    return ModelStage(init=this_thread(threads), caller_init=this_thread(share), max_batch=settings.max_batch,
-                      delay=settings.batch_delay_ms / 1000.0, maxsize=max(4, 2 * settings.max_batch))
+    fixed = settings.model_threads if spec.device.type == "cpu" else cores  # a GPU's passes are the device's
+    tune = cpus.StageThreads(cores, torch.set_num_threads, fixed=fixed)
+    return ModelStage(init=this_thread(cores), caller_init=this_thread(share), max_batch=settings.max_batch,
+                      delay=settings.batch_delay_ms / 1000.0, maxsize=max(4, 2 * settings.max_batch), tune=tune)
 
 
 def boot(hostname: str, settings: Settings | None = None, app=None) -> Runtime:
@@ -231,7 +246,8 @@ def boot(hostname: str, settings: Settings | None = None, app=None) -> Runtime:
     if _runtime is not None:
         return _runtime
     settings = settings or Settings.from_env()
-    spec = device_mod.select(settings.precision, settings.worker_threads or None)
+    cores = apply_cores(settings.worker_threads or cpus.usable_cores())
+    spec = device_mod.select(settings.precision, cores)
     r = redis_client(settings.redis_url)
     store = JobStore(r, settings.job_ttl_seconds)
     storage = Storage(settings)
@@ -252,7 +268,7 @@ def boot(hostname: str, settings: Settings | None = None, app=None) -> Runtime:
     store.on_batch_finished = rt.batch_finished
     rt.leases = leases_mod.LeaseBook(store.r, hostname, ttl=settings.heartbeat_seconds * registry.MISSED_BEATS)
     transport.lease_book = rt.leases  # the worker's channel leases each message as it records its delivery
-    rt.stage = _model_stage(settings, spec)
+    rt.stage = _model_stage(settings, spec, cores)
     rt.registration.stage_stats = rt.stage.fields
     rt.registration.publish()
     try:

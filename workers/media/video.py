@@ -143,6 +143,17 @@ def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 
 
+#: Threads of each FFmpeg decoder and x264 encoder (0: the codec's own choice, every core of the
+#: machine). A worker sets its share of the host's cores (``set_codec_threads``; workers.host.cpus).
+CODEC_THREADS = 0
+
+
+def set_codec_threads(n: int) -> None:
+    """The threads each decoder and encoder of this process may run (0: the codec's own choice)."""
+    global CODEC_THREADS
+    CODEC_THREADS = max(0, int(n))
+
+
 def decode_range(source: IO[bytes] | str | Path, info: VideoInfo, start: int, end: int) -> Iterator[np.ndarray]:
     """Exactly frames ``start..end-1`` as RGB arrays, in order. InputError if any is missing."""
     wanted = info.pts[start:end]
@@ -154,6 +165,8 @@ def decode_range(source: IO[bytes] | str | Path, info: VideoInfo, start: int, en
     with _open(source) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if CODEC_THREADS:
+            stream.thread_count = CODEC_THREADS
         try:
             if start > 0:
                 container.seek(first, stream=stream, backward=True, any_frame=False)
@@ -242,6 +255,8 @@ class PartEncoder:
             # No B-frames: decode order = presentation order, so parts join by renumbering.
             if self.codec == "libx264":
                 self.stream.options = {"crf": str(self.crf), "preset": "veryfast", "bf": "0"}
+                if CODEC_THREADS:
+                    self.stream.options |= {"threads": str(CODEC_THREADS)}
             else:  # NVENC: constant quality, no B-frames
                 self.stream.options = {"rc": "vbr", "cq": str(self.crf + 3), "preset": "p4", "bf": "0"}
             if self.gop:

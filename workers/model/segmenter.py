@@ -72,6 +72,12 @@ class Times:
     postprocess_s: float = 0.0
     blend_s: float = 0.0
     items_per_pass: int = 0
+    # CPU seconds of the calling thread's steps (``time.thread_time``): what a task thread spends
+    # around the device's work. On a CPU device the post-processing runs on the model stage's
+    # thread (the model's own arithmetic), so it is not counted here.
+    preprocess_cpu_s: float = 0.0
+    postprocess_cpu_s: float = 0.0
+    blend_cpu_s: float = 0.0
 
     @property
     def inference_s(self) -> float:
@@ -79,7 +85,8 @@ class Times:
         return self.preprocess_s + self.forward_s + self.postprocess_s
 
     def add(self, other: "Times") -> None:
-        for name in ("preprocess_s", "wait_s", "forward_s", "postprocess_s", "blend_s"):
+        for name in ("preprocess_s", "wait_s", "forward_s", "postprocess_s", "blend_s",
+                     "preprocess_cpu_s", "postprocess_cpu_s", "blend_cpu_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.items_per_pass = max(self.items_per_pass, other.items_per_pass)
 
@@ -103,6 +110,7 @@ class Pending:
     future: object
     preprocess_s: float
     submitted: float = field(default_factory=time.perf_counter)
+    preprocess_cpu_s: float = 0.0
 
 
 def _sync(device: torch.device) -> None:
@@ -195,11 +203,11 @@ class Segmenter:
     def submit(self, images: list) -> Pending:
         """Preprocess ``images`` (one size when more than one: a batch is never padded) and queue
         their forward pass on the model stage."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         inputs = self.preprocess(images)
-        pre = time.perf_counter() - t0
+        pre, pre_cpu = time.perf_counter() - t0, time.thread_time() - c0
         future = self.stage.submit(self, inputs, items=len(images))
-        return Pending(list(images), [_size(i) for i in images], future, pre)
+        return Pending(list(images), [_size(i) for i in images], future, pre, preprocess_cpu_s=pre_cpu)
 
     def finish(self, pending: Pending, task: str, blend: bool | None = None) -> Result:
         """Wait for ``pending``'s pass, post-process each image for ``task``; with ``blend``
@@ -207,7 +215,8 @@ class Segmenter:
         outputs = pending.future.result()
         times = Times(preprocess_s=pending.preprocess_s, wait_s=getattr(pending.future, "queued_s", 0.0),
                       forward_s=getattr(pending.future, "seconds", 0.0),
-                      items_per_pass=getattr(pending.future, "batch_items", len(pending.images)))
+                      items_per_pass=getattr(pending.future, "batch_items", len(pending.images)),
+                      preprocess_cpu_s=pending.preprocess_cpu_s)
         blend = self.blends if blend is None else blend
         if self.model.spec.device.type == "cpu":
             # on the stage's thread, the one with all the CPU threads (workers.model.stage)
@@ -216,13 +225,13 @@ class Segmenter:
             times.wait_s += done.queued_s
             times.postprocess_s = done.seconds
         else:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             preds = self.post_process_batch(outputs, pending.sizes, task, keep_on_device=blend)
-            times.postprocess_s = time.perf_counter() - t0
+            times.postprocess_s, times.postprocess_cpu_s = time.perf_counter() - t0, time.thread_time() - c0
         if blend:
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.thread_time()
             self.blend(preds, pending.images)
-            times.blend_s = time.perf_counter() - t1
+            times.blend_s, times.blend_cpu_s = time.perf_counter() - t1, time.thread_time() - c1
         return Result(preds, times)
 
     def predict(self, images: list, task: str, blend: bool | None = None) -> Result:

@@ -95,8 +95,9 @@ class ModelStage:
     ``forward`` runs it); ``forward(runner, inputs)`` replaces that call (tests). ``submit`` blocks
     while ``maxsize`` passes are waiting. ``init`` runs once on the stage's thread before its
     first pass, ``caller_init`` once on each thread that submits (the worker sets torch's thread
-    counts with them: all of the worker's threads for the forward passes, a share for each task
-    thread's pre- and post-processing).
+    counts with them: the worker's threads for the forward passes, a share for each task thread's
+    pre- and post-processing), ``tune`` before every pass and call on the stage's thread (the
+    worker's ``workers.host.cpus.StageThreads``: how many threads the next pass takes).
 
     Dynamic batching (``max_batch`` > 1, ``SEGQ_MAX_BATCH``): the passes waiting for the same
     runner with the same ``runner.batch_key(inputs)`` (the same input shape: different shapes are
@@ -109,8 +110,10 @@ class ModelStage:
     def __init__(self, forward: Callable[[Any, Any], Any] | None = None, maxsize: int = STAGE_QUEUE,
                  window: float = BUSY_WINDOW_SECONDS, name: str = "segq-model",
                  clock: Callable[[], float] = time.monotonic, init: Callable[[], None] | None = None,
-                 caller_init: Callable[[], None] | None = None, max_batch: int = 1, delay: float = 0.0):
+                 caller_init: Callable[[], None] | None = None, max_batch: int = 1, delay: float = 0.0,
+                 tune: Callable[[], None] | None = None):
         self._forward = forward or _default_forward
+        self._tune = tune
         self.max_batch, self.delay = max(1, max_batch), max(0.0, delay)
         self._init, self._caller_init = init, caller_init
         self._callers = threading.local()
@@ -248,6 +251,11 @@ class ModelStage:
         group = [job for job in group if job[0].set_running_or_notify_cancel()]
         if not group:
             return
+        if self._tune is not None:
+            try:
+                self._tune()
+            except Exception:  # a tuning hook, as ``init``
+                log.exception("model stage: tune failed")
         runner = group[0][1]
         if runner is _CALL:  # alone in its group: ``_key`` is None for it
             [(future, _, (fn, args, kwargs), _, submitted)] = group

@@ -102,6 +102,8 @@ class ChunkPipeline:
         self.times = Times()
         self.decode_s = 0.0
         self.render_s = 0.0
+        self.decode_cpu_s = 0.0  # CPU seconds of the decode thread's and the encode thread's own work
+        self.render_cpu_s = 0.0  # (time.thread_time; a codec's own threads are not in it)
         self._batch: list[np.ndarray] = []
         self._pending: collections.deque = collections.deque()  # Pending batches in the model stage
         self._encode = Behind(self._render, maxsize=2 * batch_size, name="segq-encode")
@@ -127,13 +129,14 @@ class ChunkPipeline:
         """``frames``, its own time (the decoder's) counted in ``decode_s``."""
         it = iter(frames)
         while True:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 frame = next(it)
             except StopIteration:
                 return
             finally:
                 self.decode_s += time.perf_counter() - t0
+                self.decode_cpu_s += time.thread_time() - c0
             yield frame
 
     def _submit(self) -> None:
@@ -155,13 +158,14 @@ class ChunkPipeline:
             self._encode.put((rgb, pred, fps))
 
     def _render(self, item) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         rgb, pred, fps = item
         frame = pred.overlay if pred.overlay is not None else render.overlay(rgb, pred, self.labelset)
         if self.annotate_fps:
             video.annotate_fps(frame, fps)
         self.write(frame)
         self.render_s += time.perf_counter() - t0
+        self.render_cpu_s += time.thread_time() - c0
 
     def flush(self) -> None:
         """Every frame added so far through the model (the encode thread may still be behind)."""

@@ -40,32 +40,38 @@ def segment_image(rt, task: str, segmenter, image: ShardImage, shard: int = 0, a
     """Segment one image for ``task`` and write its outputs; its result (done). Raises what goes
     wrong: ``InputError`` for a bad input (the caller fails the image), ``ServiceUnavailable``
     for storage, anything else for a bug."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     started_at = time.time()
     obj = image.object
     require_input(rt.settings, obj.bucket, obj.key)  # SEGQ_INPUT_PREFIXES, before anything is read
     data = rt.storage.get_bytes(obj, max_bytes=rt.settings.max_input_bytes)
-    fetched = time.perf_counter()
+    fetched, c_fetched = time.perf_counter(), time.thread_time()
     header = open_image(data, rt.settings.max_image_pixels)
     # The worker's memory budget: a large image waits for room instead of running beside others.
     with rt.budget.hold(header.width * header.height):
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.thread_time()
         decoded = load(header, rt.settings.max_image_pixels)
         stages = {"fetch": fetched - t0, "memory": t1 - fetched, "decode": time.perf_counter() - t1}
+        cpu = {"fetch": c_fetched - c0, "decode": time.thread_time() - c1}
         result = segmenter.predict([decoded], task)
         pred = result.predictions[0]
         model = segmenter.model
+        c2 = time.thread_time()
         parts = render.output_parts(np.asarray(decoded), pred, model.labels, job_id=image.id, model=model.name,
                                     checkpoint=model.checkpoint, max_value=model.max_label_value,
                                     processor=model.processor_name, postprocess=model.postprocess)
-        keys, render_s, upload_s = write_outputs(rt.storage, rt.writers, image.id, parts)
+        written = write_outputs(rt.storage, rt.writers, image.id, parts)
+        c_parts = time.thread_time() - c2  # the parts' own set-up, in this thread (the pool encodes)
     times = result.times
     stages.update(preprocess=times.preprocess_s, wait=times.wait_s, forward=times.forward_s,
-                  postprocess=times.postprocess_s, render=times.blend_s + render_s, upload=upload_s)
+                  postprocess=times.postprocess_s, render=times.blend_s + written.render_s, upload=written.upload_s)
+    cpu.update(preprocess=times.preprocess_cpu_s, postprocess=times.postprocess_cpu_s,
+               render=times.blend_cpu_s + c_parts + written.render_cpu_s, upload=written.upload_cpu_s)
     return ImageResult.of(
-        image, JobState.DONE.value, outputs=keys, width=decoded.width, height=decoded.height,
+        image, JobState.DONE.value, outputs=written.keys, width=decoded.width, height=decoded.height,
         segments=len(pred.segments), inference_s=round(result.seconds, 6), total_s=round(time.perf_counter() - t0, 6),
         started_at=started_at, finished_at=time.time(), stages={k: round(v, 6) for k, v in stages.items()},
+        cpu={k: round(v, 6) for k, v in cpu.items()},
         checkpoint=model.checkpoint, worker=rt.hostname, device=rt.spec.label, shard=shard, attempt=attempt)
 
 

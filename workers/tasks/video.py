@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from segq import layout, limits, metrics, registry
-from segq.jobs import STAGES
+from segq.jobs import CPU_STAGES, STAGES
 from segq.protocol import (
     ASSEMBLE_VIDEO, SEGMENT_CHUNK, SPLIT_VIDEO, VideoJob, assembly_task_id, chunk_ranges, chunk_task_id,
 )
@@ -96,17 +96,22 @@ def segment_chunk(ctx: Context) -> dict:
         with ChunkPipeline(segmenter, job.task, job.batch_size, encoder.write, annotate_fps=job.annotate_fps,
                            check=every(CHECK_SECONDS, lambda: check_canceled(rt, job.job_id))) as renderer:
             renderer.add_all(video.decode_range(reader, info, job.start, job.end))
+            c0 = time.thread_time()
             renderer.archive(job.start, job.end, target=labels)
-        frames = encoder.close()
-        t1 = time.perf_counter()
+            frames = encoder.close()
+            packed = time.thread_time() - c0  # the label archive and the encoder's last frames
+        t1, c1 = time.perf_counter(), time.thread_time()
         rt.storage.put_file(part, layout.part_key(job.job_id, job.chunk), "video/mp4")
         rt.storage.put_file(labels, layout.output_key(job.job_id, layout.chunk_labels_name(job.chunk)),
                             "application/x-npz")
-        uploaded = time.perf_counter() - t1
+        uploaded, uploaded_cpu = time.perf_counter() - t1, time.thread_time() - c1
     times = renderer.times
     stages = {"fetch": reader.fetch_s, "memory": admitted - t0, "decode": max(0.0, renderer.decode_s - reader.fetch_s),
               "preprocess": times.preprocess_s, "wait": times.wait_s, "forward": times.forward_s,
               "postprocess": times.postprocess_s, "render": times.blend_s + renderer.render_s, "upload": uploaded}
+    cpu = {"fetch": reader.fetch_cpu_s, "decode": max(0.0, renderer.decode_cpu_s - reader.fetch_cpu_s),
+           "preprocess": times.preprocess_cpu_s, "postprocess": times.postprocess_cpu_s,
+           "render": times.blend_cpu_s + renderer.render_cpu_s + packed, "upload": uploaded_cpu}
     inference_s = renderer.inference_s
     chunk_info = {
         "chunk": job.chunk, "start": job.start, "end": job.end, "frames": frames,
@@ -114,6 +119,7 @@ def segment_chunk(ctx: Context) -> dict:
         "total_s": round(time.perf_counter() - t0, 6), "worker": rt.hostname, "device": rt.spec.label,
         "read_bytes": reader.bytes_fetched, "finished_at": time.time(),
         "stages": {k: round(v, 6) for k, v in stages.items()}, "items_per_pass": times.items_per_pass,
+        "cpu": {k: round(v, 6) for k, v in cpu.items()},
     }
     assembly = ctx.entry(ASSEMBLE_VIDEO, job.for_chunk(-1, 0, 0), assembly_task_id(job.job_id, job.run))
     task_id = ctx.task.request.id
@@ -159,6 +165,7 @@ def assemble_video(ctx: Context) -> dict:
     }
     model = rt.model(job.model).model
     stages = {name: round(sum(c.get("stages", {}).get(name, 0.0) for c in infos.values()), 6) for name in STAGES}
+    cpu = {name: round(sum(c.get("cpu", {}).get(name, 0.0) for c in infos.values()), 6) for name in CPU_STAGES}
     doc = {
         "job_id": job.job_id, "task": job.task, "model": job.model, "checkpoint": model.checkpoint,
         "processor": model.processor_name, "postprocess": model.postprocess, "input": ctx.input.uri, "probe": info.summary(),
@@ -168,7 +175,7 @@ def assemble_video(ctx: Context) -> dict:
     }
     rt.storage.put_bytes(layout.output_key(job.job_id, layout.VIDEO_JSON), json.dumps(doc, indent=1).encode(),
                          "application/json")
-    ended = rt.records.finish(job.job_id, checkpoint=model.checkpoint, frames=info.frames, stages=stages,
+    ended = rt.records.finish(job.job_id, checkpoint=model.checkpoint, frames=info.frames, stages=stages, cpu=cpu,
                               **{k: v for k, v in figures.items() if k != "split_s"})
     if ended.moved:
         tally = metrics.Tally()
