@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import servers, start_workers, stop_workers, table
+from bench.video import make_video
 
 MODEL = "ade-semantic"
 
@@ -163,7 +164,6 @@ def singles(env: dict, root: Path, count: int, idle: float, prefix: str) -> Cost
 
 
 def video(env: dict, root: Path, frames: int, idle: float) -> tuple[Cost, int]:
-    from bench.video import make_video
     from producer.client import Client
     from segq.settings import Settings
 
@@ -303,15 +303,26 @@ def main() -> None:
             make_objects(client.storage, prefix, max(args.images, args.singles))
             print(f"{max(args.images, args.singles)} objects written in {time.monotonic() - t0:.0f}s; "
                   f"Redis {version} idle: {idle * 1000:.2f} ms CPU/s", flush=True)
+            # each part's figures are printed as soon as it ends (an hour's run keeps what it measured)
             runs = []
             for n in [int(x) for x in args.workers.split(",") if x]:
                 runs.append(dataset(env, root, n, args.images, idle, prefix))
-                print(f"dataset, {n} worker(s): done", flush=True)
+                c = runs[-1]["cost"]
+                print(f"dataset, {n} worker(s): {c.commands:.2f} commands, {c.usec:.1f} us, CPU {c.cpu_ms:.4f} ms "
+                      f"(net {c.cpu_net_ms:.4f}), {runs[-1]['bytes']:.1f} bytes per image, "
+                      f"{runs[-1]['images_per_s']:.0f} images/s", flush=True)
             single = singles(env, root, args.singles, idle, prefix)
-            print("single images: done", flush=True)
+            print(f"single images: {single.commands:.1f} commands, {single.usec:.1f} us, CPU {single.cpu_ms:.3f} ms "
+                  f"(net {single.cpu_net_ms:.3f}) per image", flush=True)
             chunk, chunks = video(env, root, args.video_frames, idle)
-            print("video: done", flush=True)
-            upkeep = [fleet(env, root, int(x), args.fleet_seconds, idle) for x in args.fleet.split(",") if x]
+            print(f"video: {chunk.commands:.1f} commands, {chunk.usec:.1f} us, CPU {chunk.cpu_ms:.3f} ms "
+                  f"(net {chunk.cpu_net_ms:.3f}) per chunk", flush=True)
+            upkeep = []
+            for x in [int(x) for x in args.fleet.split(",") if x]:
+                upkeep.append(fleet(env, root, x, args.fleet_seconds, idle))
+                u = upkeep[-1]
+                print(f"fleet of {x:,}: {u['share'] * 100:.2f} % of a core (net {u['net'] * 100:.2f} %), "
+                      f"{u['calls_per_s']:.0f} commands/s", flush=True)
     print(f"\nRedis {version} (AOF on, everysec), {os.cpu_count()} cores shared by Redis, SeaweedFS, the workers and "
           f"the bench; the stand-in model waits {args.wait_ms:g} ms per image. Redis idle: {idle * 1000:.2f} ms CPU/s "
           f"(net figures subtract it over each run's duration).\n")
