@@ -118,10 +118,16 @@ def test_a_dataset_of_5000_images_survives_a_killed_worker_and_a_redis_restart_a
     assert submitted["shards"] < (IMAGES + BAD) / 20  # shards, not one task per image
 
     # A worker SIGKILLed while it runs a shard: its unfinished images run again elsewhere.
-    lease = wait_until(lambda: running_shard(stack.r), 300, "a running shard", poll=0.01)
-    time.sleep(0.5)  # into the shard
-    stack.kill(lease.worker)
-    stack.add_worker()
+    # (A shard of these small images can end within a second: the shard lost is one whose lease
+    # is still there once its worker is dead, since a shard's end removes its lease.)
+    lost = []
+    while not lost:
+        lease = wait_until(lambda: running_shard(stack.r), 300, "a running shard", poll=0.01)
+        stack.kill(lease.worker)
+        lost = [x for x in leases.leases(stack.r) if x.worker == lease.worker and x.task == "segq.segment_shard"
+                and x.running]
+        stack.add_worker()
+    lease = lost[0]
     # Redis killed (the last second of its writes may be lost) and restarted mid-batch.
     wait_until(lambda: client.batch("dataset").ended > IMAGES // 3, 600, "a third of the batch")
     stack.servers.redis.stop(sig=signal.SIGKILL)
