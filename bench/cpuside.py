@@ -158,7 +158,7 @@ def main() -> None:
         clip = make_clip(root / "clip-1080p.mp4", args.frames)
         with servers(root) as env:
             model = "gpu-standin"
-            env["SEGQ_MODELS"] = f"{model}=standin:wait_ms={args.wait_ms:g},labels=ade20k,processor={folder}"
+            env["SEGQ_MODELS"] = f"{model}=standin:wait_ms={args.wait_ms:g}:labels=ade20k:processor={folder}"
             env["SEGQ_ALLOW_STANDIN"] = "1"
             os.environ.update(env)
             from producer.client import Client

@@ -15,8 +15,9 @@ processor (the backend of ``SEGQ_IMAGE_PROCESSOR``) in the submitting thread, as
 100,000 images on a small machine, and ``bench.cpuside`` the CPU side of a GPU worker.
 
 **Not for production**: its outputs are not segmentations. A model is the stand-in when its
-checkpoint is ``standin:[wait_ms=N,][labels=ade20k|coco-panoptic|coco-instance,][blend=device|cpu,]
-[processor=FOLDER]`` in ``SEGQ_MODELS`` (the folder last: it may hold commas), and a worker loads
+checkpoint is ``standin:[wait_ms=N:][labels=ade20k|coco-panoptic|coco-instance:][blend=device|cpu:]
+[processor=FOLDER]`` in ``SEGQ_MODELS`` (options separated by colons, since commas separate the
+models there; the folder last: it may hold colons), and a worker loads
 one only when ``SEGQ_ALLOW_STANDIN=1`` says so (it refuses to start otherwise, naming the setting).
 """
 
@@ -55,7 +56,7 @@ class Options:
         body, _, folder = checkpoint[len(PREFIX):].partition("processor=")
         if folder:
             values["processor"] = folder
-        for item in filter(None, body.split(",")):
+        for item in filter(None, body.split(":")):
             name, _, value = item.partition("=")
             if name == "wait_ms":
                 try:
