@@ -24,6 +24,8 @@ shape. Nothing here has been measured on a GPU yet: ``python -m bench.gpu --comp
 
 from __future__ import annotations
 
+import functools
+
 import logging
 import time
 from dataclasses import dataclass
@@ -75,6 +77,14 @@ class LoadedModel:
     def processor_name(self) -> str:
         """The processor class, recorded with every output (``segments.json``, ``video.json``)."""
         return type(self.processor).__name__
+
+    @functools.cached_property
+    def pil_plan(self):
+        """The ``pil`` processor's preprocessing without its round trips (``workers.model.pilprep``),
+        or None where it does not apply."""
+        from workers.model import pilprep
+
+        return pilprep.plan(self.processor)
 
     @property
     def num_queries(self) -> int:

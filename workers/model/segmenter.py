@@ -50,6 +50,7 @@ import torch
 from PIL import Image
 
 from segq import defaults
+from workers.model import pilprep
 from workers.model.models import WARMUP_SIZE, LoadedModel
 from workers.media.prediction import Prediction, Segment, semantic_segments, unique_ids, with_stats
 
@@ -192,7 +193,11 @@ class Segmenter:
         if m.spec.device.type == "cuda" and m.processor_backend == "torchvision":
             inputs = m.processor(images=images, return_tensors="pt", device=m.spec.device)
         else:
-            inputs = m.processor(images=images, return_tensors="pt")
+            plan = m.pil_plan
+            if plan is not None and pilprep.applies(images):  # the same outputs, to the bit
+                inputs = plan(images)
+            else:
+                inputs = m.processor(images=images, return_tensors="pt")
             if m.spec.device.type == "cuda":
                 inputs = {k: v.pin_memory() for k, v in inputs.items() if v is not None}
         kwargs = {"pixel_values": inputs["pixel_values"]}

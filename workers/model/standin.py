@@ -126,11 +126,14 @@ class StandIn:
         self.classes = tuple(range(min(4, len(self.model.labels))))  # the label set's first classes
         self.blends = self.options.blend == "device"
         self.processor = None
+        self._plan = None
         if self.options.processor:
+            from workers.model import pilprep
             from workers.model.models import load_processor
 
             self.processor = load_processor(self.options.processor, backend)
             self.model.processor_name = type(self.processor).__name__
+            self._plan = pilprep.plan(self.processor)
 
     @property
     def name(self) -> str:
@@ -152,11 +155,16 @@ class StandIn:
         from workers.model.segmenter import Pending
 
         t0, c0 = time.perf_counter(), time.thread_time()
-        if self.processor is not None:
+        if self.processor is not None:  # as Segmenter.preprocess does it on the CPU
             from PIL import Image
 
-            self.processor(images=[i if isinstance(i, Image.Image) else Image.fromarray(np.asarray(i)) for i in images],
-                           return_tensors="pt")
+            from workers.model import pilprep
+
+            pils = [i if isinstance(i, Image.Image) else Image.fromarray(np.asarray(i)) for i in images]
+            if self._plan is not None and pilprep.applies(pils):
+                self._plan(pils)
+            else:
+                self.processor(images=pils, return_tensors="pt")
         pre, pre_cpu = time.perf_counter() - t0, time.thread_time() - c0
         sizes = [(i.width, i.height) if hasattr(i, "width") else (i.shape[1], i.shape[0]) for i in images]
         # the model stage's thread waits, the GIL released, as a GPU's pass
