@@ -255,12 +255,13 @@ class Settings:
         parse=_parse_list, shown_default="each task's model", side="launcher")
     worker_threads: int = setting(
         "SEGQ_WORKER_THREADS", 0,
-        "CPU cores of a worker process (`segq worker --threads`); 0: its usable cores (CPU affinity, cgroup quota)",
+        "CPU cores of a worker process (`segq worker --threads`); 0: its share of the host's usable cores (CPU "
+        "affinity, cgroup quota) split evenly between the processes `segq worker` starts",
         parse=_parse_count, side="launcher")
     model_threads: int = setting(
         "SEGQ_MODEL_THREADS", 0,
-        "torch threads of a CPU worker's forward passes: `auto` (all of its cores while nothing else takes "
-        "them, one while something does: docs/fleet.md) or a number", parse=_parse_auto_count,
+        "torch threads of a CPU worker's forward passes: `auto` (all of its cores while nothing else wants "
+        "them, fewer while other threads wait for a core: docs/fleet.md) or a number", parse=_parse_auto_count,
         shown_default="auto", side="worker")
     worker_concurrency: int = setting(
         "SEGQ_WORKER_CONCURRENCY", 3,
