@@ -284,6 +284,13 @@ class JobStore:
         """One more run of a video job's assembly (``assemblies``: 1 unless a worker died in it)."""
         return int(self.r.hincrby(keys.job(job_id), "assemblies", 1))
 
+    def requeued(self, job_id: str, note: str) -> None:
+        """A task of the job was put back on its queue (its worker died, or its message was lost)."""
+        pipe = self.r.pipeline()
+        pipe.hincrby(keys.job(job_id), "requeues", 1)
+        pipe.hset(keys.job(job_id), "note", note)
+        pipe.execute()
+
     # -- final moves -------------------------------------------------------------------------
     def _to_final(self, job_id: str, state: JobState, stats: tuple = (0, 0.0, None), **values: Any) -> Ended:
         """``stats``: frames, inference seconds and FPS for the fleet's counters (done jobs)."""

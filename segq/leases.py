@@ -151,11 +151,11 @@ def requeue_note(lease: Lease, orphan: bool = False) -> str:
     return f"requeued: worker {lease.worker} lost" + (f" during {lease.task}" if lease.running else "")
 
 
-def note_requeue(pipe, task_id: str, note: str) -> None:
-    """Queue on ``pipe`` the requeue's count and note on the task's job record or shard state:
-    inside the transaction that puts the message back (the reaper's restore, the watchdog's
-    resend), so a broker that dies between the two cannot keep one without the other. ``EVAL``
-    with the script's text: a transaction cannot load a script it lacks, and requeues are rare."""
+def _note(pipe, task_id: str, note: str) -> None:
+    """Queue on ``pipe`` (inside the restore's transaction, so a broker that dies between the two
+    cannot keep one without the other) the requeue's count and note on the task's job record or
+    shard state. ``EVAL`` with the script's text: a transaction cannot load a script it lacks, and
+    requeues are rare."""
     ref = parse_task_id(task_id)
     if ref is None:
         return
@@ -189,7 +189,7 @@ def _restore(r: redis.Redis, tag: str, job_failed: bool, task_id: str = "", note
             # kombu publishes with LPUSH and consumes with BRPOP: RPUSH puts it next in line.
             pipe.rpush(routing_key, json.dumps(message))
             if note:
-                note_requeue(pipe, task_id, note)
+                _note(pipe, task_id, note)
 
     r.transaction(move, keys.KOMBU_UNACKED)
     return found

@@ -320,6 +320,10 @@ class ShardStore:
         state = ShardState.from_json(raw) if raw else ShardState()
         return bool(canceled), frozenset(state.x)
 
+    def requeued(self, batch: str, index: int, note: str) -> int:
+        """A task of the shard was put back on its queue (its worker died, its message was lost)."""
+        return int(self.scripts.shard_requeued(args=[batch, index, note]))
+
     def note_transient(self, batch: str, index: int, since: float) -> None:
         """The shard's first transient failure, for its retry budget (kept on its state)."""
         raw = self.r.hget(keys.batch_shards(batch), index)

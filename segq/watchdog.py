@@ -34,6 +34,7 @@ import redis
 
 from segq import keys, leases, messages
 from segq.jobs import JobRecord, JobStore
+from segq.shards import ShardStore
 from segq.protocol import (
     ASSEMBLE_VIDEO, PAYLOAD_VERSION, SEGMENT_CHUNK, SPLIT_VIDEO, assembly_task_id, chunk_ranges, model_queue, parse_task_id,
     shard_name, shard_task_id,
@@ -163,14 +164,17 @@ def sweep(r: redis.Redis, store: JobStore, app, *, min_age: float, grace: float,
                 r.hincrby(keys.STATS, keys.stat_field(keys.STAT_LOST_FAILED), 1)
             out.append(Lost(task_id, owner, "failed", times))
             continue
-        note = f"message of {task_id} lost (in no queue, unacked set or lease): sent again"
         pipe = r.pipeline()
         pipe.rpush(message.queue, message.body)  # BRPOP takes from the right: next in line
         pipe.zadd(keys.INFLIGHT, {task_id: now})
         pipe.hdel(keys.INFLIGHT_SUSPECT, task_id)
         pipe.hincrby(keys.STATS, keys.stat_field(keys.STAT_RESENT), 1)
-        leases.note_requeue(pipe, task_id, note)  # in the same transaction, as the reaper's
         pipe.execute()
+        note = f"message of {task_id} lost (in no queue, unacked set or lease): sent again"
+        if ref.is_shard:
+            ShardStore(r, None, store.ttl).requeued(ref.batch, ref.shard, note)
+        else:
+            store.requeued(ref.job_id, note)
         log.warning("watchdog: the message of %s was lost; sent again (%d)", task_id, times)
         out.append(Lost(task_id, owner, "resent", times))
     return out

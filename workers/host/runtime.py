@@ -137,10 +137,13 @@ class Runtime:
             self._tally.merge(tally)
 
     def observations(self) -> metrics.Tally:
-        """The observations not sent yet, taken (``observe`` them again if the beat fails)."""
+        """The observations not sent yet, taken (``keep`` them again if the beat fails)."""
         with self._tally_lock:
             taken, self._tally = self._tally, metrics.Tally()
         return taken
+
+    def keep(self, tally: metrics.Tally) -> None:
+        self.observe(tally)
 
     # -- the scheduler: releasing work as slots free up ------------------------------------
     def release(self) -> None:
@@ -208,8 +211,8 @@ def _model_stage(settings: Settings, spec, cores: int) -> ModelStage:
     """The process's model stage. torch's CPU threads: the stage's thread runs the forward passes
     (and on a CPU device the post-processing too: ``Segmenter.finish``) with up to all of the
     process's ``cores``, as many as ``workers.host.cpus.StageThreads`` says before each pass
-    (``SEGQ_MODEL_THREADS``: ``auto``, all of them while nothing else takes the cores, those the
-    other ready threads leave, at least one, while something does; or a number); each task thread one on a CPU device (its preprocessing), or
+    (``SEGQ_MODEL_THREADS``: ``auto``, all of them while nothing else takes the cores, one while
+    something does; or a number); each task thread one on a CPU device (its preprocessing), or
     on a GPU worker a share of them (pre- and post-processing, concurrently with a pass and with
     each other), so that the threads of the process do not outnumber the cores."""
     import torch

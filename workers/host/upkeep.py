@@ -91,7 +91,7 @@ class Upkeep:
                                                          token, int(self.rt.settings.heartbeat_seconds * 1000),
                                                          tally.to_json() if tally else "")
         except BaseException:
-            self.rt.observe(tally)  # for the next beat
+            self.rt.keep(tally)
             raise
         return held
 

@@ -12,8 +12,8 @@ compares them over sizes, aspect ratios and both kinds of size setting).
 
 It applies only where it is known to be equal: the ``pil`` Mask2Former processor with resize,
 rescale and normalisation on, no fixed padding size, RGB PIL images (or uint8 RGB arrays) all of
-one size (a batch is never padded: ``Segmenter.submit``); ``cpu_inputs`` runs the processor
-itself otherwise (and ``plan`` is None for a processor it does not know to equal).
+one size (a batch is never padded: ``Segmenter.submit``). ``plan`` returns None otherwise and the
+caller runs the processor.
 """
 
 from __future__ import annotations
@@ -82,19 +82,6 @@ def plan(processor) -> Plan | None:
     resample = processor.resample if processor.resample is not None else Image.BILINEAR
     return Plan(size={k: v for k, v in size.items() if v}, size_divisor=int(processor.size_divisor or 0),
                 resample=int(resample), scale=float(processor.rescale_factor), mean=mean, std=std)
-
-
-def as_pil(image) -> Image.Image:
-    """``image`` as a PIL image (an array, such as a video frame, is wrapped)."""
-    return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-
-
-def cpu_inputs(processor, fast: Plan | None, images: list) -> dict:
-    """The processor's inputs for ``images`` (PIL images) computed on the CPU: by ``fast`` (the
-    processor's ``plan``) where it applies, else by the processor itself."""
-    if fast is not None and applies(images):  # the same outputs, to the bit
-        return fast(images)
-    return processor(images=images, return_tensors="pt")
 
 
 def applies(images: list) -> bool:

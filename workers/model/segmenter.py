@@ -147,6 +147,10 @@ def _upload(image, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(arr if arr.flags.writeable else arr.copy()).to(device)
 
 
+def _pil(image) -> Image.Image:
+    return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+
+
 def _size(image) -> tuple[int, int]:
     if isinstance(image, Image.Image):
         return image.height, image.width
@@ -185,11 +189,15 @@ class Segmenter:
         pixels cross the bus); the PIL processor runs on the CPU and its float output is copied
         from pinned memory."""
         m = self.model
-        images = [pilprep.as_pil(i) for i in images]
+        images = [_pil(i) for i in images]
         if m.spec.device.type == "cuda" and m.processor_backend == "torchvision":
             inputs = m.processor(images=images, return_tensors="pt", device=m.spec.device)
         else:
-            inputs = pilprep.cpu_inputs(m.processor, m.pil_plan, images)
+            plan = m.pil_plan
+            if plan is not None and pilprep.applies(images):  # the same outputs, to the bit
+                inputs = plan(images)
+            else:
+                inputs = m.processor(images=images, return_tensors="pt")
             if m.spec.device.type == "cuda":
                 inputs = {k: v.pin_memory() for k, v in inputs.items() if v is not None}
         kwargs = {"pixel_values": inputs["pixel_values"]}

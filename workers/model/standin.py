@@ -156,9 +156,15 @@ class StandIn:
 
         t0, c0 = time.perf_counter(), time.thread_time()
         if self.processor is not None:  # as Segmenter.preprocess does it on the CPU
+            from PIL import Image
+
             from workers.model import pilprep
 
-            pilprep.cpu_inputs(self.processor, self._plan, [pilprep.as_pil(i) for i in images])
+            pils = [i if isinstance(i, Image.Image) else Image.fromarray(np.asarray(i)) for i in images]
+            if self._plan is not None and pilprep.applies(pils):
+                self._plan(pils)
+            else:
+                self.processor(images=pils, return_tensors="pt")
         pre, pre_cpu = time.perf_counter() - t0, time.thread_time() - c0
         sizes = [(i.width, i.height) if hasattr(i, "width") else (i.shape[1], i.shape[0]) for i in images]
         # the model stage's thread waits, the GIL released, as a GPU's pass
@@ -182,4 +188,4 @@ class StandIn:
         return Result(preds, times)
 
     def predict(self, images: list, task: str, blend: bool | None = None):
-        return self.finish(self.submit(images), task, blend)
+        return self.finish(self.submit(images), task)
